@@ -1,0 +1,70 @@
+//! `reconciler plan [PATH]`: what a commit would change. Exit 0: nothing; 2: changes; 1: error.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+use super::source::{self, IdentityArgs};
+use crate::desired::DesiredState;
+use crate::plan::{self, render, state_file};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The stacks directory (in a git repository when --ref or --against-ref are used).
+    #[arg(default_value = ".")]
+    path: PathBuf,
+    /// Desired state from this git revision instead of the work tree.
+    #[arg(long = "ref", value_name = "REF")]
+    reference: Option<String>,
+    /// Observed state: what the cluster runs once it has synced this git revision.
+    #[arg(long, value_name = "REF", conflicts_with = "against_state")]
+    against_ref: Option<String>,
+    /// Observed state: a state export (docs/state-format.md).
+    #[arg(long, value_name = "FILE")]
+    against_state: Option<PathBuf>,
+    #[command(flatten)]
+    identity: IdentityArgs,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let identities = args.identity.load()?;
+    let desired = source::load(&args.path, args.reference.as_deref(), identities.as_ref())?;
+    if desired.has_errors() {
+        for d in &desired.diagnostics {
+            eprintln!("{d}");
+        }
+        anyhow::bail!(
+            "the desired state is invalid ({} failed): nothing planned",
+            desired.failed.join(", ")
+        );
+    }
+    for d in &desired.diagnostics {
+        eprintln!("{d}");
+    }
+    let observed = observed(&args)?;
+    let plan = plan::plan(&desired.state, &observed);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        print!("{}", render::text(&plan));
+    }
+    Ok(if plan.is_empty() { 0 } else { 2 })
+}
+
+fn observed(args: &Args) -> anyhow::Result<DesiredState> {
+    if let Some(r) = &args.against_ref {
+        let loaded = source::load(&args.path, Some(r), None)?;
+        for name in &loaded.failed {
+            tracing::warn!(stack = %name, reference = %r, "stack is invalid at the observed revision; planning as if it were absent");
+        }
+        return Ok(loaded.state);
+    }
+    if let Some(file) = &args.against_state {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        return state_file::parse(&text, &file.display().to_string());
+    }
+    Ok(DesiredState::default())
+}

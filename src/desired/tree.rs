@@ -1,0 +1,216 @@
+//! Read-only access to a stacks repo, from a work tree on disk or from any git commit (through
+//! git2, without a checkout), so two commits can be compared side by side.
+
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context as _};
+
+/// A directory tree of files. Paths are `/`-separated and relative to the stacks root.
+pub trait Tree {
+    /// Names of the directories directly under `dir` ("" for the root), sorted.
+    fn subdirs(&self, dir: &str) -> anyhow::Result<Vec<String>>;
+    /// The content of a file, or None if there is no such file.
+    fn read(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>>;
+    /// A short description for messages: a path, or `repo@abc1234`.
+    fn describe(&self) -> String;
+    /// The commit this tree comes from, if any.
+    fn revision(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Resolve `relative` (written in a file under `base_dir`) to a path inside the tree, refusing
+/// anything that would leave it: absolute paths and `..` past the root.
+pub fn join_inside(base_dir: &str, relative: &str) -> Result<String, String> {
+    if relative.starts_with('/') || Path::new(relative).is_absolute() {
+        return Err(format!(
+            "{relative:?} is an absolute path: files must be inside the stacks repo, named relative to the stack directory"
+        ));
+    }
+    let mut parts: Vec<&str> = base_dir.split('/').filter(|p| !p.is_empty()).collect();
+    for comp in Path::new(relative).components() {
+        match comp {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if parts.pop().is_none() {
+                    return Err(format!("{relative:?} leaves the stacks repo"));
+                }
+            }
+            Component::Normal(p) => parts.push(p.to_str().ok_or("path is not UTF-8")?),
+            _ => return Err(format!("{relative:?} is not a relative path")),
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+/// A directory on disk.
+pub struct WorkTree {
+    root: PathBuf,
+}
+
+impl WorkTree {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        WorkTree { root: root.into() }
+    }
+}
+
+impl Tree for WorkTree {
+    fn subdirs(&self, dir: &str) -> anyhow::Result<Vec<String>> {
+        let path = self.root.join(dir);
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&path).with_context(|| format!("reading {}", path.display()))? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                if let Some(name) = entry.file_name().to_str() {
+                    out.push(name.to_string());
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn read(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let full = self.root.join(path);
+        // Symlinks could point anywhere on the host; only follow those that stay in the repo.
+        match std::fs::canonicalize(&full) {
+            Ok(real) => {
+                let root = std::fs::canonicalize(&self.root)?;
+                if !real.starts_with(&root) {
+                    bail!("{path} is a link to a file outside the stacks repo");
+                }
+                if !real.is_file() {
+                    return Ok(None);
+                }
+                Ok(Some(std::fs::read(&real).with_context(|| format!("reading {path}"))?))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow!(e).context(format!("reading {path}"))),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+}
+
+/// A commit of a git repository, read through git2 without touching any work tree.
+pub struct GitTree {
+    repo: git2::Repository,
+    tree: git2::Oid,
+    commit: git2::Oid,
+    /// Sub-directory of the repository holding the stacks ("" for the root).
+    prefix: String,
+    label: String,
+}
+
+impl GitTree {
+    /// Open `repo_path` (or a directory inside a repository) at `reference`: a branch, tag,
+    /// commit id, or any revision expression git understands (`HEAD~1`, `main^{tree}`...).
+    /// `subdir` selects the stacks directory inside the repository.
+    pub fn open(repo_path: &Path, reference: &str, subdir: &str) -> anyhow::Result<Self> {
+        let repo = git2::Repository::discover(repo_path)
+            .with_context(|| format!("{} is not inside a git repository", repo_path.display()))?;
+        let commit = repo
+            .revparse_single(reference)
+            .and_then(|o| o.peel_to_commit())
+            .with_context(|| format!("cannot resolve git reference {reference:?}"))?;
+        // A path given on disk inside the repository selects the same sub-directory.
+        let mut prefix = subdir.trim_matches('/').to_string();
+        if prefix.is_empty() {
+            if let (Some(workdir), Ok(abs)) = (repo.workdir(), std::fs::canonicalize(repo_path)) {
+                if let Ok(rel) = abs.strip_prefix(std::fs::canonicalize(workdir)?) {
+                    prefix = rel.to_string_lossy().replace('\\', "/");
+                }
+            }
+        }
+        let commit_id = commit.id();
+        let tree = commit.tree()?.id();
+        drop(commit);
+        let short = commit_id.to_string()[..7].to_string();
+        Ok(GitTree {
+            tree,
+            commit: commit_id,
+            label: format!("{reference} ({short})"),
+            repo,
+            prefix,
+        })
+    }
+
+    fn full(&self, path: &str) -> String {
+        match (self.prefix.is_empty(), path.is_empty()) {
+            (true, _) => path.to_string(),
+            (false, true) => self.prefix.clone(),
+            (false, false) => format!("{}/{path}", self.prefix),
+        }
+    }
+
+    fn subtree(&self, path: &str) -> anyhow::Result<Option<git2::Tree<'_>>> {
+        let root = self.repo.find_tree(self.tree)?;
+        let full = self.full(path);
+        if full.is_empty() {
+            return Ok(Some(root));
+        }
+        match root.get_path(Path::new(&full)) {
+            Ok(entry) if entry.kind() == Some(git2::ObjectType::Tree) => {
+                Ok(Some(self.repo.find_tree(entry.id())?))
+            }
+            Ok(_) => Ok(None),
+            Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl Tree for GitTree {
+    fn subdirs(&self, dir: &str) -> anyhow::Result<Vec<String>> {
+        let Some(tree) = self.subtree(dir)? else {
+            bail!("{} has no directory {:?}", self.label, self.full(dir));
+        };
+        let mut out: Vec<String> = tree
+            .iter()
+            .filter(|e| e.kind() == Some(git2::ObjectType::Tree))
+            .filter_map(|e| e.name().ok().map(str::to_string))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    fn read(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let root = self.repo.find_tree(self.tree)?;
+        let entry = match root.get_path(Path::new(&self.full(path))) {
+            Ok(e) => e,
+            Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if entry.kind() != Some(git2::ObjectType::Blob) {
+            return Ok(None);
+        }
+        if entry.filemode() == 0o120000 {
+            bail!("{path} is a symbolic link; links are not followed in git trees");
+        }
+        let blob = self.repo.find_blob(entry.id())?;
+        Ok(Some(blob.content().to_vec()))
+    }
+
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+
+    fn revision(&self) -> Option<String> {
+        Some(self.commit.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_stays_inside() {
+        assert_eq!(join_inside("web", "./db.age").unwrap(), "web/db.age");
+        assert_eq!(join_inside("web", "../shared/ca.pem").unwrap(), "shared/ca.pem");
+        assert!(join_inside("web", "../../etc/passwd").is_err());
+        assert!(join_inside("web", "/etc/passwd").is_err());
+    }
+}

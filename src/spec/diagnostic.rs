@@ -1,0 +1,150 @@
+//! Errors and warnings about user input, each naming the file, line, column and YAML path:
+//! `stacks/web/compose.yml:7:17: services.web.deploy.replicas: expected a non-negative
+//! integer, found "three"`.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use super::yaml::{Node, Span, Value};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: u32,
+    pub col: u32,
+    pub severity: Severity,
+    /// The YAML path, e.g. `services.web.ports[0]`; empty for the whole file.
+    pub path: String,
+    pub message: String,
+}
+
+impl Diagnostic {
+    pub fn error(file: &str, span: Span, path: impl Into<String>, message: impl Into<String>) -> Self {
+        Diagnostic {
+            file: file.to_string(),
+            line: span.line,
+            col: span.col,
+            severity: Severity::Error,
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn warning(
+        file: &str,
+        span: Span,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::error(file, span, path, message)
+        }
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.col)?;
+        }
+        f.write_str(": ")?;
+        if self.severity == Severity::Warning {
+            f.write_str("warning: ")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Render path segments the way people write them: `services.web.ports[0].target`.
+/// Whether a numeric segment is a list index or a map key is read off the tree.
+pub fn display_path<S: AsRef<str>>(root: &Node, segments: &[S]) -> String {
+    let mut out = String::new();
+    let mut node = Some(root);
+    for seg in segments {
+        let seg = seg.as_ref();
+        match node.map(|n| &n.value) {
+            Some(Value::Seq(items)) => {
+                out.push_str(&format!("[{seg}]"));
+                node = seg.parse::<usize>().ok().and_then(|i| items.get(i));
+            }
+            other => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(seg);
+                node = match other {
+                    Some(Value::Map(entries)) => {
+                        entries.iter().find(|e| e.key == seg).map(|e| &e.value)
+                    }
+                    _ => None,
+                };
+            }
+        }
+    }
+    out
+}
+
+/// A growing list of diagnostics for one file, with the tree to find spans and paths in.
+pub struct Report<'a> {
+    pub file: &'a str,
+    pub root: &'a Node,
+    pub items: Vec<Diagnostic>,
+}
+
+impl<'a> Report<'a> {
+    pub fn new(file: &'a str, root: &'a Node) -> Self {
+        Report {
+            file,
+            root,
+            items: Vec::new(),
+        }
+    }
+
+    /// An error about the value at `path`.
+    pub fn error<S: AsRef<str>>(&mut self, path: &[S], message: impl Into<String>) {
+        let span = self.root.locate(path.iter().map(AsRef::as_ref));
+        let p = display_path(self.root, path);
+        self.items.push(Diagnostic::error(self.file, span, p, message));
+    }
+
+    /// An error about the key at `path` itself (an unknown or misplaced key).
+    pub fn key_error<S: AsRef<str>>(&mut self, path: &[S], message: impl Into<String>) {
+        let span = self
+            .root
+            .key_span(path)
+            .unwrap_or_else(|| self.root.locate(path.iter().map(AsRef::as_ref)));
+        let p = display_path(self.root, path);
+        self.items.push(Diagnostic::error(self.file, span, p, message));
+    }
+
+    pub fn key_warning<S: AsRef<str>>(&mut self, path: &[S], message: impl Into<String>) {
+        let span = self
+            .root
+            .key_span(path)
+            .unwrap_or_else(|| self.root.locate(path.iter().map(AsRef::as_ref)));
+        let p = display_path(self.root, path);
+        self.items
+            .push(Diagnostic::warning(self.file, span, p, message));
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.items.iter().any(Diagnostic::is_error)
+    }
+}

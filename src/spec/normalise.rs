@@ -1,0 +1,1207 @@
+//! From the file as written (`raw`) to the canonical model (`model`): short syntax expanded,
+//! defaults applied, names resolved, references checked. Every problem is reported with its YAML
+//! path and the walk goes on, so one run shows all the errors of a file.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sha2::{Digest, Sha256};
+
+use super::diagnostic::Report;
+use super::dotenv;
+use super::interpolate::Variables;
+use super::model::*;
+use super::raw;
+use super::units::Duration;
+use super::StackFiles;
+
+/// Everything normalisation needs besides the parsed file.
+pub struct Context<'a> {
+    pub stack: &'a str,
+    pub files: &'a dyn StackFiles,
+    pub vars: &'a Variables,
+}
+
+pub fn normalise(file: raw::ComposeFile, cx: &Context<'_>, report: &mut Report<'_>) -> StackSpec {
+    let stack = cx.stack;
+    let mut spec = StackSpec {
+        name: stack.to_string(),
+        file: report.file.to_string(),
+        ..Default::default()
+    };
+
+    for (key, def) in &file.networks {
+        let def = def.clone().unwrap_or_default();
+        let external = def.external.as_ref().is_some_and(raw::External::is_external);
+        let name = object_name(stack, key, def.name.as_deref(), def.external.as_ref());
+        if external && (def.driver.is_some() || def.ipam.is_some()) {
+            report.error(
+                &["networks", key, "external"],
+                "an external network is created outside the stack: remove driver and ipam",
+            );
+        }
+        let subnets = def
+            .ipam
+            .as_ref()
+            .and_then(|i| i.config.as_ref())
+            .map(|c| c.iter().filter_map(|c| c.subnet.clone()).collect())
+            .unwrap_or_default();
+        for (i, s) in def
+            .ipam
+            .iter()
+            .flat_map(|i| i.config.iter().flatten())
+            .enumerate()
+        {
+            if let Some(subnet) = &s.subnet {
+                if !is_cidr(subnet) {
+                    report.error(
+                        &["networks", key, "ipam", "config", &i.to_string(), "subnet"],
+                        format!("expected a subnet in CIDR form like 10.0.9.0/24, found {subnet:?}"),
+                    );
+                }
+            }
+        }
+        spec.networks.insert(
+            key.clone(),
+            NetworkSpec {
+                name,
+                external,
+                driver: def.driver.clone().unwrap_or_else(|| "overlay".into()),
+                driver_opts: scalar_map(def.driver_opts.as_ref()),
+                attachable: def.attachable.unwrap_or(false),
+                internal: def.internal.unwrap_or(false),
+                enable_ipv6: def.enable_ipv6.unwrap_or(false),
+                subnets,
+                labels: list_or_map(def.labels.as_ref(), &["networks", key, "labels"], report),
+            },
+        );
+    }
+
+    for (key, def) in &file.volumes {
+        let def = def.clone().unwrap_or_default();
+        spec.volumes.insert(
+            key.clone(),
+            VolumeSpec {
+                name: object_name(stack, key, def.name.as_deref(), def.external.as_ref()),
+                external: def.external.as_ref().is_some_and(raw::External::is_external),
+                driver: def.driver.clone().unwrap_or_else(|| "local".into()),
+                driver_opts: scalar_map(def.driver_opts.as_ref()),
+                labels: list_or_map(def.labels.as_ref(), &["volumes", key, "labels"], report),
+            },
+        );
+    }
+
+    for (key, def) in &file.secrets {
+        let obj = file_object(
+            cx,
+            report,
+            "secrets",
+            key,
+            FileObjectDef {
+                file: def.file.as_deref(),
+                content: None,
+                external: def.external.as_ref(),
+                name: def.name.as_deref(),
+                labels: def.labels.as_ref(),
+            },
+        );
+        spec.secrets.insert(key.clone(), obj);
+    }
+    for (key, def) in &file.configs {
+        let obj = file_object(
+            cx,
+            report,
+            "configs",
+            key,
+            FileObjectDef {
+                file: def.file.as_deref(),
+                content: def.content.as_deref(),
+                external: def.external.as_ref(),
+                name: def.name.as_deref(),
+                labels: def.labels.as_ref(),
+            },
+        );
+        spec.configs.insert(key.clone(), obj);
+    }
+
+    let mut uses_default_network = false;
+    for (key, svc) in &file.services {
+        if let Some(service) = service(key, svc, cx, &spec, report, &mut uses_default_network) {
+            spec.services.insert(service.name.clone(), service);
+        }
+    }
+    if uses_default_network && !spec.networks.contains_key("default") {
+        spec.networks.insert(
+            "default".into(),
+            NetworkSpec {
+                name: format!("{stack}_default"),
+                external: false,
+                driver: "overlay".into(),
+                driver_opts: BTreeMap::new(),
+                attachable: false,
+                internal: false,
+                enable_ipv6: false,
+                subnets: Vec::new(),
+                labels: BTreeMap::new(),
+            },
+        );
+    }
+    check_published_ports(&spec, report);
+    spec
+}
+
+fn object_name(stack: &str, key: &str, name: Option<&str>, external: Option<&raw::External>) -> String {
+    match external {
+        Some(raw::External::Named { name: Some(n) }) => n.clone(),
+        Some(e) if e.is_external() => name.unwrap_or(key).to_string(),
+        _ => name
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{stack}_{key}")),
+    }
+}
+
+struct FileObjectDef<'a> {
+    file: Option<&'a str>,
+    content: Option<&'a str>,
+    external: Option<&'a raw::External>,
+    name: Option<&'a str>,
+    labels: Option<&'a raw::ListOrMap>,
+}
+
+fn file_object(
+    cx: &Context<'_>,
+    report: &mut Report<'_>,
+    section: &str,
+    key: &str,
+    def: FileObjectDef<'_>,
+) -> FileObjectSpec {
+    let kind = &section[..section.len() - 1];
+    let external = def.external.is_some_and(raw::External::is_external);
+    let sources = [def.file.is_some(), def.content.is_some(), external]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    let mut version = String::new();
+    let mut source = None;
+    let mut encrypted = false;
+    if sources == 0 {
+        let what = if section == "configs" {
+            "file:, content: or external: true"
+        } else {
+            "file: or external: true"
+        };
+        report.key_error(&[section, key], format!("{kind} {key:?} needs {what}"));
+    } else if sources > 1 {
+        report.key_error(
+            &[section, key],
+            format!("{kind} {key:?} must have exactly one of file:, content: or external:"),
+        );
+    } else if let Some(path) = def.file {
+        match cx.files.read(path) {
+            Ok(Some(bytes)) => {
+                version = content_version(&bytes);
+                encrypted = crate::secrets::is_encrypted_path(path);
+                source = Some(cx.files.display(path));
+            }
+            Ok(None) => report.error(
+                &[section, key, "file"],
+                format!("file not found: {}", cx.files.display(path)),
+            ),
+            Err(e) => report.error(&[section, key, "file"], e),
+        }
+    } else if let Some(content) = def.content {
+        version = content_version(content.as_bytes());
+        source = Some("inline".into());
+    }
+    FileObjectSpec {
+        name: object_name(cx.stack, key, def.name, def.external),
+        external,
+        source,
+        encrypted,
+        version,
+        labels: list_or_map(def.labels, &[section, key, "labels"], report),
+    }
+}
+
+/// Content-addressed version: the first 16 hex digits of the SHA-256 of the stored bytes.
+pub fn content_version(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..8])
+}
+
+fn service(
+    key: &str,
+    svc: &raw::Service,
+    cx: &Context<'_>,
+    stack: &StackSpec,
+    report: &mut Report<'_>,
+    uses_default_network: &mut bool,
+) -> Option<ServiceSpec> {
+    let at = |rest: &[&str]| -> Vec<String> {
+        let mut p = vec!["services".to_string(), key.to_string()];
+        p.extend(rest.iter().map(|s| s.to_string()));
+        p
+    };
+    if !is_valid_name(key) {
+        report.key_error(
+            &at(&[]),
+            "a service name may hold only letters, digits, '-', '_' and '.', and must start with a letter or digit",
+        );
+    }
+    let image = match &svc.image {
+        Some(i) if !i.trim().is_empty() => i.trim().to_string(),
+        _ => {
+            report.key_error(&at(&[]), "service has no image: swarm mode runs images, it does not build them");
+            String::new()
+        }
+    };
+    let deploy = svc.deploy.clone().unwrap_or_default();
+
+    let mode = match deploy.mode.unwrap_or(raw::DeployMode::Replicated) {
+        raw::DeployMode::Replicated => Mode::Replicated {
+            replicas: deploy.replicas.unwrap_or(1),
+        },
+        raw::DeployMode::Global => {
+            if deploy.replicas.is_some() {
+                report.error(
+                    &at(&["deploy", "replicas"]),
+                    "replicas cannot be used with mode: global (a global service runs one task per node)",
+                );
+            }
+            if deploy
+                .placement
+                .as_ref()
+                .and_then(|p| p.max_replicas_per_node)
+                .is_some()
+            {
+                report.error(
+                    &at(&["deploy", "placement", "max_replicas_per_node"]),
+                    "max_replicas_per_node cannot be used with mode: global",
+                );
+            }
+            Mode::Global
+        }
+    };
+
+    let env = environment(svc, cx, &at, report);
+    let mut labels = list_or_map(svc.labels.as_ref(), &at(&["labels"]), report);
+    labels.retain(|k, _| !k.is_empty());
+
+    let mut mounts = Vec::new();
+    for (i, v) in svc.volumes.iter().flatten().enumerate() {
+        let path = at(&["volumes", &i.to_string()]);
+        if let Some(m) = volume_mount(v, cx.stack, stack, &path, report) {
+            mounts.push(m);
+        }
+    }
+    match &svc.tmpfs {
+        Some(raw::StringOrList::String(s)) => mounts.push(tmpfs_mount(s)),
+        Some(raw::StringOrList::List(l)) => mounts.extend(l.iter().map(|s| tmpfs_mount(s))),
+        None => {}
+    }
+    let mut targets = BTreeSet::new();
+    for m in &mounts {
+        if !targets.insert(m.target().to_string()) {
+            report.error(&at(&["volumes"]), format!("two mounts at the same target {:?}", m.target()));
+        }
+    }
+
+    let secrets = file_mounts(svc.secrets.as_deref(), "secrets", &stack.secrets, &at, report);
+    let configs = file_mounts(svc.configs.as_deref(), "configs", &stack.configs, &at, report);
+
+    let networks = service_networks(key, svc, stack, &at, report, uses_default_network);
+
+    let healthcheck = svc
+        .healthcheck
+        .as_ref()
+        .and_then(|h| healthcheck(h, &at(&["healthcheck"]), report));
+
+    let container = ContainerSpec {
+        image,
+        command: command(svc.command.as_ref(), &at(&["command"]), report),
+        entrypoint: command(svc.entrypoint.as_ref(), &at(&["entrypoint"]), report),
+        env,
+        labels,
+        user: svc.user.clone(),
+        working_dir: svc.working_dir.clone(),
+        hostname: svc.hostname.clone(),
+        domainname: svc.domainname.clone(),
+        read_only: svc.read_only.unwrap_or(false),
+        init: svc.init,
+        tty: svc.tty.unwrap_or(false),
+        stdin_open: svc.stdin_open.unwrap_or(false),
+        stop_signal: svc.stop_signal.clone(),
+        stop_grace_period: svc.stop_grace_period,
+        healthcheck,
+        mounts,
+        ulimits: svc
+            .ulimits
+            .iter()
+            .flatten()
+            .map(|(k, u)| {
+                let (soft, hard) = match u {
+                    raw::Ulimit::Single(n) => (*n, *n),
+                    raw::Ulimit::SoftHard { soft, hard } => (*soft, *hard),
+                };
+                if soft > hard {
+                    report.error(&at(&["ulimits", k]), format!("soft limit {soft} is above hard limit {hard}"));
+                }
+                (k.clone(), Ulimit { soft, hard })
+            })
+            .collect(),
+        sysctls: list_or_map(svc.sysctls.as_ref(), &at(&["sysctls"]), report),
+        cap_add: sorted(svc.cap_add.clone().unwrap_or_default()),
+        cap_drop: sorted(svc.cap_drop.clone().unwrap_or_default()),
+        extra_hosts: extra_hosts(svc.extra_hosts.as_ref(), &at(&["extra_hosts"]), report),
+        dns: string_or_list(svc.dns.as_ref()),
+        dns_search: string_or_list(svc.dns_search.as_ref()),
+        dns_options: svc.dns_opt.clone().unwrap_or_default(),
+        isolation: svc.isolation.clone(),
+        secrets,
+        configs,
+    };
+
+    let placement = placement(deploy.placement.as_ref(), &at(&["deploy", "placement"]), report);
+    let resources = resources(deploy.resources.as_ref());
+    let restart_policy = deploy
+        .restart_policy
+        .as_ref()
+        .map(|r| {
+            let d = RestartPolicy::default();
+            RestartPolicy {
+                condition: match r.condition {
+                    Some(raw::RestartCondition::None) => RestartCondition::None,
+                    Some(raw::RestartCondition::OnFailure) => RestartCondition::OnFailure,
+                    Some(raw::RestartCondition::Any) | None => RestartCondition::Any,
+                },
+                delay: r.delay.unwrap_or(d.delay),
+                max_attempts: r.max_attempts.unwrap_or(0),
+                window: r.window.unwrap_or(Duration::ZERO),
+            }
+        })
+        .unwrap_or_default();
+
+    let update_config = update_config(deploy.update_config.as_ref());
+    let rollback_config = update_config_checked(deploy.rollback_config.as_ref(), &at(&["deploy", "rollback_config"]), report);
+
+    let ports = ports(svc.ports.as_deref(), &at(&["ports"]), report);
+    let endpoint_mode = match deploy.endpoint_mode {
+        Some(raw::EndpointMode::Dnsrr) => EndpointMode::Dnsrr,
+        _ => EndpointMode::Vip,
+    };
+    if endpoint_mode == EndpointMode::Dnsrr && ports.iter().any(|p| p.mode == PublishMode::Ingress) {
+        report.error(
+            &at(&["deploy", "endpoint_mode"]),
+            "endpoint_mode dnsrr cannot publish ports in ingress mode: use mode: host on the ports",
+        );
+    }
+
+    Some(ServiceSpec {
+        name: format!("{}_{key}", cx.stack),
+        stack: cx.stack.to_string(),
+        labels: list_or_map(deploy.labels.as_ref(), &at(&["deploy", "labels"]), report),
+        mode,
+        task: TaskSpec {
+            container,
+            resources,
+            restart_policy,
+            placement,
+            networks,
+            log_driver: svc.logging.as_ref().and_then(|l| {
+                l.driver.as_ref().map(|d| LogDriver {
+                    name: d.clone(),
+                    options: scalar_map_opt(l.options.as_ref()),
+                })
+            }),
+        },
+        endpoint: EndpointSpec {
+            mode: endpoint_mode,
+            ports,
+        },
+        update_config,
+        rollback_config,
+    })
+}
+
+fn environment(
+    svc: &raw::Service,
+    cx: &Context<'_>,
+    at: &dyn Fn(&[&str]) -> Vec<String>,
+    report: &mut Report<'_>,
+) -> Vec<String> {
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    let files: Vec<(String, bool)> = match &svc.env_file {
+        None => vec![],
+        Some(raw::EnvFiles::One(p)) => vec![(p.clone(), true)],
+        Some(raw::EnvFiles::Many(list)) => list
+            .iter()
+            .map(|e| match e {
+                raw::EnvFileEntry::Path(p) => (p.clone(), true),
+                raw::EnvFileEntry::Long(l) => (l.path.clone(), l.required),
+            })
+            .collect(),
+    };
+    for (i, (path, required)) in files.iter().enumerate() {
+        let yaml_path = match &svc.env_file {
+            Some(raw::EnvFiles::One(_)) => at(&["env_file"]),
+            _ => at(&["env_file", &i.to_string()]),
+        };
+        match cx.files.read(path) {
+            Ok(Some(bytes)) => match dotenv::parse(&String::from_utf8_lossy(&bytes)) {
+                Ok(pairs) => env.extend(pairs),
+                Err(e) => report.error(
+                    &yaml_path,
+                    format!("{}:{}: {}", cx.files.display(path), e.line, e.message),
+                ),
+            },
+            Ok(None) if *required => report.error(
+                &yaml_path,
+                format!("env file not found: {}", cx.files.display(path)),
+            ),
+            Ok(None) => {}
+            Err(e) => report.error(&yaml_path, e),
+        }
+    }
+    match &svc.environment {
+        Some(raw::ListOrMap::List(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                match item.split_once('=') {
+                    Some((k, v)) => {
+                        env.insert(k.to_string(), v.to_string());
+                    }
+                    // `- KEY` takes the value from the environment, and is left out when unset.
+                    None => {
+                        if item.is_empty() {
+                            report.error(&at(&["environment", &i.to_string()]), "empty environment entry");
+                        } else if let Some(v) = cx.vars.get(item) {
+                            env.insert(item.clone(), v.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        Some(raw::ListOrMap::Map(m)) => {
+            for (k, v) in m {
+                match v {
+                    Some(v) => {
+                        env.insert(k.clone(), v.to_string());
+                    }
+                    None => {
+                        if let Some(v) = cx.vars.get(k) {
+                            env.insert(k.clone(), v.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        None => {}
+    }
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+fn list_or_map<S: AsRef<str>>(
+    v: Option<&raw::ListOrMap>,
+    path: &[S],
+    report: &mut Report<'_>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    match v {
+        Some(raw::ListOrMap::List(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                match item.split_once('=') {
+                    Some((k, v)) if !k.trim().is_empty() => {
+                        out.insert(k.trim().to_string(), v.to_string());
+                    }
+                    Some(_) => {
+                        let mut p: Vec<String> = path.iter().map(|s| s.as_ref().to_string()).collect();
+                        p.push(i.to_string());
+                        report.error(&p, format!("expected KEY=value, found {item:?}"));
+                    }
+                    None => {
+                        out.insert(item.trim().to_string(), String::new());
+                    }
+                }
+            }
+        }
+        Some(raw::ListOrMap::Map(m)) => {
+            for (k, v) in m {
+                out.insert(k.clone(), v.as_ref().map(|v| v.to_string()).unwrap_or_default());
+            }
+        }
+        None => {}
+    }
+    out
+}
+
+fn scalar_map(m: Option<&indexmap::IndexMap<String, raw::ScalarValue>>) -> BTreeMap<String, String> {
+    m.map(|m| m.iter().map(|(k, v)| (k.clone(), v.to_string())).collect())
+        .unwrap_or_default()
+}
+
+fn scalar_map_opt(m: Option<&indexmap::IndexMap<String, Option<raw::ScalarValue>>>) -> BTreeMap<String, String> {
+    m.map(|m| {
+        m.iter()
+            .map(|(k, v)| (k.clone(), v.as_ref().map(|v| v.to_string()).unwrap_or_default()))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+fn string_or_list(v: Option<&raw::StringOrList>) -> Vec<String> {
+    match v {
+        Some(raw::StringOrList::String(s)) => vec![s.clone()],
+        Some(raw::StringOrList::List(l)) => l.clone(),
+        None => vec![],
+    }
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn command(v: Option<&raw::StringOrList>, path: &[String], report: &mut Report<'_>) -> Option<Vec<String>> {
+    match v? {
+        raw::StringOrList::List(l) => Some(l.clone()),
+        raw::StringOrList::String(s) => match shell_words::split(s) {
+            Ok(words) => Some(words),
+            Err(e) => {
+                report.error(path, format!("cannot split {s:?} into words: {e}"));
+                None
+            }
+        },
+    }
+}
+
+fn healthcheck(h: &raw::Healthcheck, path: &[String], report: &mut Report<'_>) -> Option<Healthcheck> {
+    if h.disable == Some(true) {
+        return Some(Healthcheck::Disabled);
+    }
+    let test = match &h.test {
+        None => vec![],
+        Some(raw::StringOrList::String(s)) => vec!["CMD-SHELL".into(), s.clone()],
+        Some(raw::StringOrList::List(l)) => match l.first().map(String::as_str) {
+            Some("NONE") => return Some(Healthcheck::Disabled),
+            Some("CMD") | Some("CMD-SHELL") if l.len() > 1 => l.clone(),
+            Some("CMD") | Some("CMD-SHELL") => {
+                let mut p = path.to_vec();
+                p.push("test".into());
+                report.error(&p, "the test has no command after CMD / CMD-SHELL");
+                return None;
+            }
+            _ => {
+                let mut p = path.to_vec();
+                p.push("test".into());
+                report.error(
+                    &p,
+                    "a test list starts with \"CMD\", \"CMD-SHELL\" or \"NONE\", e.g. [\"CMD\", \"curl\", \"-f\", \"http://localhost\"]",
+                );
+                return None;
+            }
+        },
+    };
+    Some(Healthcheck::Check {
+        test,
+        interval: h.interval,
+        timeout: h.timeout,
+        retries: h.retries,
+        start_period: h.start_period,
+        start_interval: h.start_interval,
+    })
+}
+
+fn tmpfs_mount(spec: &str) -> Mount {
+    let (target, opts) = spec.split_once(':').unwrap_or((spec, ""));
+    let size = opts
+        .split(',')
+        .find_map(|o| o.strip_prefix("size="))
+        .and_then(|s| super::units::Bytes::parse(s).ok());
+    Mount::Tmpfs {
+        target: target.to_string(),
+        size,
+        mode: None,
+    }
+}
+
+fn volume_mount(
+    v: &raw::VolumeEntry,
+    stack_name: &str,
+    stack: &StackSpec,
+    path: &[String],
+    report: &mut Report<'_>,
+) -> Option<Mount> {
+    let (kind, source, target, read_only, nocopy, propagation, tmpfs) = match v {
+        raw::VolumeEntry::Short(s) => {
+            let parts: Vec<&str> = s.split(':').collect();
+            let (source, target, mode) = match parts.as_slice() {
+                [t] => (None, *t, ""),
+                [s, t] if t.starts_with('/') => (Some(*s), *t, ""),
+                [t, m] => (None, *t, *m),
+                [s, t, m] => (Some(*s), *t, *m),
+                _ => {
+                    report.error(path, format!("expected [SOURCE:]TARGET[:MODE], found {s:?}"));
+                    return None;
+                }
+            };
+            let mut read_only = false;
+            let mut nocopy = false;
+            let mut propagation = None;
+            for m in mode.split(',').filter(|m| !m.is_empty()) {
+                match m {
+                    "ro" => read_only = true,
+                    "rw" => read_only = false,
+                    "nocopy" => nocopy = true,
+                    "z" | "Z" => {}
+                    "shared" | "rshared" | "slave" | "rslave" | "private" | "rprivate" => {
+                        propagation = Some(m.to_string())
+                    }
+                    other => {
+                        report.error(
+                            path,
+                            format!("unknown volume option {other:?}: expected ro, rw, nocopy or a propagation mode"),
+                        );
+                        return None;
+                    }
+                }
+            }
+            let kind = match source {
+                Some(s) if is_host_path(s) => raw::VolumeType::Bind,
+                _ => raw::VolumeType::Volume,
+            };
+            (kind, source.map(str::to_string), target.to_string(), read_only, nocopy, propagation, None)
+        }
+        raw::VolumeEntry::Long(l) => (
+            l.kind,
+            l.source.clone(),
+            l.target.clone(),
+            l.read_only.unwrap_or(false),
+            l.volume.as_ref().and_then(|v| v.nocopy).unwrap_or(false),
+            l.bind.as_ref().and_then(|b| b.propagation.clone()),
+            l.tmpfs.clone(),
+        ),
+    };
+    if !target.starts_with('/') {
+        report.error(path, format!("the mount target must be an absolute path, found {target:?}"));
+        return None;
+    }
+    match kind {
+        raw::VolumeType::Volume => {
+            let source = match source {
+                None => None,
+                Some(name) => match stack.volumes.get(&name) {
+                    Some(v) => Some(v.name.clone()),
+                    None => {
+                        report.error(
+                            path,
+                            format!(
+                                "volume {name:?} is not defined in the top-level volumes: section{}",
+                                suggestion(&name, stack.volumes.keys())
+                            ),
+                        );
+                        return None;
+                    }
+                },
+            };
+            if source.is_none() && stack_name.is_empty() {
+                return None;
+            }
+            Some(Mount::Volume {
+                source,
+                target,
+                read_only,
+                nocopy,
+            })
+        }
+        raw::VolumeType::Bind => {
+            let Some(source) = source else {
+                report.error(path, "a bind mount needs a source path");
+                return None;
+            };
+            if !source.starts_with('/') {
+                report.error(
+                    path,
+                    format!(
+                        "relative bind mount {source:?} has no meaning on cluster nodes: use an absolute host path, a named volume, or a config (configs: {{name: {{file: {source}}}}})"
+                    ),
+                );
+                return None;
+            }
+            Some(Mount::Bind {
+                source,
+                target,
+                read_only,
+                propagation,
+            })
+        }
+        raw::VolumeType::Tmpfs => Some(Mount::Tmpfs {
+            target,
+            size: tmpfs.as_ref().and_then(|t| t.size),
+            mode: tmpfs.as_ref().and_then(|t| t.mode),
+        }),
+        raw::VolumeType::Npipe => {
+            report.error(path, "npipe mounts are for Windows nodes, which are not supported");
+            None
+        }
+    }
+}
+
+fn is_host_path(s: &str) -> bool {
+    s.starts_with('/') || s.starts_with("./") || s.starts_with("../") || s.starts_with('~') || s == "."
+}
+
+fn file_mounts(
+    refs: Option<&[raw::FileRef]>,
+    section: &str,
+    defined: &BTreeMap<String, FileObjectSpec>,
+    at: &dyn Fn(&[&str]) -> Vec<String>,
+    report: &mut Report<'_>,
+) -> Vec<FileMount> {
+    let mut out: Vec<FileMount> = Vec::new();
+    for (i, r) in refs.into_iter().flatten().enumerate() {
+        let path = at(&[section, &i.to_string()]);
+        let (source, target, uid, gid, mode) = match r {
+            raw::FileRef::Short(s) => (s.clone(), None, None, None, None),
+            raw::FileRef::Long(l) => (
+                l.source.clone(),
+                l.target.clone(),
+                l.uid.as_ref().map(|u| u.to_string()),
+                l.gid.as_ref().map(|g| g.to_string()),
+                l.mode,
+            ),
+        };
+        let Some(obj) = defined.get(&source) else {
+            let kind = &section[..section.len() - 1];
+            report.error(
+                &path,
+                format!(
+                    "{kind} {source:?} is not defined in the top-level {section}: section{}",
+                    suggestion(&source, defined.keys())
+                ),
+            );
+            continue;
+        };
+        let target = match target {
+            Some(t) => t,
+            None if section == "configs" => format!("/{source}"),
+            None => source.clone(),
+        };
+        if section == "secrets" && (target.contains("..") || target.starts_with('/') && !target.starts_with("/run/secrets/")) {
+            report.error(&path, format!("secret target {target:?} must be a file name under /run/secrets/"));
+            continue;
+        }
+        if out.iter().any(|m| m.target == target) {
+            report.error(&path, format!("two {section} use the same target {target:?}"));
+            continue;
+        }
+        out.push(FileMount {
+            object: obj.name.clone(),
+            version: obj.version.clone(),
+            target,
+            uid: uid.unwrap_or_else(|| "0".into()),
+            gid: gid.unwrap_or_else(|| "0".into()),
+            mode: mode.unwrap_or(0o444),
+        });
+    }
+    out
+}
+
+fn service_networks(
+    key: &str,
+    svc: &raw::Service,
+    stack: &StackSpec,
+    at: &dyn Fn(&[&str]) -> Vec<String>,
+    report: &mut Report<'_>,
+    uses_default: &mut bool,
+) -> Vec<NetworkAttachment> {
+    let entries: Vec<(String, raw::ServiceNetwork, Vec<String>)> = match &svc.networks {
+        None => vec![],
+        Some(raw::ServiceNetworks::List(l)) => l
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), raw::ServiceNetwork::default(), at(&["networks", &i.to_string()])))
+            .collect(),
+        Some(raw::ServiceNetworks::Map(m)) => m
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone().unwrap_or_default(), at(&["networks", n])))
+            .collect(),
+    };
+    if entries.is_empty() {
+        *uses_default = true;
+        return vec![NetworkAttachment {
+            network: format!("{}_default", stack.name),
+            aliases: vec![key.to_string()],
+            ipv4_address: None,
+            ipv6_address: None,
+        }];
+    }
+    let mut out = Vec::new();
+    for (name, opts, path) in entries {
+        let full = match stack.networks.get(&name) {
+            Some(n) => n.name.clone(),
+            None if name == "default" => {
+                *uses_default = true;
+                format!("{}_default", stack.name)
+            }
+            None => {
+                report.error(
+                    &path,
+                    format!(
+                        "network {name:?} is not defined in the top-level networks: section{}",
+                        suggestion(&name, stack.networks.keys())
+                    ),
+                );
+                continue;
+            }
+        };
+        // Like `docker stack deploy`, the short service name is an alias on every network.
+        let mut aliases = vec![key.to_string()];
+        for a in opts.aliases.unwrap_or_default() {
+            if !aliases.contains(&a) {
+                aliases.push(a);
+            }
+        }
+        out.push(NetworkAttachment {
+            network: full,
+            aliases,
+            ipv4_address: opts.ipv4_address,
+            ipv6_address: opts.ipv6_address,
+        });
+    }
+    out.sort_by(|a, b| a.network.cmp(&b.network));
+    out
+}
+
+fn extra_hosts(v: Option<&raw::ListOrMap>, path: &[String], report: &mut Report<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    match v {
+        Some(raw::ListOrMap::List(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                // "host:ip" (Compose v3) or "host=ip" (Compose spec); IPv6 addresses hold ':'.
+                let pair = item.split_once('=').or_else(|| item.split_once(':'));
+                match pair {
+                    Some((h, ip)) if !h.is_empty() && !ip.is_empty() => out.push(format!("{h}:{ip}")),
+                    _ => {
+                        let mut p = path.to_vec();
+                        p.push(i.to_string());
+                        report.error(&p, format!("expected host:ip, found {item:?}"));
+                    }
+                }
+            }
+        }
+        Some(raw::ListOrMap::Map(m)) => {
+            for (h, ip) in m {
+                out.push(format!("{h}:{}", ip.as_ref().map(|v| v.to_string()).unwrap_or_default()));
+            }
+        }
+        None => {}
+    }
+    out
+}
+
+fn placement(p: Option<&raw::Placement>, path: &[String], report: &mut Report<'_>) -> Placement {
+    let Some(p) = p else {
+        return Placement::default();
+    };
+    let mut constraints = Vec::new();
+    for (i, c) in p.constraints.iter().flatten().enumerate() {
+        match Constraint::parse(c) {
+            Ok(c) => constraints.push(c),
+            Err(e) => {
+                let mut at = path.to_vec();
+                at.extend(["constraints".to_string(), i.to_string()]);
+                report.error(&at, e);
+            }
+        }
+    }
+    let mut spread = Vec::new();
+    for (i, pref) in p.preferences.iter().flatten().enumerate() {
+        let key = pref.spread.trim();
+        let lower = key.to_ascii_lowercase();
+        let label = ["node.labels.", "engine.labels."]
+            .iter()
+            .any(|prefix| lower.starts_with(prefix) && key.len() > prefix.len());
+        if label {
+            spread.push(key.to_string());
+        } else {
+            let mut at = path.to_vec();
+            at.extend(["preferences".to_string(), i.to_string(), "spread".to_string()]);
+            report.error(
+                &at,
+                format!("spread takes a label such as node.labels.zone or engine.labels.rack, found {key:?}"),
+            );
+        }
+    }
+    Placement {
+        constraints,
+        spread,
+        max_replicas_per_node: p.max_replicas_per_node.unwrap_or(0),
+    }
+}
+
+fn resources(r: Option<&raw::Resources>) -> Resources {
+    let Some(r) = r else {
+        return Resources::default();
+    };
+    let limits = r.limits.clone().unwrap_or_default();
+    let reservations = r.reservations.clone().unwrap_or_default();
+    let mut reserve_generic = BTreeMap::new();
+    for g in reservations.generic_resources.iter().flatten() {
+        if let Some(d) = &g.discrete_resource_spec {
+            *reserve_generic.entry(d.kind.clone()).or_insert(0) += d.value;
+        }
+    }
+    Resources {
+        limit_cpus: limits.cpus,
+        limit_memory: limits.memory,
+        limit_pids: limits.pids,
+        reserve_cpus: reservations.cpus,
+        reserve_memory: reservations.memory,
+        reserve_generic,
+    }
+}
+
+fn update_config(u: Option<&raw::UpdateConfig>) -> UpdateConfig {
+    let d = UpdateConfig::default();
+    let Some(u) = u else {
+        return d;
+    };
+    UpdateConfig {
+        parallelism: u.parallelism.unwrap_or(d.parallelism),
+        delay: u.delay.unwrap_or(d.delay),
+        failure_action: match u.failure_action {
+            Some(raw::FailureAction::Continue) => FailureAction::Continue,
+            Some(raw::FailureAction::Rollback) => FailureAction::Rollback,
+            Some(raw::FailureAction::Pause) | None => FailureAction::Pause,
+        },
+        monitor: u.monitor.unwrap_or(d.monitor),
+        max_failure_ratio: u.max_failure_ratio.unwrap_or(d.max_failure_ratio),
+        order: match u.order {
+            Some(raw::UpdateOrder::StartFirst) => UpdateOrder::StartFirst,
+            _ => UpdateOrder::StopFirst,
+        },
+    }
+}
+
+fn update_config_checked(u: Option<&raw::UpdateConfig>, path: &[String], report: &mut Report<'_>) -> UpdateConfig {
+    let mut c = update_config(u);
+    if c.failure_action == FailureAction::Rollback {
+        let mut at = path.to_vec();
+        at.push("failure_action".into());
+        report.error(&at, "a rollback cannot itself roll back: use pause or continue");
+        c.failure_action = FailureAction::Pause;
+    }
+    c
+}
+
+fn ports(entries: Option<&[raw::PortEntry]>, path: &[String], report: &mut Report<'_>) -> Vec<PortConfig> {
+    let mut out = Vec::new();
+    for (i, entry) in entries.into_iter().flatten().enumerate() {
+        let mut at = path.to_vec();
+        at.push(i.to_string());
+        match entry {
+            raw::PortEntry::Number(n) => match port_number(&n.to_string()) {
+                Some(t) => out.push(PortConfig {
+                    target: t,
+                    published: None,
+                    protocol: Protocol::Tcp,
+                    mode: PublishMode::Ingress,
+                    host_ip: None,
+                }),
+                None => report.error(&at, format!("expected a port from 1 to 65535, found {n}")),
+            },
+            raw::PortEntry::Short(s) => match parse_short_port(s) {
+                Ok(mut ports) => out.append(&mut ports),
+                Err(e) => report.error(&at, e),
+            },
+            raw::PortEntry::Long(l) => {
+                let Some(target) = u16::try_from(l.target).ok().filter(|t| *t > 0) else {
+                    at.push("target".into());
+                    report.error(&at, format!("expected a port from 1 to 65535, found {}", l.target));
+                    continue;
+                };
+                let published = match &l.published {
+                    None => None,
+                    Some(p) => match port_number(&p.to_string()) {
+                        Some(p) => Some(p),
+                        None => {
+                            at.push("published".into());
+                            report.error(&at, format!("expected a port from 1 to 65535, found {p}"));
+                            continue;
+                        }
+                    },
+                };
+                out.push(PortConfig {
+                    target,
+                    published,
+                    protocol: match l.protocol {
+                        Some(raw::Protocol::Udp) => Protocol::Udp,
+                        Some(raw::Protocol::Sctp) => Protocol::Sctp,
+                        _ => Protocol::Tcp,
+                    },
+                    mode: match l.mode {
+                        Some(raw::PortMode::Host) => PublishMode::Host,
+                        _ => PublishMode::Ingress,
+                    },
+                    host_ip: l.host_ip.clone(),
+                });
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn port_number(s: &str) -> Option<u16> {
+    s.trim().parse::<u16>().ok().filter(|p| *p > 0)
+}
+
+fn port_range(s: &str) -> Option<(u16, u16)> {
+    match s.split_once('-') {
+        Some((a, b)) => {
+            let (a, b) = (port_number(a)?, port_number(b)?);
+            (a <= b).then_some((a, b))
+        }
+        None => port_number(s).map(|p| (p, p)),
+    }
+}
+
+/// `[HOST_IP:][PUBLISHED[-END]:]TARGET[-END][/PROTOCOL]`.
+pub fn parse_short_port(s: &str) -> Result<Vec<PortConfig>, String> {
+    let expected = || {
+        format!("expected a port like \"8080:80\", \"80\", \"8080-8081:80-81/udp\" or \"127.0.0.1:8080:80\", found {s:?}")
+    };
+    let (rest, protocol) = match s.rsplit_once('/') {
+        Some((r, "tcp")) => (r, Protocol::Tcp),
+        Some((r, "udp")) => (r, Protocol::Udp),
+        Some((r, "sctp")) => (r, Protocol::Sctp),
+        Some((_, p)) => return Err(format!("unknown protocol {p:?} in {s:?}: expected tcp, udp or sctp")),
+        None => (s, Protocol::Tcp),
+    };
+    // The host IP may be IPv6 in brackets: "[::1]:8080:80".
+    let (host_ip, rest) = if let Some(r) = rest.strip_prefix('[') {
+        let (ip, r) = r.split_once("]:").ok_or_else(expected)?;
+        (Some(ip.to_string()), r)
+    } else {
+        let parts: Vec<&str> = rest.split(':').collect();
+        if parts.len() == 3 {
+            (Some(parts[0].to_string()), &rest[parts[0].len() + 1..])
+        } else {
+            (None, rest)
+        }
+    };
+    let (published, target) = match rest.split_once(':') {
+        Some((p, t)) if p.is_empty() => (None, t),
+        Some((p, t)) => (Some(p), t),
+        None => (None, rest),
+    };
+    let target = port_range(target).ok_or_else(expected)?;
+    let published = match published {
+        Some(p) => Some(port_range(p).ok_or_else(expected)?),
+        None => None,
+    };
+    let count = target.1 - target.0 + 1;
+    if let Some(p) = published {
+        let pc = p.1 - p.0 + 1;
+        if pc != count && !(pc > 1 && count == 1) {
+            return Err(format!("published range and target range of {s:?} differ in length"));
+        }
+        if pc > 1 && count == 1 {
+            // Compose allows "8000-8010:80": publish on any one port of the range. Swarm has no
+            // such notion; refuse rather than guess.
+            return Err(format!(
+                "{s:?} maps a range to one port; swarm mode publishes one port per target"
+            ));
+        }
+    }
+    Ok((0..count)
+        .map(|i| PortConfig {
+            target: target.0 + i,
+            published: published.map(|p| p.0 + i),
+            protocol,
+            mode: PublishMode::Ingress,
+            host_ip: host_ip.clone(),
+        })
+        .collect())
+}
+
+/// Two services of one stack publishing the same port (and protocol) cannot both have it.
+fn check_published_ports(spec: &StackSpec, report: &mut Report<'_>) {
+    let mut seen: BTreeMap<(u16, Protocol), &str> = BTreeMap::new();
+    for svc in spec.services.values() {
+        for p in &svc.endpoint.ports {
+            let Some(published) = p.published else { continue };
+            let short = &svc.name[spec.name.len() + 1..];
+            if let Some(other) = seen.insert((published, p.protocol), short) {
+                if other != short {
+                    report.error(
+                        &["services", short, "ports"],
+                        format!(
+                            "port {published}/{} is already published by service {other:?}",
+                            protocol_name(p.protocol)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn suggestion<'a>(word: &str, known: impl Iterator<Item = &'a String>) -> String {
+    let known: Vec<&str> = known.map(String::as_str).collect();
+    match super::schema::closest(word, &known) {
+        Some(k) => format!("; did you mean {k:?}?"),
+        None if known.is_empty() => String::new(),
+        None => format!(" (defined: {})", known.join(", ")),
+    }
+}
+
+fn is_cidr(s: &str) -> bool {
+    let Some((ip, bits)) = s.split_once('/') else {
+        return false;
+    };
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => bits.parse::<u8>().is_ok_and(|b| b <= 32),
+        Ok(std::net::IpAddr::V6(_)) => bits.parse::<u8>().is_ok_and(|b| b <= 128),
+        Err(_) => false,
+    }
+}
+
+pub fn is_valid_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_ports() {
+        let p = parse_short_port("8080:80").unwrap();
+        assert_eq!((p[0].published, p[0].target, p[0].protocol), (Some(8080), 80, Protocol::Tcp));
+        let p = parse_short_port("9000-9001:80-81/udp").unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!((p[1].published, p[1].target, p[1].protocol), (Some(9001), 81, Protocol::Udp));
+        let p = parse_short_port("127.0.0.1:5000:5000").unwrap();
+        assert_eq!(p[0].host_ip.as_deref(), Some("127.0.0.1"));
+        let p = parse_short_port("[::1]:53:53/udp").unwrap();
+        assert_eq!(p[0].host_ip.as_deref(), Some("::1"));
+        let p = parse_short_port("3000").unwrap();
+        assert_eq!(p[0].published, None);
+        for bad in ["80:80:80:80", "0:80", "99999:80", "80/icmp", "a:b", "9000-9002:80-81", "81-80:80"] {
+            assert!(parse_short_port(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert!(is_valid_name("web"));
+        assert!(is_valid_name("web-2.x_y"));
+        assert!(!is_valid_name("-web"));
+        assert!(!is_valid_name("web/x"));
+        assert!(!is_valid_name(""));
+    }
+}

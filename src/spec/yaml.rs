@@ -1,0 +1,545 @@
+//! A YAML tree that remembers where every node came from.
+//!
+//! serde_yaml-style `Value`s forget positions, but every error we report must name the line and
+//! column. So the file is read from yaml-rust2's event stream into [`Node`]s that carry a
+//! [`Span`], with anchors and aliases resolved and merge keys (`<<`) applied as YAML 1.1 (and
+//! Compose) define them. Scalars keep their source text and style; typing happens later
+//! ([`Node::to_json`]), after interpolation.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use yaml_rust2::parser::{Event, Parser};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+/// Deeper nesting than this is refused rather than risking the stack.
+const MAX_DEPTH: usize = 128;
+/// Alias expansion is capped so that a "billion laughs" file is an error, not an OOM.
+const MAX_NODES: usize = 1_000_000;
+
+/// A 1-based line and column in a file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Span {
+    pub line: u32,
+    pub col: u32,
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.col)
+    }
+}
+
+impl From<Marker> for Span {
+    fn from(m: Marker) -> Self {
+        Span {
+            line: m.line() as u32,
+            col: m.col() as u32 + 1,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub value: Value,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Scalar(Scalar),
+    Seq(Vec<Node>),
+    Map(Vec<Entry>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scalar {
+    pub text: String,
+    /// Plain scalars are typed by their text (`3` is a number); quoted ones are strings.
+    pub plain: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub key: String,
+    pub key_span: Span,
+    pub value: Node,
+}
+
+/// A syntax error, with where it happened.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SyntaxError {
+    pub span: Span,
+    pub message: String,
+}
+
+impl Node {
+    pub fn as_map(&self) -> Option<&[Entry]> {
+        match &self.value {
+            Value::Map(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.value {
+            Value::Scalar(s) => Some(&s.text),
+            _ => None,
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        self.as_map()?
+            .iter()
+            .find(|e| e.key == key)
+            .map(|e| &e.value)
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(&self.value, Value::Scalar(s) if s.plain && is_null_text(&s.text))
+    }
+
+    /// Find the node at a path of map keys and sequence indexes. Returns the deepest node
+    /// reached, and for a map key the span of the key itself (errors about a key point at it).
+    pub fn locate<'a, I, S>(&self, path: I) -> Span
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str> + 'a,
+    {
+        let mut node = self;
+        let mut span = self.span;
+        for seg in path {
+            let seg = seg.as_ref();
+            match &node.value {
+                Value::Map(entries) => match entries.iter().find(|e| e.key == seg) {
+                    Some(e) => {
+                        node = &e.value;
+                        // A null value has the position of whatever follows; the key is better.
+                        span = if e.value.is_null() { e.key_span } else { e.value.span };
+                    }
+                    None => return span,
+                },
+                Value::Seq(items) => match seg.parse::<usize>().ok().and_then(|i| items.get(i)) {
+                    Some(item) => {
+                        node = item;
+                        span = item.span;
+                    }
+                    None => return span,
+                },
+                Value::Scalar(_) => return span,
+            }
+        }
+        span
+    }
+
+    /// The span of a map key at `path` (the last segment being the key), if present.
+    pub fn key_span<S: AsRef<str>>(&self, path: &[S]) -> Option<Span> {
+        let (last, parent) = path.split_last()?;
+        let mut node = self;
+        for seg in parent {
+            node = match &node.value {
+                Value::Map(entries) => &entries.iter().find(|e| e.key == seg.as_ref())?.value,
+                Value::Seq(items) => items.get(seg.as_ref().parse::<usize>().ok()?)?,
+                Value::Scalar(_) => return None,
+            };
+        }
+        node.as_map()?
+            .iter()
+            .find(|e| e.key == last.as_ref())
+            .map(|e| e.key_span)
+    }
+
+    /// Convert to JSON, typing plain scalars the way Compose files are read in practice:
+    /// YAML 1.2 core types (`true`, `3`, `1.5`, `null`, `0x1F`, `0o400`) plus YAML 1.1 octal
+    /// (`0400`), which is how file modes are written in real stack files.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match &self.value {
+            Value::Scalar(s) if s.plain => plain_scalar_to_json(&s.text),
+            Value::Scalar(s) => J::String(s.text.clone()),
+            Value::Seq(items) => J::Array(items.iter().map(Node::to_json).collect()),
+            Value::Map(entries) => J::Object(
+                entries
+                    .iter()
+                    .map(|e| (e.key.clone(), e.value.to_json()))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+fn is_null_text(t: &str) -> bool {
+    matches!(t, "" | "~" | "null" | "Null" | "NULL")
+}
+
+pub fn plain_scalar_to_json(t: &str) -> serde_json::Value {
+    use serde_json::Value as J;
+    if is_null_text(t) {
+        return J::Null;
+    }
+    match t {
+        "true" | "True" | "TRUE" => return J::Bool(true),
+        "false" | "False" | "FALSE" => return J::Bool(false),
+        _ => {}
+    }
+    if let Some(n) = parse_int(t) {
+        return n;
+    }
+    if looks_like_float(t) {
+        if let Ok(f) = t.parse::<f64>() {
+            if let Some(n) = serde_json::Number::from_f64(f) {
+                return J::Number(n);
+            }
+        }
+    }
+    J::String(t.to_string())
+}
+
+fn parse_int(t: &str) -> Option<serde_json::Value> {
+    let (neg, digits) = match t.as_bytes().first()? {
+        b'-' => (true, &t[1..]),
+        b'+' => (false, &t[1..]),
+        _ => (false, t),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let magnitude: u64 = if let Some(hex) = digits.strip_prefix("0x") {
+        u64::from_str_radix(hex, 16).ok()?
+    } else if let Some(oct) = digits.strip_prefix("0o") {
+        u64::from_str_radix(oct, 8).ok()?
+    } else if digits.len() > 1 && digits.starts_with('0') && digits.bytes().all(|b| b.is_ascii_digit()) {
+        // YAML 1.1 octal: `mode: 0440`.
+        u64::from_str_radix(&digits[1..], 8).ok()?
+    } else if digits.bytes().all(|b| b.is_ascii_digit()) {
+        digits.parse().ok()?
+    } else {
+        return None;
+    };
+    Some(if neg {
+        let v = i64::try_from(magnitude).ok()?.checked_neg()?;
+        serde_json::Value::from(v)
+    } else {
+        serde_json::Value::from(magnitude)
+    })
+}
+
+fn looks_like_float(t: &str) -> bool {
+    let body = t.trim_start_matches(['-', '+']);
+    !body.is_empty()
+        && body.bytes().any(|b| b.is_ascii_digit())
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
+        && body.bytes().filter(|&b| b == b'.').count() <= 1
+}
+
+/// Parse a single YAML document into a [`Node`]. An empty document is an empty map.
+pub fn parse(text: &str) -> Result<Node, SyntaxError> {
+    let mut builder = Builder {
+        parser: Parser::new_from_str(text),
+        anchors: HashMap::new(),
+        nodes: 0,
+    };
+    builder.document()
+}
+
+struct Builder<'a> {
+    parser: Parser<std::str::Chars<'a>>,
+    anchors: HashMap<usize, Node>,
+    nodes: usize,
+}
+
+impl Builder<'_> {
+    fn next(&mut self) -> Result<(Event, Span), SyntaxError> {
+        self.parser
+            .next_token()
+            .map(|(ev, mark)| (ev, Span::from(mark)))
+            .map_err(|e| SyntaxError {
+                span: Span::from(*e.marker()),
+                message: e.info().to_string(),
+            })
+    }
+
+    fn document(&mut self) -> Result<Node, SyntaxError> {
+        let empty = |span| Node {
+            value: Value::Map(Vec::new()),
+            span,
+        };
+        loop {
+            let (ev, span) = self.next()?;
+            match ev {
+                Event::StreamStart | Event::DocumentStart | Event::Nothing => continue,
+                Event::StreamEnd => return Ok(empty(span)),
+                Event::DocumentEnd => return Ok(empty(span)),
+                ev => {
+                    let node = self.node(ev, span, 0)?;
+                    self.expect_single_document()?;
+                    return Ok(if node.is_null() { empty(node.span) } else { node });
+                }
+            }
+        }
+    }
+
+    fn expect_single_document(&mut self) -> Result<(), SyntaxError> {
+        loop {
+            let (ev, span) = self.next()?;
+            match ev {
+                Event::DocumentEnd | Event::Nothing => continue,
+                Event::StreamEnd => return Ok(()),
+                _ => {
+                    return Err(SyntaxError {
+                        span,
+                        message: "a stack file holds one YAML document; found a second one"
+                            .into(),
+                    })
+                }
+            }
+        }
+    }
+
+    fn count(&mut self, span: Span) -> Result<(), SyntaxError> {
+        self.nodes += 1;
+        if self.nodes > MAX_NODES {
+            return Err(SyntaxError {
+                span,
+                message: format!("document expands to more than {MAX_NODES} nodes (alias bomb?)"),
+            });
+        }
+        Ok(())
+    }
+
+    fn node(&mut self, ev: Event, span: Span, depth: usize) -> Result<Node, SyntaxError> {
+        if depth > MAX_DEPTH {
+            return Err(SyntaxError {
+                span,
+                message: format!("nesting deeper than {MAX_DEPTH} levels"),
+            });
+        }
+        self.count(span)?;
+        let (node, anchor) = match ev {
+            Event::Scalar(text, style, anchor, _tag) => (
+                Node {
+                    value: Value::Scalar(Scalar {
+                        text,
+                        plain: style == TScalarStyle::Plain,
+                    }),
+                    span,
+                },
+                anchor,
+            ),
+            Event::Alias(id) => {
+                let target = self.anchors.get(&id).cloned().ok_or(SyntaxError {
+                    span,
+                    message: "alias refers to an unknown anchor".into(),
+                })?;
+                self.count_tree(&target, span)?;
+                // The alias stands where it is used, but errors inside point at the anchor.
+                return Ok(target);
+            }
+            Event::SequenceStart(anchor, _) => {
+                let mut items = Vec::new();
+                loop {
+                    let (ev, s) = self.next()?;
+                    if ev == Event::SequenceEnd {
+                        break;
+                    }
+                    items.push(self.node(ev, s, depth + 1)?);
+                }
+                (
+                    Node {
+                        value: Value::Seq(items),
+                        span,
+                    },
+                    anchor,
+                )
+            }
+            Event::MappingStart(anchor, _) => (self.mapping(span, depth)?, anchor),
+            other => {
+                return Err(SyntaxError {
+                    span,
+                    message: format!("unexpected YAML event {other:?}"),
+                })
+            }
+        };
+        if anchor > 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        Ok(node)
+    }
+
+    fn count_tree(&mut self, node: &Node, span: Span) -> Result<(), SyntaxError> {
+        self.count(span)?;
+        match &node.value {
+            Value::Scalar(_) => Ok(()),
+            Value::Seq(items) => items.iter().try_for_each(|n| self.count_tree(n, span)),
+            Value::Map(entries) => entries
+                .iter()
+                .try_for_each(|e| self.count_tree(&e.value, span)),
+        }
+    }
+
+    fn mapping(&mut self, span: Span, depth: usize) -> Result<Node, SyntaxError> {
+        let mut entries: Vec<Entry> = Vec::new();
+        // Merged entries are kept apart: explicit keys win over merged ones wherever they are.
+        let mut merged: Vec<Entry> = Vec::new();
+        loop {
+            let (ev, key_span) = self.next()?;
+            if ev == Event::MappingEnd {
+                break;
+            }
+            let key_node = self.node(ev, key_span, depth + 1)?;
+            let key = match key_node.value {
+                Value::Scalar(s) => s.text,
+                _ => {
+                    return Err(SyntaxError {
+                        span: key_span,
+                        message: "mapping keys must be plain strings".into(),
+                    })
+                }
+            };
+            let (ev, vspan) = self.next()?;
+            let value = self.node(ev, vspan, depth + 1)?;
+            if key == "<<" {
+                merge_into(&mut merged, value)?;
+                continue;
+            }
+            if let Some(prev) = entries.iter().find(|e| e.key == key) {
+                return Err(SyntaxError {
+                    span: key_span,
+                    message: format!(
+                        "duplicate key \"{key}\" (first defined at line {})",
+                        prev.key_span.line
+                    ),
+                });
+            }
+            entries.push(Entry {
+                key,
+                key_span,
+                value,
+            });
+        }
+        for m in merged {
+            if !entries.iter().any(|e| e.key == m.key) {
+                entries.push(m);
+            }
+        }
+        Ok(Node {
+            value: Value::Map(entries),
+            span,
+        })
+    }
+}
+
+/// Apply a `<<` value (one map, or a list of maps; earlier maps win) to the merged set.
+fn merge_into(merged: &mut Vec<Entry>, value: Node) -> Result<(), SyntaxError> {
+    let sources = match value.value {
+        Value::Map(m) => vec![m],
+        Value::Seq(items) => items
+            .into_iter()
+            .map(|n| match n.value {
+                Value::Map(m) => Ok(m),
+                _ => Err(SyntaxError {
+                    span: n.span,
+                    message: "merge key `<<` takes a mapping or a list of mappings".into(),
+                }),
+            })
+            .collect::<Result<_, _>>()?,
+        Value::Scalar(_) => {
+            return Err(SyntaxError {
+                span: value.span,
+                message: "merge key `<<` takes a mapping or a list of mappings".into(),
+            })
+        }
+    };
+    for source in sources {
+        for entry in source {
+            if !merged.iter().any(|e| e.key == entry.key) {
+                merged.push(entry);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn spans_are_one_based_and_point_at_values() {
+        let n = parse("services:\n  web:\n    image: nginx\n").unwrap();
+        assert_eq!(
+            n.locate(["services", "web", "image"]),
+            Span { line: 3, col: 12 }
+        );
+        assert_eq!(
+            n.key_span(&["services", "web"]),
+            Some(Span { line: 2, col: 3 })
+        );
+    }
+
+    #[test]
+    fn merge_keys_apply_with_explicit_keys_winning() {
+        let n = parse(
+            "x-base: &base\n  image: a\n  user: root\nweb:\n  <<: *base\n  image: b\n",
+        )
+        .unwrap();
+        assert_eq!(
+            n.get("web").unwrap().to_json(),
+            json!({"image": "b", "user": "root"})
+        );
+    }
+
+    #[test]
+    fn merge_list_earlier_map_wins() {
+        let n = parse("a: &a {k: 1}\nb: &b {k: 2, j: 3}\nc:\n  <<: [*a, *b]\n").unwrap();
+        assert_eq!(n.get("c").unwrap().to_json(), json!({"k": 1, "j": 3}));
+    }
+
+    #[test]
+    fn scalars_are_typed_like_compose_files_expect() {
+        let n = parse("a: 3\nb: '3'\nc: 0400\nd: 1.5\ne: true\nf: yes\ng:\nh: 0o17\ni: 1e3\nj: 1.2.3\n")
+            .unwrap();
+        assert_eq!(
+            n.to_json(),
+            json!({"a": 3, "b": "3", "c": 256, "d": 1.5, "e": true, "f": "yes", "g": null,
+                   "h": 15, "i": 1000.0, "j": "1.2.3"})
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_errors_naming_both_lines() {
+        let e = parse("a: 1\nb: 2\na: 3\n").unwrap_err();
+        assert_eq!(e.span.line, 3);
+        assert!(e.message.contains("first defined at line 1"), "{}", e.message);
+    }
+
+    #[test]
+    fn alias_bombs_and_deep_nesting_are_refused() {
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let p = i - 1;
+            bomb.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        assert!(parse(&bomb).unwrap_err().message.contains("alias bomb"));
+        let deep = "[".repeat(500) + &"]".repeat(500);
+        let e = parse(&deep).unwrap_err();
+        assert!(e.message.contains("nesting") || e.message.contains("recursion"), "{e:?}");
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        let e = parse("services:\n  web:\n    image: [a\n").unwrap_err();
+        assert!(e.span.line >= 3, "{e:?}");
+    }
+
+    #[test]
+    fn empty_document_is_an_empty_map() {
+        assert_eq!(parse("").unwrap().to_json(), json!({}));
+        assert_eq!(parse("# just a comment\n").unwrap().to_json(), json!({}));
+    }
+}
