@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 use crate::logging::{self, LogFormat};
 
+mod export;
 mod plan;
 mod schema;
 mod secret;
@@ -36,6 +37,8 @@ enum Command {
     Plan(plan::Args),
     /// Print the JSON Schema of the stack file format.
     Schema(schema::Args),
+    /// Print the state a repo revision describes, in the format `plan --against-state` reads.
+    Export(export::Args),
     /// Encrypt secrets for the stacks repo with age.
     #[command(subcommand)]
     Secret(secret::Command),
@@ -56,6 +59,7 @@ pub fn main() -> i32 {
         Command::Validate(args) => validate::run(args),
         Command::Plan(args) => plan::run(args),
         Command::Schema(args) => schema::run(args),
+        Command::Export(args) => export::run(args),
         Command::Secret(cmd) => secret::run(cmd),
     };
     match result {

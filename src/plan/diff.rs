@@ -13,6 +13,12 @@ pub fn diff<T: Serialize>(old: &T, new: &T) -> Vec<FieldChange> {
     let new = serde_json::to_value(new).expect("model serialises");
     let mut out = Vec::new();
     walk("", &old, &new, &mut out);
+    // The facts people look for first: image, then replicas, then the rest in field order.
+    out.sort_by_key(|c| match c.field.as_str() {
+        "image" => 0,
+        "mode" | "replicas" => 1,
+        _ => 2,
+    });
     out
 }
 
@@ -21,6 +27,36 @@ fn walk(path: &str, old: &Value, new: &Value, out: &mut Vec<FieldChange>) {
         return;
     }
     match (old, new) {
+        (Value::Object(a), Value::Object(b)) if path == "mode" => {
+            // `mode: {mode: replicated, replicas: 2}` reads best as `replicas 2 -> 3`.
+            if a.get("mode") == b.get("mode") {
+                let (x, y) = (a.get("replicas"), b.get("replicas"));
+                out.push(FieldChange::new("replicas", x.and_then(nonnull), y.and_then(nonnull)));
+            } else {
+                out.push(FieldChange::new("mode", Some(render_mode(old)), Some(render_mode(new))));
+            }
+        }
+        (Value::Array(a), Value::Array(b)) if is_key_value_list(a) && is_key_value_list(b) => {
+            // `env: [A=1, B=2]`: compare by key, `env.A  1 -> 2`.
+            let pairs = |l: &Vec<Value>| -> Vec<(String, String)> {
+                l.iter()
+                    .filter_map(Value::as_str)
+                    .filter_map(|s| s.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            };
+            let (a, b) = (pairs(a), pairs(b));
+            let mut keys: Vec<&String> = a.iter().chain(b.iter()).map(|(k, _)| k).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let find = |l: &[(String, String)]| l.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
+                let (x, y) = (find(&a), find(&b));
+                if x != y {
+                    out.push(FieldChange::new(&format!("{path}.{k}"), x, y));
+                }
+            }
+        }
         (Value::Object(a), Value::Object(b)) if !is_leaf_object(path) => {
             let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
             keys.sort();
@@ -52,7 +88,22 @@ fn walk(path: &str, old: &Value, new: &Value, out: &mut Vec<FieldChange>) {
 
 /// Objects compared as a whole rather than key by key (their parts mean nothing alone).
 fn is_leaf_object(path: &str) -> bool {
-    path.ends_with("healthcheck") || path == "mode"
+    path.ends_with("healthcheck")
+}
+
+/// Lists of `KEY=value` strings (env): non-empty, every element has a key before `=`.
+fn is_key_value_list(l: &[Value]) -> bool {
+    !l.is_empty()
+        && l.iter()
+            .all(|v| v.as_str().is_some_and(|s| s.find('=').is_some_and(|i| i > 0)))
+}
+
+fn render_mode(v: &Value) -> String {
+    match (v.get("mode").and_then(Value::as_str), v.get("replicas")) {
+        (Some(m), Some(r)) => format!("{m} ({r} replicas)"),
+        (Some(m), None) => m.to_string(),
+        _ => render(v),
+    }
 }
 
 fn nonnull(v: &Value) -> Option<String> {
@@ -82,6 +133,13 @@ pub fn render(v: &Value) -> String {
 
 /// `task.container.image` → `image`; `mode.replicas` → `replicas`; `endpoint.ports` → `ports`.
 pub fn friendly(path: &str) -> String {
+    // Service labels (`deploy.labels`) and container labels (`labels`) must not read alike.
+    if let Some(rest) = path.strip_prefix("labels") {
+        return format!("deploy.labels{rest}");
+    }
+    if let Some(rest) = path.strip_prefix("update_config").or_else(|| path.strip_prefix("rollback_config")) {
+        return format!("deploy.{}{rest}", &path[..path.len() - rest.len()]);
+    }
     let p = path
         .strip_prefix("task.container.")
         .or_else(|| path.strip_prefix("task."))

@@ -342,8 +342,15 @@ fn service_summary(svc: &ServiceSpec) -> Vec<FieldChange> {
 }
 
 fn service_update(old: &ServiceSpec, new: &ServiceSpec) -> Change {
-    // Secret and config versions are shown as "content changed" and hidden from the diff.
-    let mut fields = Vec::new();
+    // Secret and config versions are hidden from the diff and shown as "content changed".
+    let hide = |s: &ServiceSpec| {
+        let mut s = s.clone();
+        let blank = |v: &mut Vec<FileMount>| v.iter_mut().for_each(|m| m.version.clear());
+        blank(&mut s.task.container.secrets);
+        blank(&mut s.task.container.configs);
+        s
+    };
+    let mut fields = diff::diff(&hide(old), &hide(new));
     for (label, o, n) in [
         ("secret", &old.task.container.secrets, &new.task.container.secrets),
         ("config", &old.task.container.configs, &new.task.container.configs),
@@ -356,14 +363,6 @@ fn service_update(old: &ServiceSpec, new: &ServiceSpec) -> Change {
             }
         }
     }
-    let hide = |s: &ServiceSpec| {
-        let mut s = s.clone();
-        let blank = |v: &mut Vec<FileMount>| v.iter_mut().for_each(|m| m.version.clear());
-        blank(&mut s.task.container.secrets);
-        blank(&mut s.task.container.configs);
-        s
-    };
-    fields.extend(diff::diff(&hide(old), &hide(new)));
 
     let tasks_dirty = old.task != new.task || old.endpoint != new.endpoint;
     let rollout = if tasks_dirty {

@@ -76,6 +76,9 @@ fn field_text(f: &FieldChange, width: usize, action: Action, out: &mut String) {
         (None, Some(b)) if action == Action::Create => {
             let _ = writeln!(out, "      {name:width$}  {b}");
         }
+        (None, Some(b)) if b == "content changed" && name == "content" => {
+            let _ = writeln!(out, "      content changed");
+        }
         (None, Some(b)) if b == "content changed" => {
             let _ = writeln!(out, "      {name:width$}  content changed");
         }

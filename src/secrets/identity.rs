@@ -153,7 +153,7 @@ fn warn_if_readable_by_others(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = fs::metadata(path) {
         if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(
+            tracing::info!(
                 path = %path.display(),
                 "age identity file is readable by other users; `chmod 600` it"
             );

@@ -1090,7 +1090,7 @@ pub fn parse_short_port(s: &str) -> Result<Vec<PortConfig>, String> {
         }
     };
     let (published, target) = match rest.split_once(':') {
-        Some((p, t)) if p.is_empty() => (None, t),
+        Some(("", t)) => (None, t),
         Some((p, t)) => (Some(p), t),
         None => (None, rest),
     };

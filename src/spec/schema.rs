@@ -245,13 +245,13 @@ fn expected(root: &Value, s: &Value) -> String {
         .map(|t| match *t {
             "integer" => match (min, max) {
                 (Some(lo), Some(hi)) => format!("an integer from {lo} to {hi}"),
-                (Some(lo), None) if lo == 0.0 => "a non-negative integer".into(),
+                (Some(0.0), None) => "a non-negative integer".into(),
                 (Some(lo), None) => format!("an integer of at least {lo}"),
                 _ => "an integer".into(),
             },
             "number" => match (min, max) {
                 (Some(lo), Some(hi)) => format!("a number from {lo} to {hi}"),
-                (Some(lo), None) if lo == 0.0 => "a non-negative number".into(),
+                (Some(0.0), None) => "a non-negative number".into(),
                 _ => "a number".into(),
             },
             "string" => "a string".into(),

@@ -83,8 +83,8 @@ impl fmt::Display for Duration {
             return f.write_str("0s");
         }
         let nanos = d.as_nanos();
-        if nanos % 1_000_000_000 != 0 {
-            if nanos % 1_000_000 == 0 {
+        if !nanos.is_multiple_of(1_000_000_000) {
+            if nanos.is_multiple_of(1_000_000) {
                 return write!(f, "{}ms", nanos / 1_000_000);
             }
             if nanos < 1_000_000 {
@@ -184,7 +184,7 @@ impl fmt::Display for Bytes {
             ("KiB", 1 << 10),
         ];
         for (name, size) in UNITS {
-            if self.0 >= size && self.0 % size == 0 {
+            if self.0 >= size && self.0.is_multiple_of(size) {
                 return write!(f, "{}{name}", self.0 / size);
             }
         }
@@ -244,7 +244,7 @@ impl NanoCpus {
     }
 
     fn from_f64(f: f64) -> Result<Self, String> {
-        if !f.is_finite() || f < 0.0 || f > 1e6 {
+        if !f.is_finite() || !(0.0..=1e6).contains(&f) {
             return Err(format!("expected a number of CPUs like 0.5 or 2, found {f}"));
         }
         Ok(NanoCpus((f * 1e9).round() as u64))
