@@ -72,7 +72,10 @@ fn compose(i: usize, rev: u8) -> String {
     let team = stack_name(i);
     let zone = i % 3 + 1;
     let mut y = String::new();
-    let _ = writeln!(y, "# Generated stack {team}: {SERVICES_PER_STACK} services.");
+    let _ = writeln!(
+        y,
+        "# Generated stack {team}: {SERVICES_PER_STACK} services."
+    );
     y.push_str(
         r#"version: "3.8"
 
@@ -130,7 +133,10 @@ services:
         let _ = writeln!(y, "  {role}:");
         let _ = writeln!(y, "    image: {registry}/{team}/{role}:{version}");
         if j % 4 == 1 {
-            let _ = writeln!(y, "    command: [\"/app/{role}\", \"--listen\", \":8080\", \"--metrics\", \":9090\"]");
+            let _ = writeln!(
+                y,
+                "    command: [\"/app/{role}\", \"--listen\", \":8080\", \"--metrics\", \":9090\"]"
+            );
         }
         if is_global(j) {
             let _ = writeln!(
@@ -170,7 +176,9 @@ services:
         if mounts_secret(j) {
             y.push_str("    secrets:\n      - source: db_password\n        mode: 0400\n");
         }
-        y.push_str("    configs:\n      - source: app_config\n        target: /etc/app/config.yml\n");
+        y.push_str(
+            "    configs:\n      - source: app_config\n        target: /etc/app/config.yml\n",
+        );
         if j == 8 {
             y.push_str("    volumes:\n      - data:/var/lib/store\n");
         }
@@ -199,7 +207,9 @@ services:
             ["0.25", "0.50", "1.0", "2"][j % 4],
             128 << (j % 4)
         );
-        y.push_str("      placement:\n        constraints:\n          - node.platform.os == linux\n");
+        y.push_str(
+            "      placement:\n        constraints:\n          - node.platform.os == linux\n",
+        );
         if !is_global(j) {
             let _ = writeln!(
                 y,
@@ -253,7 +263,11 @@ fn write(root: &Path, path: &str, bytes: &[u8]) {
 fn write_secret(root: &Path, i: usize, rev: u8, recipients: &Recipients) {
     let plaintext = format!("{}-db-password-rev{rev}-{i:04}", stack_name(i));
     let ciphertext = secrets::encrypt(plaintext.as_bytes(), recipients).unwrap();
-    write(root, &format!("{}/secrets/db_password.age", stack_name(i)), &ciphertext);
+    write(
+        root,
+        &format!("{}/secrets/db_password.age", stack_name(i)),
+        &ciphertext,
+    );
 }
 
 fn commit_all(repo: &git2::Repository, message: &str) {
@@ -285,8 +299,16 @@ fn generate(root: &Path) -> Expected {
     write(root, ".age-recipients", format!("{recipient}\n").as_bytes());
     for i in 0..STACKS {
         let team = stack_name(i);
-        write(root, &format!("{team}/compose.yml"), compose(i, 0).as_bytes());
-        write(root, &format!("{team}/configs/app.yml"), app_config(i).as_bytes());
+        write(
+            root,
+            &format!("{team}/compose.yml"),
+            compose(i, 0).as_bytes(),
+        );
+        write(
+            root,
+            &format!("{team}/configs/app.yml"),
+            app_config(i).as_bytes(),
+        );
         if has_dotenv(i) {
             write(
                 root,
@@ -304,7 +326,11 @@ fn generate(root: &Path) -> Expected {
     };
     for i in 0..STACKS {
         let team = stack_name(i);
-        write(root, &format!("{team}/compose.yml"), compose(i, 1).as_bytes());
+        write(
+            root,
+            &format!("{team}/compose.yml"),
+            compose(i, 1).as_bytes(),
+        );
         if secret_rotated(i) {
             write_secret(root, i, 1, &recipients);
             expected.secrets += 1;
@@ -331,7 +357,11 @@ fn check_loaded(what: &str, loaded: &Loaded) {
         .map(ToString::to_string)
         .collect();
     assert!(errors.is_empty(), "{what}: errors:\n{}", errors.join("\n"));
-    assert!(loaded.failed.is_empty(), "{what}: failed stacks {:?}", loaded.failed);
+    assert!(
+        loaded.failed.is_empty(),
+        "{what}: failed stacks {:?}",
+        loaded.failed
+    );
     assert!(
         loaded.diagnostics.is_empty(),
         "{what}: warnings in a generated repo that should be clean:\n{}",
@@ -359,7 +389,10 @@ fn check_fixture(root: &Path, expected: &Expected) -> (DesiredState, DesiredStat
     check_loaded("HEAD~1", &prev);
     let mut work_state = work.state.clone();
     work_state.revision = head.state.revision.clone();
-    assert!(work_state == head.state, "the work tree and HEAD load differently");
+    assert!(
+        work_state == head.state,
+        "the work tree and HEAD load differently"
+    );
     assert!(head.state != prev.state);
 
     let changed = plan::plan(&head.state, &prev.state);
@@ -370,20 +403,29 @@ fn check_fixture(root: &Path, expected: &Expected) -> (DesiredState, DesiredStat
         .filter(|c| c.kind == Kind::Service)
         .map(|c| c.name.clone())
         .collect();
-    assert_eq!(services, expected.services, "services the changed plan updates");
+    assert_eq!(
+        services, expected.services,
+        "services the changed plan updates"
+    );
     let secrets = changed
         .stacks
         .iter()
         .flat_map(|s| &s.changes)
         .filter(|c| c.kind == Kind::Secret)
         .count();
-    assert_eq!(secrets, expected.secrets, "secrets the changed plan updates");
+    assert_eq!(
+        secrets, expected.secrets,
+        "secrets the changed plan updates"
+    );
     let (create, update, remove) = changed.counts();
     assert_eq!((create, remove), (0, 0));
     assert_eq!(update, expected.services.len() + expected.secrets);
 
     let unchanged = plan::plan(&head.state, &head.state.clone());
-    assert!(unchanged.is_empty(), "plan of identical states is not empty");
+    assert!(
+        unchanged.is_empty(),
+        "plan of identical states is not empty"
+    );
     eprintln!(
         "fixture: {} stacks, {} services; HEAD~1..HEAD updates {} services and {} secrets in {} stacks",
         STACKS,
@@ -405,7 +447,9 @@ fn benches(c: &mut Criterion) {
         let mut g = c.benchmark_group("load_worktree");
         g.sample_size(20).measurement_time(Duration::from_secs(6));
         g.bench_function("1000_services", |b| {
-            b.iter(|| desired::load(&WorkTree::new(black_box(root)), &LoadOptions::default()).unwrap())
+            b.iter(|| {
+                desired::load(&WorkTree::new(black_box(root)), &LoadOptions::default()).unwrap()
+            })
         });
         g.finish();
     }

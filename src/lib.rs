@@ -11,3 +11,4 @@ pub mod logging;
 pub mod plan;
 pub mod secrets;
 pub mod spec;
+pub mod store;

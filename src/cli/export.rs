@@ -24,6 +24,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
         anyhow::bail!("the stacks are invalid: nothing exported");
     }
-    println!("{}", serde_json::to_string_pretty(&StateFile::new(loaded.state))?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&StateFile::new(loaded.state))?
+    );
     Ok(0)
 }

@@ -63,7 +63,8 @@ fn observed(args: &Args) -> anyhow::Result<DesiredState> {
         return Ok(loaded.state);
     }
     if let Some(file) = &args.against_state {
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         return state_file::parse(&text, &file.display().to_string());
     }
     Ok(DesiredState::default())

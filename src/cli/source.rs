@@ -24,7 +24,11 @@ impl IdentityArgs {
 
 /// Read the stacks at `path`: from the work tree, or from git at `reference` when given.
 /// Diagnostics name files as the user would find them from the current directory.
-pub fn load(path: &Path, reference: Option<&str>, identities: Option<&Identities>) -> anyhow::Result<Loaded> {
+pub fn load(
+    path: &Path,
+    reference: Option<&str>,
+    identities: Option<&Identities>,
+) -> anyhow::Result<Loaded> {
     let options = LoadOptions {
         identities,
         process_env: true,

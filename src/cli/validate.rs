@@ -56,7 +56,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 args.path.display(),
                 plural(stacks, "stack"),
                 plural(services, "service"),
-                if warnings > 0 { format!(" ({warnings} {})", plural(warnings, "warning")) } else { String::new() }
+                if warnings > 0 {
+                    format!(" ({warnings} {})", plural(warnings, "warning"))
+                } else {
+                    String::new()
+                }
             );
         } else {
             println!(
@@ -72,5 +76,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 }
 
 pub fn plural(n: usize, word: &str) -> String {
-    if n == 1 { word.to_string() } else { format!("{word}s") }
+    if n == 1 {
+        word.to_string()
+    } else {
+        format!("{word}s")
+    }
 }

@@ -101,7 +101,10 @@ pub fn load(tree: &dyn Tree, options: &LoadOptions<'_>) -> anyhow::Result<Loaded
                 file,
                 spec::yaml::Span::default(),
                 "",
-                format!("{dir} holds more than one stack file ({}): keep one", names.join(", ")),
+                format!(
+                    "{dir} holds more than one stack file ({}): keep one",
+                    names.join(", ")
+                ),
             ));
             out.failed.push(dir.clone());
             continue;
@@ -114,12 +117,21 @@ pub fn load(tree: &dyn Tree, options: &LoadOptions<'_>) -> anyhow::Result<Loaded
 
 /// Read a single compose file that is not part of a stacks directory layout (for
 /// `reconciler validate FILE`): the stack is named after the file's directory.
-pub fn load_file(tree: &dyn Tree, dir: &str, file: &str, options: &LoadOptions<'_>) -> anyhow::Result<Loaded> {
+pub fn load_file(
+    tree: &dyn Tree,
+    dir: &str,
+    file: &str,
+    options: &LoadOptions<'_>,
+) -> anyhow::Result<Loaded> {
     let mut out = Loaded::default();
     let bytes = tree
         .read(file)?
         .ok_or_else(|| anyhow::anyhow!("{file}: no such file"))?;
-    let stack = if dir.is_empty() { "stack" } else { dir.rsplit('/').next().unwrap_or(dir) };
+    let stack = if dir.is_empty() {
+        "stack"
+    } else {
+        dir.rsplit('/').next().unwrap_or(dir)
+    };
     load_one_named(tree, stack, dir, file, &bytes, options, &mut out)?;
     Ok(out)
 }
@@ -145,8 +157,12 @@ fn load_one_named(
     out: &mut Loaded,
 ) -> anyhow::Result<()> {
     let fail = |out: &mut Loaded, message: String| {
-        out.diagnostics
-            .push(Diagnostic::error(file, spec::yaml::Span::default(), "", message));
+        out.diagnostics.push(Diagnostic::error(
+            file,
+            spec::yaml::Span::default(),
+            "",
+            message,
+        ));
         out.failed.push(stack.to_string());
     };
     if !is_valid_stack_name(stack) {
@@ -160,14 +176,21 @@ fn load_one_named(
         fail(out, "the file is not UTF-8 text".into());
         return Ok(());
     };
-    let dotenv_path = if dir.is_empty() { ".env".to_string() } else { format!("{dir}/.env") };
+    let dotenv_path = if dir.is_empty() {
+        ".env".to_string()
+    } else {
+        format!("{dir}/.env")
+    };
     let dotenv = match tree.read(&dotenv_path)? {
         Some(b) => match spec::dotenv::parse_map(&String::from_utf8_lossy(&b)) {
             Ok(m) => m,
             Err(e) => {
                 out.diagnostics.push(Diagnostic::error(
                     &dotenv_path,
-                    spec::yaml::Span { line: e.line, col: 1 },
+                    spec::yaml::Span {
+                        line: e.line,
+                        col: 1,
+                    },
                     "",
                     e.message,
                 ));
@@ -195,8 +218,12 @@ fn load_one_named(
             if !secret.encrypted {
                 continue;
             }
-            let Some(source) = &secret.source else { continue };
-            let Some(ciphertext) = tree.read(source)? else { continue };
+            let Some(source) = &secret.source else {
+                continue;
+            };
+            let Some(ciphertext) = tree.read(source)? else {
+                continue;
+            };
             if let Err(e) = secrets::decrypt(&secret.name, &ciphertext, ids) {
                 let root = spec::yaml::parse(text).ok();
                 let span = root
@@ -227,13 +254,21 @@ fn check_across_stacks(out: &mut Loaded) {
     for stack in out.state.stacks.values() {
         for svc in stack.services.values() {
             for p in &svc.endpoint.ports {
-                let Some(published) = p.published else { continue };
+                let Some(published) = p.published else {
+                    continue;
+                };
                 if p.mode == spec::model::PublishMode::Host {
                     continue;
                 }
                 if let Some(other) = seen.insert((published, p.protocol), svc.name.clone()) {
                     if !other.starts_with(&format!("{}_", stack.name)) {
-                        clashes.push((stack.file.clone(), stack.name.clone(), svc.name.clone(), published, other));
+                        clashes.push((
+                            stack.file.clone(),
+                            stack.name.clone(),
+                            svc.name.clone(),
+                            published,
+                            other,
+                        ));
                     }
                 }
             }
@@ -256,5 +291,6 @@ pub fn is_valid_stack_name(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 63
         && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'))
 }

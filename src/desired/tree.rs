@@ -58,7 +58,9 @@ impl Tree for WorkTree {
     fn subdirs(&self, dir: &str) -> anyhow::Result<Vec<String>> {
         let path = self.root.join(dir);
         let mut out = Vec::new();
-        for entry in std::fs::read_dir(&path).with_context(|| format!("reading {}", path.display()))? {
+        for entry in
+            std::fs::read_dir(&path).with_context(|| format!("reading {}", path.display()))?
+        {
             let entry = entry?;
             if entry.file_type()?.is_dir() {
                 if let Some(name) = entry.file_name().to_str() {
@@ -82,7 +84,9 @@ impl Tree for WorkTree {
                 if !real.is_file() {
                     return Ok(None);
                 }
-                Ok(Some(std::fs::read(&real).with_context(|| format!("reading {path}"))?))
+                Ok(Some(
+                    std::fs::read(&real).with_context(|| format!("reading {path}"))?,
+                ))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(anyhow!(e).context(format!("reading {path}"))),
@@ -209,7 +213,10 @@ mod tests {
     #[test]
     fn join_stays_inside() {
         assert_eq!(join_inside("web", "./db.age").unwrap(), "web/db.age");
-        assert_eq!(join_inside("web", "../shared/ca.pem").unwrap(), "shared/ca.pem");
+        assert_eq!(
+            join_inside("web", "../shared/ca.pem").unwrap(),
+            "shared/ca.pem"
+        );
         assert!(join_inside("web", "../../etc/passwd").is_err());
         assert!(join_inside("web", "/etc/passwd").is_err());
     }

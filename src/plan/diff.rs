@@ -31,9 +31,17 @@ fn walk(path: &str, old: &Value, new: &Value, out: &mut Vec<FieldChange>) {
             // `mode: {mode: replicated, replicas: 2}` reads best as `replicas 2 -> 3`.
             if a.get("mode") == b.get("mode") {
                 let (x, y) = (a.get("replicas"), b.get("replicas"));
-                out.push(FieldChange::new("replicas", x.and_then(nonnull), y.and_then(nonnull)));
+                out.push(FieldChange::new(
+                    "replicas",
+                    x.and_then(nonnull),
+                    y.and_then(nonnull),
+                ));
             } else {
-                out.push(FieldChange::new("mode", Some(render_mode(old)), Some(render_mode(new))));
+                out.push(FieldChange::new(
+                    "mode",
+                    Some(render_mode(old)),
+                    Some(render_mode(new)),
+                ));
             }
         }
         (Value::Array(a), Value::Array(b)) if is_key_value_list(a) && is_key_value_list(b) => {
@@ -50,7 +58,8 @@ fn walk(path: &str, old: &Value, new: &Value, out: &mut Vec<FieldChange>) {
             keys.sort();
             keys.dedup();
             for k in keys {
-                let find = |l: &[(String, String)]| l.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
+                let find =
+                    |l: &[(String, String)]| l.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
                 let (x, y) = (find(&a), find(&b));
                 if x != y {
                     out.push(FieldChange::new(&format!("{path}.{k}"), x, y));
@@ -62,8 +71,17 @@ fn walk(path: &str, old: &Value, new: &Value, out: &mut Vec<FieldChange>) {
             keys.sort();
             keys.dedup();
             for k in keys {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-                walk(&p, a.get(k).unwrap_or(&Value::Null), b.get(k).unwrap_or(&Value::Null), out);
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                walk(
+                    &p,
+                    a.get(k).unwrap_or(&Value::Null),
+                    b.get(k).unwrap_or(&Value::Null),
+                    out,
+                );
             }
         }
         (Value::Array(a), Value::Array(b)) => {
@@ -94,8 +112,10 @@ fn is_leaf_object(path: &str) -> bool {
 /// Lists of `KEY=value` strings (env): non-empty, every element has a key before `=`.
 fn is_key_value_list(l: &[Value]) -> bool {
     !l.is_empty()
-        && l.iter()
-            .all(|v| v.as_str().is_some_and(|s| s.find('=').is_some_and(|i| i > 0)))
+        && l.iter().all(|v| {
+            v.as_str()
+                .is_some_and(|s| s.find('=').is_some_and(|i| i > 0))
+        })
 }
 
 fn render_mode(v: &Value) -> String {
@@ -137,7 +157,10 @@ pub fn friendly(path: &str) -> String {
     if let Some(rest) = path.strip_prefix("labels") {
         return format!("deploy.labels{rest}");
     }
-    if let Some(rest) = path.strip_prefix("update_config").or_else(|| path.strip_prefix("rollback_config")) {
+    if let Some(rest) = path
+        .strip_prefix("update_config")
+        .or_else(|| path.strip_prefix("rollback_config"))
+    {
         return format!("deploy.{}{rest}", &path[..path.len() - rest.len()]);
     }
     let p = path

@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use crate::desired::DesiredState;
 use crate::spec::model::{
-    FailureAction, FileMount, FileObjectSpec, Mode, NetworkSpec, ServiceSpec, StackSpec, UpdateOrder,
-    VolumeSpec,
+    FailureAction, FileMount, FileObjectSpec, Mode, NetworkSpec, ServiceSpec, StackSpec,
+    UpdateOrder, VolumeSpec,
 };
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -129,8 +129,11 @@ impl Plan {
 pub fn plan(desired: &DesiredState, observed: &DesiredState) -> Plan {
     let mut stacks = Vec::new();
     let empty = StackSpec::default();
-    let names: std::collections::BTreeSet<&String> =
-        desired.stacks.keys().chain(observed.stacks.keys()).collect();
+    let names: std::collections::BTreeSet<&String> = desired
+        .stacks
+        .keys()
+        .chain(observed.stacks.keys())
+        .collect();
     for name in names {
         let (action, new, old) = match (desired.stacks.get(name), observed.stacks.get(name)) {
             (Some(new), Some(old)) => (Action::Update, new, old),
@@ -162,10 +165,38 @@ fn stack_changes(new: &StackSpec, old: &StackSpec) -> Vec<Change> {
     // which they are applied.
     let mut creates = Vec::new();
     let mut removes = Vec::new();
-    objects(&new.networks, &old.networks, Kind::Network, network_fields, &mut creates, &mut removes);
-    objects(&new.volumes, &old.volumes, Kind::Volume, volume_fields, &mut creates, &mut removes);
-    objects(&new.secrets, &old.secrets, Kind::Secret, file_object_fields, &mut creates, &mut removes);
-    objects(&new.configs, &old.configs, Kind::Config, file_object_fields, &mut creates, &mut removes);
+    objects(
+        &new.networks,
+        &old.networks,
+        Kind::Network,
+        network_fields,
+        &mut creates,
+        &mut removes,
+    );
+    objects(
+        &new.volumes,
+        &old.volumes,
+        Kind::Volume,
+        volume_fields,
+        &mut creates,
+        &mut removes,
+    );
+    objects(
+        &new.secrets,
+        &old.secrets,
+        Kind::Secret,
+        file_object_fields,
+        &mut creates,
+        &mut removes,
+    );
+    objects(
+        &new.configs,
+        &old.configs,
+        Kind::Config,
+        file_object_fields,
+        &mut creates,
+        &mut removes,
+    );
     let mut services = Vec::new();
     for (name, svc) in &new.services {
         match old.services.get(name) {
@@ -352,11 +383,22 @@ fn service_update(old: &ServiceSpec, new: &ServiceSpec) -> Change {
     };
     let mut fields = diff::diff(&hide(old), &hide(new));
     for (label, o, n) in [
-        ("secret", &old.task.container.secrets, &new.task.container.secrets),
-        ("config", &old.task.container.configs, &new.task.container.configs),
+        (
+            "secret",
+            &old.task.container.secrets,
+            &new.task.container.secrets,
+        ),
+        (
+            "config",
+            &old.task.container.configs,
+            &new.task.container.configs,
+        ),
     ] {
         for m in n {
-            if let Some(prev) = o.iter().find(|p| p.object == m.object && p.target == m.target) {
+            if let Some(prev) = o
+                .iter()
+                .find(|p| p.object == m.object && p.target == m.target)
+            {
                 if prev.version != m.version {
                     fields.push(content_changed(&format!("{label} {}", m.object)));
                 }
@@ -368,12 +410,16 @@ fn service_update(old: &ServiceSpec, new: &ServiceSpec) -> Change {
     let rollout = if tasks_dirty {
         let cfg = &new.update_config;
         let scale = match (old.mode, new.mode) {
-            (Mode::Replicated { replicas: a }, Mode::Replicated { replicas: b }) if a != b => Some((a, b)),
+            (Mode::Replicated { replicas: a }, Mode::Replicated { replicas: b }) if a != b => {
+                Some((a, b))
+            }
             _ => None,
         };
         Rollout::Rolling {
             tasks: match (old.mode, new.mode) {
-                (Mode::Replicated { replicas: a }, Mode::Replicated { replicas: b }) => Some(a.min(b)),
+                (Mode::Replicated { replicas: a }, Mode::Replicated { replicas: b }) => {
+                    Some(a.min(b))
+                }
                 _ => None,
             },
             scale,

@@ -17,7 +17,10 @@ pub fn text(plan: &Plan) -> String {
             let _ = writeln!(out, "Comparing the observed state with {b} (desired).");
         }
         (Some(a), None) => {
-            let _ = writeln!(out, "Comparing {a} (observed) with the work tree (desired).");
+            let _ = writeln!(
+                out,
+                "Comparing {a} (observed) with the work tree (desired)."
+            );
         }
         (None, None) => {}
     }
@@ -112,10 +115,16 @@ pub fn rollout_text(r: &Rollout) -> Option<String> {
         Rollout::Start { tasks: n } => format!("start {}", tasks(*n)),
         Rollout::Stop { tasks: n } => format!("stop {}", tasks(*n)),
         Rollout::Scale { from, to } if to > from => {
-            format!("scale {from} -> {to}: start {} (no task replaced)", tasks(Some(to - from)))
+            format!(
+                "scale {from} -> {to}: start {} (no task replaced)",
+                tasks(Some(to - from))
+            )
         }
         Rollout::Scale { from, to } => {
-            format!("scale {from} -> {to}: stop {} (no task replaced)", tasks(Some(from - to)))
+            format!(
+                "scale {from} -> {to}: stop {} (no task replaced)",
+                tasks(Some(from - to))
+            )
         }
         Rollout::NoTaskChange => "service settings only: no task replaced".into(),
         Rollout::Rolling {

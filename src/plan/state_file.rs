@@ -35,10 +35,17 @@ pub fn parse(text: &str, origin: &str) -> anyhow::Result<DesiredState> {
         format: Option<String>,
         version: Option<u32>,
     }
-    let header: Header = serde_json::from_str(text)
-        .map_err(|e| anyhow::anyhow!("{origin}:{}:{}: not a JSON state export: {e}", e.line(), e.column()))?;
+    let header: Header = serde_json::from_str(text).map_err(|e| {
+        anyhow::anyhow!(
+            "{origin}:{}:{}: not a JSON state export: {e}",
+            e.line(),
+            e.column()
+        )
+    })?;
     if header.format.as_deref() != Some(FORMAT) {
-        anyhow::bail!("{origin}: not a reconciler state export (expected \"format\": \"{FORMAT}\")");
+        anyhow::bail!(
+            "{origin}: not a reconciler state export (expected \"format\": \"{FORMAT}\")"
+        );
     }
     match header.version {
         Some(VERSION) => {}

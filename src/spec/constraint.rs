@@ -60,13 +60,19 @@ impl Constraint {
         let key_text = text[..idx].trim();
         let value = text[idx + len..].trim();
         if value.is_empty() {
-            return Err(format!("constraint {text:?} has no value after the operator"));
+            return Err(format!(
+                "constraint {text:?} has no value after the operator"
+            ));
         }
         if value.contains("==") || value.contains("!=") {
             return Err(format!("constraint {text:?} has more than one operator"));
         }
-        let key = ConstraintKey::parse(key_text)
-            .ok_or_else(|| format!("unknown constraint key {key_text:?}: expected one of {}", KEYS.join(", ")))?;
+        let key = ConstraintKey::parse(key_text).ok_or_else(|| {
+            format!(
+                "unknown constraint key {key_text:?}: expected one of {}",
+                KEYS.join(", ")
+            )
+        })?;
         if key == ConstraintKey::NodeRole
             && !value.eq_ignore_ascii_case("manager")
             && !value.eq_ignore_ascii_case("worker")
@@ -168,7 +174,10 @@ mod tests {
     #[test]
     fn parses_swarm_constraints() {
         let c = Constraint::parse("node.role == manager").unwrap();
-        assert_eq!((c.key, c.op, c.value.as_str()), (ConstraintKey::NodeRole, ConstraintOp::Eq, "manager"));
+        assert_eq!(
+            (c.key, c.op, c.value.as_str()),
+            (ConstraintKey::NodeRole, ConstraintOp::Eq, "manager")
+        );
         let c = Constraint::parse("Node.Labels.Zone!=eu-1").unwrap();
         assert_eq!(c.key, ConstraintKey::NodeLabel("Zone".into()));
         assert_eq!(c.to_string(), "node.labels.Zone!=eu-1");
@@ -180,10 +189,18 @@ mod tests {
     fn malformed_constraints_say_why() {
         let e = Constraint::parse("node.role = manager").unwrap_err();
         assert!(e.contains("single ="), "{e}");
-        assert!(Constraint::parse("node.rol==manager").unwrap_err().contains("unknown constraint key"));
-        assert!(Constraint::parse("node.role==").unwrap_err().contains("no value"));
-        assert!(Constraint::parse("node.role").unwrap_err().contains("no operator"));
-        assert!(Constraint::parse("node.role==boss").unwrap_err().contains("manager or worker"));
+        assert!(Constraint::parse("node.rol==manager")
+            .unwrap_err()
+            .contains("unknown constraint key"));
+        assert!(Constraint::parse("node.role==")
+            .unwrap_err()
+            .contains("no value"));
+        assert!(Constraint::parse("node.role")
+            .unwrap_err()
+            .contains("no operator"));
+        assert!(Constraint::parse("node.role==boss")
+            .unwrap_err()
+            .contains("manager or worker"));
         assert!(Constraint::parse("node.labels.==x").is_err());
     }
 

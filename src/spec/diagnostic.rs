@@ -27,7 +27,12 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
-    pub fn error(file: &str, span: Span, path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn error(
+        file: &str,
+        span: Span,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Diagnostic {
             file: file.to_string(),
             line: span.line,
@@ -121,7 +126,8 @@ impl<'a> Report<'a> {
     pub fn error<S: AsRef<str>>(&mut self, path: &[S], message: impl Into<String>) {
         let span = self.root.locate(path.iter().map(AsRef::as_ref));
         let p = display_path(self.root, path);
-        self.items.push(Diagnostic::error(self.file, span, p, message));
+        self.items
+            .push(Diagnostic::error(self.file, span, p, message));
     }
 
     /// An error about the key at `path` itself (an unknown or misplaced key).
@@ -131,7 +137,8 @@ impl<'a> Report<'a> {
             .key_span(path)
             .unwrap_or_else(|| self.root.locate(path.iter().map(AsRef::as_ref)));
         let p = display_path(self.root, path);
-        self.items.push(Diagnostic::error(self.file, span, p, message));
+        self.items
+            .push(Diagnostic::error(self.file, span, p, message));
     }
 
     pub fn key_warning<S: AsRef<str>>(&mut self, path: &[S], message: impl Into<String>) {

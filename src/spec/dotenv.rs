@@ -48,9 +48,7 @@ pub fn parse_map(text: &str) -> Result<BTreeMap<String, String>, DotenvError> {
 
 fn unquote(v: &str) -> Result<String, String> {
     if let Some(inner) = v.strip_prefix('\'') {
-        let end = inner
-            .find('\'')
-            .ok_or("unterminated single quote")?;
+        let end = inner.find('\'').ok_or("unterminated single quote")?;
         return Ok(inner[..end].to_string());
     }
     if let Some(inner) = v.strip_prefix('"') {

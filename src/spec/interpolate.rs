@@ -145,7 +145,11 @@ fn braced<'a>(input: &'a str, vars: &Variables, out: &mut String) -> Result<&'a 
     let mut word = String::new();
     let after = expand(r, vars, &mut word, true)?;
     match op {
-        ":-" => out.push_str(if set_and_nonempty { value.unwrap() } else { &word }),
+        ":-" => out.push_str(if set_and_nonempty {
+            value.unwrap()
+        } else {
+            &word
+        }),
         "-" => out.push_str(value.unwrap_or(&word)),
         ":+" => out.push_str(if set_and_nonempty { &word } else { "" }),
         "+" => out.push_str(if value.is_some() { &word } else { "" }),
@@ -165,7 +169,11 @@ fn braced<'a>(input: &'a str, vars: &Variables, out: &mut String) -> Result<&'a 
             }
             out.push_str(value.unwrap_or(""));
         }
-        _ => return Err(format!("invalid interpolation operator \"{op}\" in ${{{name}...}}")),
+        _ => {
+            return Err(format!(
+                "invalid interpolation operator \"{op}\" in ${{{name}...}}"
+            ))
+        }
     }
     Ok(after)
 }
@@ -239,7 +247,17 @@ mod tests {
 
     #[test]
     fn malformed_is_an_error_not_a_panic() {
-        for bad in ["${", "${}", "${TAG", "${TAG:-x", "$", "a $ b", "${1}", "${TAG!}", "${TAG:-${}"] {
+        for bad in [
+            "${",
+            "${}",
+            "${TAG",
+            "${TAG:-x",
+            "$",
+            "a $ b",
+            "${1}",
+            "${TAG!}",
+            "${TAG:-${}",
+        ] {
             assert!(i(bad).is_err(), "{bad:?} should be an error");
         }
     }

@@ -81,7 +81,14 @@ pub fn load_stack(
     };
     let mut root = match yaml::parse(text) {
         Ok(root) => root,
-        Err(e) => return fail(Diagnostic::error(file, e.span, "", format!("invalid YAML: {}", e.message))),
+        Err(e) => {
+            return fail(Diagnostic::error(
+                file,
+                e.span,
+                "",
+                format!("invalid YAML: {}", e.message),
+            ))
+        }
     };
     if root.as_map().is_none() {
         return fail(Diagnostic::error(
@@ -112,17 +119,18 @@ pub fn load_stack(
     } else {
         match serde_path_to_error::deserialize::<_, raw::ComposeFile>(json) {
             Ok(raw) => {
-                let cx = normalise::Context {
-                    stack,
-                    files,
-                    vars,
-                };
+                let cx = normalise::Context { stack, files, vars };
                 let spec = normalise::normalise(raw, &cx, &mut report);
                 (!report.has_errors()).then_some(spec)
             }
             Err(e) => {
                 // The schema should have caught this; report it as well as we can anyway.
-                let path: Vec<String> = e.path().to_string().split('.').map(str::to_string).collect();
+                let path: Vec<String> = e
+                    .path()
+                    .to_string()
+                    .split('.')
+                    .map(str::to_string)
+                    .collect();
                 report.error(&path, e.into_inner().to_string());
                 None
             }
@@ -143,7 +151,10 @@ fn check_version(json: &Json, report: &mut diagnostic::Report<'_>) {
         Json::Number(n) => n.to_string(),
         _ => return, // the schema reports the type
     };
-    let ok = text == "3" || text.strip_prefix("3.").is_some_and(|m| m.parse::<u8>().is_ok_and(|m| m <= 9));
+    let ok = text == "3"
+        || text
+            .strip_prefix("3.")
+            .is_some_and(|m| m.parse::<u8>().is_ok_and(|m| m <= 9));
     if !ok {
         report.error(
             &["version"],
@@ -191,12 +202,48 @@ enum Cast {
 /// interpolation type-cast table): `replicas: "${REPLICAS:-2}"` is the number 2.
 const CASTS: &[(&[&str], Cast)] = &[
     (&["services", "*", "deploy", "replicas"], Cast::Int),
-    (&["services", "*", "deploy", "update_config", "parallelism"], Cast::Int),
-    (&["services", "*", "deploy", "update_config", "max_failure_ratio"], Cast::Float),
-    (&["services", "*", "deploy", "rollback_config", "parallelism"], Cast::Int),
-    (&["services", "*", "deploy", "rollback_config", "max_failure_ratio"], Cast::Float),
-    (&["services", "*", "deploy", "restart_policy", "max_attempts"], Cast::Int),
-    (&["services", "*", "deploy", "placement", "max_replicas_per_node"], Cast::Int),
+    (
+        &["services", "*", "deploy", "update_config", "parallelism"],
+        Cast::Int,
+    ),
+    (
+        &[
+            "services",
+            "*",
+            "deploy",
+            "update_config",
+            "max_failure_ratio",
+        ],
+        Cast::Float,
+    ),
+    (
+        &["services", "*", "deploy", "rollback_config", "parallelism"],
+        Cast::Int,
+    ),
+    (
+        &[
+            "services",
+            "*",
+            "deploy",
+            "rollback_config",
+            "max_failure_ratio",
+        ],
+        Cast::Float,
+    ),
+    (
+        &["services", "*", "deploy", "restart_policy", "max_attempts"],
+        Cast::Int,
+    ),
+    (
+        &[
+            "services",
+            "*",
+            "deploy",
+            "placement",
+            "max_replicas_per_node",
+        ],
+        Cast::Int,
+    ),
     (&["services", "*", "healthcheck", "retries"], Cast::Int),
     (&["services", "*", "healthcheck", "disable"], Cast::Bool),
     (&["services", "*", "init"], Cast::Bool),
@@ -211,7 +258,10 @@ const CASTS: &[(&[&str], Cast)] = &[
     (&["services", "*", "ulimits", "*", "soft"], Cast::Int),
     (&["services", "*", "ulimits", "*", "hard"], Cast::Int),
     (&["services", "*", "volumes", "*", "read_only"], Cast::Bool),
-    (&["services", "*", "volumes", "*", "volume", "nocopy"], Cast::Bool),
+    (
+        &["services", "*", "volumes", "*", "volume", "nocopy"],
+        Cast::Bool,
+    ),
     (&["networks", "*", "external"], Cast::Bool),
     (&["networks", "*", "internal"], Cast::Bool),
     (&["networks", "*", "attachable"], Cast::Bool),
@@ -232,7 +282,11 @@ fn cast_at(v: &mut Json, path: &[&str], cast: Cast) {
             let t = s.trim();
             let new = match cast {
                 Cast::Int => t.parse::<i64>().ok().map(Json::from),
-                Cast::Float => t.parse::<f64>().ok().filter(|f| f.is_finite()).map(Json::from),
+                Cast::Float => t
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|f| f.is_finite())
+                    .map(Json::from),
                 Cast::Bool => match t.to_ascii_lowercase().as_str() {
                     "true" | "yes" | "y" | "on" => Some(Json::Bool(true)),
                     "false" | "no" | "n" | "off" => Some(Json::Bool(false)),

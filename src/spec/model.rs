@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::units::{Bytes, Duration, NanoCpus};
 pub use super::constraint::{Constraint, ConstraintKey, ConstraintOp};
+use super::units::{Bytes, Duration, NanoCpus};
 
 /// One stack: a directory of the stacks repo.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -153,9 +153,9 @@ pub enum Mount {
 impl Mount {
     pub fn target(&self) -> &str {
         match self {
-            Mount::Volume { target, .. } | Mount::Bind { target, .. } | Mount::Tmpfs { target, .. } => {
-                target
-            }
+            Mount::Volume { target, .. }
+            | Mount::Bind { target, .. }
+            | Mount::Tmpfs { target, .. } => target,
         }
     }
 }

@@ -31,7 +31,10 @@ pub fn normalise(file: raw::ComposeFile, cx: &Context<'_>, report: &mut Report<'
 
     for (key, def) in &file.networks {
         let def = def.clone().unwrap_or_default();
-        let external = def.external.as_ref().is_some_and(raw::External::is_external);
+        let external = def
+            .external
+            .as_ref()
+            .is_some_and(raw::External::is_external);
         let name = object_name(stack, key, def.name.as_deref(), def.external.as_ref());
         if external && (def.driver.is_some() || def.ipam.is_some()) {
             report.error(
@@ -55,7 +58,9 @@ pub fn normalise(file: raw::ComposeFile, cx: &Context<'_>, report: &mut Report<'
                 if !is_cidr(subnet) {
                     report.error(
                         &["networks", key, "ipam", "config", &i.to_string(), "subnet"],
-                        format!("expected a subnet in CIDR form like 10.0.9.0/24, found {subnet:?}"),
+                        format!(
+                            "expected a subnet in CIDR form like 10.0.9.0/24, found {subnet:?}"
+                        ),
                     );
                 }
             }
@@ -82,7 +87,10 @@ pub fn normalise(file: raw::ComposeFile, cx: &Context<'_>, report: &mut Report<'
             key.clone(),
             VolumeSpec {
                 name: object_name(stack, key, def.name.as_deref(), def.external.as_ref()),
-                external: def.external.as_ref().is_some_and(raw::External::is_external),
+                external: def
+                    .external
+                    .as_ref()
+                    .is_some_and(raw::External::is_external),
                 driver: def.driver.clone().unwrap_or_else(|| "local".into()),
                 driver_opts: scalar_map(def.driver_opts.as_ref()),
                 labels: list_or_map(def.labels.as_ref(), &["volumes", key, "labels"], report),
@@ -149,7 +157,12 @@ pub fn normalise(file: raw::ComposeFile, cx: &Context<'_>, report: &mut Report<'
     spec
 }
 
-fn object_name(stack: &str, key: &str, name: Option<&str>, external: Option<&raw::External>) -> String {
+fn object_name(
+    stack: &str,
+    key: &str,
+    name: Option<&str>,
+    external: Option<&raw::External>,
+) -> String {
     match external {
         Some(raw::External::Named { name: Some(n) }) => n.clone(),
         Some(e) if e.is_external() => name.unwrap_or(key).to_string(),
@@ -249,7 +262,10 @@ fn service(
     let image = match &svc.image {
         Some(i) if !i.trim().is_empty() => i.trim().to_string(),
         _ => {
-            report.key_error(&at(&[]), "service has no image: swarm mode runs images, it does not build them");
+            report.key_error(
+                &at(&[]),
+                "service has no image: swarm mode runs images, it does not build them",
+            );
             String::new()
         }
     };
@@ -300,12 +316,27 @@ fn service(
     let mut targets = BTreeSet::new();
     for m in &mounts {
         if !targets.insert(m.target().to_string()) {
-            report.error(&at(&["volumes"]), format!("two mounts at the same target {:?}", m.target()));
+            report.error(
+                &at(&["volumes"]),
+                format!("two mounts at the same target {:?}", m.target()),
+            );
         }
     }
 
-    let secrets = file_mounts(svc.secrets.as_deref(), "secrets", &stack.secrets, &at, report);
-    let configs = file_mounts(svc.configs.as_deref(), "configs", &stack.configs, &at, report);
+    let secrets = file_mounts(
+        svc.secrets.as_deref(),
+        "secrets",
+        &stack.secrets,
+        &at,
+        report,
+    );
+    let configs = file_mounts(
+        svc.configs.as_deref(),
+        "configs",
+        &stack.configs,
+        &at,
+        report,
+    );
 
     let networks = service_networks(key, svc, stack, &at, report, uses_default_network);
 
@@ -342,7 +373,10 @@ fn service(
                     raw::Ulimit::SoftHard { soft, hard } => (*soft, *hard),
                 };
                 if soft > hard {
-                    report.error(&at(&["ulimits", k]), format!("soft limit {soft} is above hard limit {hard}"));
+                    report.error(
+                        &at(&["ulimits", k]),
+                        format!("soft limit {soft} is above hard limit {hard}"),
+                    );
                 }
                 (k.clone(), Ulimit { soft, hard })
             })
@@ -359,7 +393,11 @@ fn service(
         configs,
     };
 
-    let placement = placement(deploy.placement.as_ref(), &at(&["deploy", "placement"]), report);
+    let placement = placement(
+        deploy.placement.as_ref(),
+        &at(&["deploy", "placement"]),
+        report,
+    );
     let resources = resources(deploy.resources.as_ref());
     let restart_policy = deploy
         .restart_policy
@@ -380,14 +418,19 @@ fn service(
         .unwrap_or_default();
 
     let update_config = update_config(deploy.update_config.as_ref());
-    let rollback_config = update_config_checked(deploy.rollback_config.as_ref(), &at(&["deploy", "rollback_config"]), report);
+    let rollback_config = update_config_checked(
+        deploy.rollback_config.as_ref(),
+        &at(&["deploy", "rollback_config"]),
+        report,
+    );
 
     let ports = ports(svc.ports.as_deref(), &at(&["ports"]), report);
     let endpoint_mode = match deploy.endpoint_mode {
         Some(raw::EndpointMode::Dnsrr) => EndpointMode::Dnsrr,
         _ => EndpointMode::Vip,
     };
-    if endpoint_mode == EndpointMode::Dnsrr && ports.iter().any(|p| p.mode == PublishMode::Ingress) {
+    if endpoint_mode == EndpointMode::Dnsrr && ports.iter().any(|p| p.mode == PublishMode::Ingress)
+    {
         report.error(
             &at(&["deploy", "endpoint_mode"]),
             "endpoint_mode dnsrr cannot publish ports in ingress mode: use mode: host on the ports",
@@ -470,7 +513,10 @@ fn environment(
                     // `- KEY` takes the value from the environment, and is left out when unset.
                     None => {
                         if item.is_empty() {
-                            report.error(&at(&["environment", &i.to_string()]), "empty environment entry");
+                            report.error(
+                                &at(&["environment", &i.to_string()]),
+                                "empty environment entry",
+                            );
                         } else if let Some(v) = cx.vars.get(item) {
                             env.insert(item.clone(), v.to_string());
                         }
@@ -511,7 +557,8 @@ fn list_or_map<S: AsRef<str>>(
                         out.insert(k.trim().to_string(), v.to_string());
                     }
                     Some(_) => {
-                        let mut p: Vec<String> = path.iter().map(|s| s.as_ref().to_string()).collect();
+                        let mut p: Vec<String> =
+                            path.iter().map(|s| s.as_ref().to_string()).collect();
                         p.push(i.to_string());
                         report.error(&p, format!("expected KEY=value, found {item:?}"));
                     }
@@ -523,7 +570,10 @@ fn list_or_map<S: AsRef<str>>(
         }
         Some(raw::ListOrMap::Map(m)) => {
             for (k, v) in m {
-                out.insert(k.clone(), v.as_ref().map(|v| v.to_string()).unwrap_or_default());
+                out.insert(
+                    k.clone(),
+                    v.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                );
             }
         }
         None => {}
@@ -531,15 +581,24 @@ fn list_or_map<S: AsRef<str>>(
     out
 }
 
-fn scalar_map(m: Option<&indexmap::IndexMap<String, raw::ScalarValue>>) -> BTreeMap<String, String> {
+fn scalar_map(
+    m: Option<&indexmap::IndexMap<String, raw::ScalarValue>>,
+) -> BTreeMap<String, String> {
     m.map(|m| m.iter().map(|(k, v)| (k.clone(), v.to_string())).collect())
         .unwrap_or_default()
 }
 
-fn scalar_map_opt(m: Option<&indexmap::IndexMap<String, Option<raw::ScalarValue>>>) -> BTreeMap<String, String> {
+fn scalar_map_opt(
+    m: Option<&indexmap::IndexMap<String, Option<raw::ScalarValue>>>,
+) -> BTreeMap<String, String> {
     m.map(|m| {
         m.iter()
-            .map(|(k, v)| (k.clone(), v.as_ref().map(|v| v.to_string()).unwrap_or_default()))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                )
+            })
             .collect()
     })
     .unwrap_or_default()
@@ -559,7 +618,11 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
-fn command(v: Option<&raw::StringOrList>, path: &[String], report: &mut Report<'_>) -> Option<Vec<String>> {
+fn command(
+    v: Option<&raw::StringOrList>,
+    path: &[String],
+    report: &mut Report<'_>,
+) -> Option<Vec<String>> {
     match v? {
         raw::StringOrList::List(l) => Some(l.clone()),
         raw::StringOrList::String(s) => match shell_words::split(s) {
@@ -572,7 +635,11 @@ fn command(v: Option<&raw::StringOrList>, path: &[String], report: &mut Report<'
     }
 }
 
-fn healthcheck(h: &raw::Healthcheck, path: &[String], report: &mut Report<'_>) -> Option<Healthcheck> {
+fn healthcheck(
+    h: &raw::Healthcheck,
+    path: &[String],
+    report: &mut Report<'_>,
+) -> Option<Healthcheck> {
     if h.disable == Some(true) {
         return Some(Healthcheck::Disabled);
     }
@@ -638,7 +705,10 @@ fn volume_mount(
                 [t, m] => (None, *t, *m),
                 [s, t, m] => (Some(*s), *t, *m),
                 _ => {
-                    report.error(path, format!("expected [SOURCE:]TARGET[:MODE], found {s:?}"));
+                    report.error(
+                        path,
+                        format!("expected [SOURCE:]TARGET[:MODE], found {s:?}"),
+                    );
                     return None;
                 }
             };
@@ -667,7 +737,15 @@ fn volume_mount(
                 Some(s) if is_host_path(s) => raw::VolumeType::Bind,
                 _ => raw::VolumeType::Volume,
             };
-            (kind, source.map(str::to_string), target.to_string(), read_only, nocopy, propagation, None)
+            (
+                kind,
+                source.map(str::to_string),
+                target.to_string(),
+                read_only,
+                nocopy,
+                propagation,
+                None,
+            )
         }
         raw::VolumeEntry::Long(l) => (
             l.kind,
@@ -680,7 +758,10 @@ fn volume_mount(
         ),
     };
     if !target.starts_with('/') {
-        report.error(path, format!("the mount target must be an absolute path, found {target:?}"));
+        report.error(
+            path,
+            format!("the mount target must be an absolute path, found {target:?}"),
+        );
         return None;
     }
     match kind {
@@ -738,14 +819,21 @@ fn volume_mount(
             mode: tmpfs.as_ref().and_then(|t| t.mode),
         }),
         raw::VolumeType::Npipe => {
-            report.error(path, "npipe mounts are for Windows nodes, which are not supported");
+            report.error(
+                path,
+                "npipe mounts are for Windows nodes, which are not supported",
+            );
             None
         }
     }
 }
 
 fn is_host_path(s: &str) -> bool {
-    s.starts_with('/') || s.starts_with("./") || s.starts_with("../") || s.starts_with('~') || s == "."
+    s.starts_with('/')
+        || s.starts_with("./")
+        || s.starts_with("../")
+        || s.starts_with('~')
+        || s == "."
 }
 
 fn file_mounts(
@@ -784,12 +872,21 @@ fn file_mounts(
             None if section == "configs" => format!("/{source}"),
             None => source.clone(),
         };
-        if section == "secrets" && (target.contains("..") || target.starts_with('/') && !target.starts_with("/run/secrets/")) {
-            report.error(&path, format!("secret target {target:?} must be a file name under /run/secrets/"));
+        if section == "secrets"
+            && (target.contains("..")
+                || target.starts_with('/') && !target.starts_with("/run/secrets/"))
+        {
+            report.error(
+                &path,
+                format!("secret target {target:?} must be a file name under /run/secrets/"),
+            );
             continue;
         }
         if out.iter().any(|m| m.target == target) {
-            report.error(&path, format!("two {section} use the same target {target:?}"));
+            report.error(
+                &path,
+                format!("two {section} use the same target {target:?}"),
+            );
             continue;
         }
         out.push(FileMount {
@@ -817,11 +914,23 @@ fn service_networks(
         Some(raw::ServiceNetworks::List(l)) => l
             .iter()
             .enumerate()
-            .map(|(i, n)| (n.clone(), raw::ServiceNetwork::default(), at(&["networks", &i.to_string()])))
+            .map(|(i, n)| {
+                (
+                    n.clone(),
+                    raw::ServiceNetwork::default(),
+                    at(&["networks", &i.to_string()]),
+                )
+            })
             .collect(),
         Some(raw::ServiceNetworks::Map(m)) => m
             .iter()
-            .map(|(n, v)| (n.clone(), v.clone().unwrap_or_default(), at(&["networks", n])))
+            .map(|(n, v)| {
+                (
+                    n.clone(),
+                    v.clone().unwrap_or_default(),
+                    at(&["networks", n]),
+                )
+            })
             .collect(),
     };
     if entries.is_empty() {
@@ -870,7 +979,11 @@ fn service_networks(
     out
 }
 
-fn extra_hosts(v: Option<&raw::ListOrMap>, path: &[String], report: &mut Report<'_>) -> Vec<String> {
+fn extra_hosts(
+    v: Option<&raw::ListOrMap>,
+    path: &[String],
+    report: &mut Report<'_>,
+) -> Vec<String> {
     let mut out = Vec::new();
     match v {
         Some(raw::ListOrMap::List(items)) => {
@@ -878,7 +991,9 @@ fn extra_hosts(v: Option<&raw::ListOrMap>, path: &[String], report: &mut Report<
                 // "host:ip" (Compose v3) or "host=ip" (Compose spec); IPv6 addresses hold ':'.
                 let pair = item.split_once('=').or_else(|| item.split_once(':'));
                 match pair {
-                    Some((h, ip)) if !h.is_empty() && !ip.is_empty() => out.push(format!("{h}:{ip}")),
+                    Some((h, ip)) if !h.is_empty() && !ip.is_empty() => {
+                        out.push(format!("{h}:{ip}"))
+                    }
                     _ => {
                         let mut p = path.to_vec();
                         p.push(i.to_string());
@@ -889,7 +1004,10 @@ fn extra_hosts(v: Option<&raw::ListOrMap>, path: &[String], report: &mut Report<
         }
         Some(raw::ListOrMap::Map(m)) => {
             for (h, ip) in m {
-                out.push(format!("{h}:{}", ip.as_ref().map(|v| v.to_string()).unwrap_or_default()));
+                out.push(format!(
+                    "{h}:{}",
+                    ip.as_ref().map(|v| v.to_string()).unwrap_or_default()
+                ));
             }
         }
         None => {}
@@ -923,7 +1041,11 @@ fn placement(p: Option<&raw::Placement>, path: &[String], report: &mut Report<'_
             spread.push(key.to_string());
         } else {
             let mut at = path.to_vec();
-            at.extend(["preferences".to_string(), i.to_string(), "spread".to_string()]);
+            at.extend([
+                "preferences".to_string(),
+                i.to_string(),
+                "spread".to_string(),
+            ]);
             report.error(
                 &at,
                 format!("spread takes a label such as node.labels.zone or engine.labels.rack, found {key:?}"),
@@ -981,18 +1103,29 @@ fn update_config(u: Option<&raw::UpdateConfig>) -> UpdateConfig {
     }
 }
 
-fn update_config_checked(u: Option<&raw::UpdateConfig>, path: &[String], report: &mut Report<'_>) -> UpdateConfig {
+fn update_config_checked(
+    u: Option<&raw::UpdateConfig>,
+    path: &[String],
+    report: &mut Report<'_>,
+) -> UpdateConfig {
     let mut c = update_config(u);
     if c.failure_action == FailureAction::Rollback {
         let mut at = path.to_vec();
         at.push("failure_action".into());
-        report.error(&at, "a rollback cannot itself roll back: use pause or continue");
+        report.error(
+            &at,
+            "a rollback cannot itself roll back: use pause or continue",
+        );
         c.failure_action = FailureAction::Pause;
     }
     c
 }
 
-fn ports(entries: Option<&[raw::PortEntry]>, path: &[String], report: &mut Report<'_>) -> Vec<PortConfig> {
+fn ports(
+    entries: Option<&[raw::PortEntry]>,
+    path: &[String],
+    report: &mut Report<'_>,
+) -> Vec<PortConfig> {
     let mut out = Vec::new();
     for (i, entry) in entries.into_iter().flatten().enumerate() {
         let mut at = path.to_vec();
@@ -1015,7 +1148,10 @@ fn ports(entries: Option<&[raw::PortEntry]>, path: &[String], report: &mut Repor
             raw::PortEntry::Long(l) => {
                 let Some(target) = u16::try_from(l.target).ok().filter(|t| *t > 0) else {
                     at.push("target".into());
-                    report.error(&at, format!("expected a port from 1 to 65535, found {}", l.target));
+                    report.error(
+                        &at,
+                        format!("expected a port from 1 to 65535, found {}", l.target),
+                    );
                     continue;
                 };
                 let published = match &l.published {
@@ -1024,7 +1160,8 @@ fn ports(entries: Option<&[raw::PortEntry]>, path: &[String], report: &mut Repor
                         Some(p) => Some(p),
                         None => {
                             at.push("published".into());
-                            report.error(&at, format!("expected a port from 1 to 65535, found {p}"));
+                            report
+                                .error(&at, format!("expected a port from 1 to 65535, found {p}"));
                             continue;
                         }
                     },
@@ -1074,7 +1211,11 @@ pub fn parse_short_port(s: &str) -> Result<Vec<PortConfig>, String> {
         Some((r, "tcp")) => (r, Protocol::Tcp),
         Some((r, "udp")) => (r, Protocol::Udp),
         Some((r, "sctp")) => (r, Protocol::Sctp),
-        Some((_, p)) => return Err(format!("unknown protocol {p:?} in {s:?}: expected tcp, udp or sctp")),
+        Some((_, p)) => {
+            return Err(format!(
+                "unknown protocol {p:?} in {s:?}: expected tcp, udp or sctp"
+            ))
+        }
         None => (s, Protocol::Tcp),
     };
     // The host IP may be IPv6 in brackets: "[::1]:8080:80".
@@ -1103,7 +1244,9 @@ pub fn parse_short_port(s: &str) -> Result<Vec<PortConfig>, String> {
     if let Some(p) = published {
         let pc = p.1 - p.0 + 1;
         if pc != count && !(pc > 1 && count == 1) {
-            return Err(format!("published range and target range of {s:?} differ in length"));
+            return Err(format!(
+                "published range and target range of {s:?} differ in length"
+            ));
         }
         if pc > 1 && count == 1 {
             // Compose allows "8000-8010:80": publish on any one port of the range. Swarm has no
@@ -1129,7 +1272,9 @@ fn check_published_ports(spec: &StackSpec, report: &mut Report<'_>) {
     let mut seen: BTreeMap<(u16, Protocol), &str> = BTreeMap::new();
     for svc in spec.services.values() {
         for p in &svc.endpoint.ports {
-            let Some(published) = p.published else { continue };
+            let Some(published) = p.published else {
+                continue;
+            };
             let short = &svc.name[spec.name.len() + 1..];
             if let Some(other) = seen.insert((published, p.protocol), short) {
                 if other != short {
@@ -1171,7 +1316,8 @@ pub fn is_valid_name(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 63
         && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 #[cfg(test)]
@@ -1181,17 +1327,31 @@ mod tests {
     #[test]
     fn short_ports() {
         let p = parse_short_port("8080:80").unwrap();
-        assert_eq!((p[0].published, p[0].target, p[0].protocol), (Some(8080), 80, Protocol::Tcp));
+        assert_eq!(
+            (p[0].published, p[0].target, p[0].protocol),
+            (Some(8080), 80, Protocol::Tcp)
+        );
         let p = parse_short_port("9000-9001:80-81/udp").unwrap();
         assert_eq!(p.len(), 2);
-        assert_eq!((p[1].published, p[1].target, p[1].protocol), (Some(9001), 81, Protocol::Udp));
+        assert_eq!(
+            (p[1].published, p[1].target, p[1].protocol),
+            (Some(9001), 81, Protocol::Udp)
+        );
         let p = parse_short_port("127.0.0.1:5000:5000").unwrap();
         assert_eq!(p[0].host_ip.as_deref(), Some("127.0.0.1"));
         let p = parse_short_port("[::1]:53:53/udp").unwrap();
         assert_eq!(p[0].host_ip.as_deref(), Some("::1"));
         let p = parse_short_port("3000").unwrap();
         assert_eq!(p[0].published, None);
-        for bad in ["80:80:80:80", "0:80", "99999:80", "80/icmp", "a:b", "9000-9002:80-81", "81-80:80"] {
+        for bad in [
+            "80:80:80:80",
+            "0:80",
+            "99999:80",
+            "80/icmp",
+            "a:b",
+            "9000-9002:80-81",
+            "81-80:80",
+        ] {
             assert!(parse_short_port(bad).is_err(), "{bad}");
         }
     }

@@ -486,9 +486,7 @@ pub enum UpdateOrder {
 #[serde(untagged)]
 pub enum External {
     Flag(bool),
-    Named {
-        name: Option<String>,
-    },
+    Named { name: Option<String> },
 }
 
 impl External {

@@ -19,9 +19,7 @@ pub const SCHEMA_ID: &str = "https://reconciler.dev/schemas/stack.schema.json";
 /// The stack file schema as JSON.
 pub fn stack_schema() -> Value {
     let generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
-    let mut schema = generator
-        .into_root_schema_for::<ComposeFile>()
-        .to_value();
+    let mut schema = generator.into_root_schema_for::<ComposeFile>().to_value();
     if let Some(obj) = schema.as_object_mut() {
         obj.insert("$id".into(), json!(SCHEMA_ID));
         let props = obj
@@ -144,10 +142,14 @@ fn explain(
         }
         ValidationErrorKind::Required { property } => {
             let name = property.as_str().unwrap_or_default();
-            push(report, &path, false, format!("missing required key \"{name}\""));
+            push(
+                report,
+                &path,
+                false,
+                format!("missing required key \"{name}\""),
+            );
         }
-        ValidationErrorKind::AnyOf { context }
-        | ValidationErrorKind::OneOfNotValid { context } => {
+        ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
             // Report the errors of the alternative that fits the value's shape best; if no
             // alternative even has the right type, say which types would do.
             let best = context

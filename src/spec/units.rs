@@ -245,7 +245,9 @@ impl NanoCpus {
 
     fn from_f64(f: f64) -> Result<Self, String> {
         if !f.is_finite() || !(0.0..=1e6).contains(&f) {
-            return Err(format!("expected a number of CPUs like 0.5 or 2, found {f}"));
+            return Err(format!(
+                "expected a number of CPUs like 0.5 or 2, found {f}"
+            ));
         }
         Ok(NanoCpus((f * 1e9).round() as u64))
     }
@@ -322,7 +324,12 @@ mod tests {
 
     #[test]
     fn durations_display_canonically() {
-        for (text, shown) in [("90s", "1m30s"), ("500ms", "500ms"), ("0", "0s"), ("1h", "1h")] {
+        for (text, shown) in [
+            ("90s", "1m30s"),
+            ("500ms", "500ms"),
+            ("0", "0s"),
+            ("1h", "1h"),
+        ] {
             assert_eq!(Duration::parse(text).unwrap().to_string(), shown);
         }
     }

@@ -115,7 +115,11 @@ impl Node {
                     Some(e) => {
                         node = &e.value;
                         // A null value has the position of whatever follows; the key is better.
-                        span = if e.value.is_null() { e.key_span } else { e.value.span };
+                        span = if e.value.is_null() {
+                            e.key_span
+                        } else {
+                            e.value.span
+                        };
                     }
                     None => return span,
                 },
@@ -208,7 +212,10 @@ fn parse_int(t: &str) -> Option<serde_json::Value> {
         u64::from_str_radix(hex, 16).ok()?
     } else if let Some(oct) = digits.strip_prefix("0o") {
         u64::from_str_radix(oct, 8).ok()?
-    } else if digits.len() > 1 && digits.starts_with('0') && digits.bytes().all(|b| b.is_ascii_digit()) {
+    } else if digits.len() > 1
+        && digits.starts_with('0')
+        && digits.bytes().all(|b| b.is_ascii_digit())
+    {
         // YAML 1.1 octal: `mode: 0440`.
         u64::from_str_radix(&digits[1..], 8).ok()?
     } else if digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -234,34 +241,143 @@ fn looks_like_float(t: &str) -> bool {
         && body.bytes().filter(|&b| b == b'.').count() <= 1
 }
 
-/// Parse a single YAML document into a [`Node`]. An empty document is an empty map.
-pub fn parse(text: &str) -> Result<Node, SyntaxError> {
+/// A parsed document, with the errors that did not stop the reading (duplicate keys, bad merge
+/// keys): those are reported together with every other error of the file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Parsed {
+    pub root: Node,
+    pub errors: Vec<SyntaxError>,
+    /// The document holds nothing but comments and whitespace.
+    pub empty: bool,
+}
+
+/// Parse a single YAML document into a [`Node`]. An empty document is an empty map. Errors that
+/// leave the tree readable are returned in [`Parsed::errors`]; only what stops the parser is an
+/// `Err`.
+pub fn parse_document(text: &str) -> Result<Parsed, SyntaxError> {
+    // Editors on Windows write a byte order mark; YAML allows it, yaml-rust2 reads it as text.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut builder = Builder {
         parser: Parser::new_from_str(text),
+        text,
         anchors: HashMap::new(),
         nodes: 0,
+        open_flows: Vec::new(),
+        errors: Vec::new(),
     };
-    builder.document()
+    let (root, empty) = builder.document()?;
+    Ok(Parsed {
+        root,
+        errors: builder.errors,
+        empty,
+    })
+}
+
+/// Parse a single YAML document, failing on the first error of any kind.
+pub fn parse(text: &str) -> Result<Node, SyntaxError> {
+    let parsed = parse_document(text)?;
+    match parsed.errors.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(parsed.root),
+    }
 }
 
 struct Builder<'a> {
     parser: Parser<std::str::Chars<'a>>,
+    text: &'a str,
     anchors: HashMap<usize, Node>,
     nodes: usize,
+    /// Flow collections (`[` or `{`) being read, innermost last: a syntax error inside one is
+    /// most often a missing closing bracket, and saying where it opened is the useful part.
+    open_flows: Vec<(Span, char)>,
+    errors: Vec<SyntaxError>,
 }
 
 impl Builder<'_> {
     fn next(&mut self) -> Result<(Event, Span), SyntaxError> {
-        self.parser
-            .next_token()
-            .map(|(ev, mark)| (ev, Span::from(mark)))
-            .map_err(|e| SyntaxError {
-                span: Span::from(*e.marker()),
-                message: e.info().to_string(),
-            })
+        match self.parser.next_token() {
+            Ok((ev, mark)) => Ok((ev, Span::from(mark))),
+            Err(e) => Err(self.explain(Span::from(*e.marker()), e.info())),
+        }
     }
 
-    fn document(&mut self) -> Result<Node, SyntaxError> {
+    /// The character at a position, if the position is inside the text.
+    fn char_at(&self, span: Span) -> Option<char> {
+        let line = self
+            .text
+            .split('\n')
+            .nth(span.line.checked_sub(1)? as usize)?;
+        line.chars().nth(span.col.checked_sub(1)? as usize)
+    }
+
+    /// Turn yaml-rust2's (libyaml's) terse messages into what a person can act on.
+    fn explain(&self, mut span: Span, info: &str) -> SyntaxError {
+        let line_text = self
+            .text
+            .split('\n')
+            .nth(span.line.saturating_sub(1) as usize)
+            .unwrap_or("")
+            .trim_end_matches('\r');
+        let indent_col = line_text.len() - line_text.trim_start_matches(' ').len() + 1;
+        let message = if info.contains("tab") {
+            if let Some(i) = line_text.find('\t') {
+                span.col = line_text[..i].chars().count() as u32 + 1;
+            }
+            "a tab character: YAML indentation must use spaces".to_string()
+        } else if let Some(&(open, bracket)) = self.open_flows.last() {
+            let (close, what) = if bracket == '[' {
+                (']', "list")
+            } else {
+                ('}', "mapping")
+            };
+            if open.line == span.line {
+                let found = self
+                    .char_at(span)
+                    .map_or("the end of the line".to_string(), |c| format!("{c:?}"));
+                format!(
+                    "expected \",\" or \"{close}\" in the {what} opened at column {}, found {found}",
+                    open.col
+                )
+            } else {
+                format!(
+                    "the \"{bracket}\" opened at line {}, column {} is never closed: expected \"{close}\" before this",
+                    open.line, open.col
+                )
+            }
+        } else if info.contains("quoted scalar") {
+            "a quoted string that is not closed: add the closing quote".to_string()
+        } else if info.contains("did not find expected key") {
+            span.col = indent_col as u32;
+            "this line is not aligned with the keys above it: check its indentation".to_string()
+        } else if info.contains("mapping values are not allowed") {
+            "unexpected \":\": the line is indented under a key that already has a value; check \
+             the indentation, or quote a value that holds \": \""
+                .to_string()
+        } else if info.contains("expected '-' indicator") {
+            span.col = indent_col as u32;
+            "expected a list item (\"- ...\") like the lines above it: a list cannot also hold \
+             key: value lines"
+                .to_string()
+        } else if info.contains("unknown anchor") {
+            let name: String = line_text
+                .chars()
+                .skip(span.col as usize)
+                .take_while(|c| !c.is_whitespace() && !matches!(c, ',' | ']' | '}'))
+                .collect();
+            let known = anchor_names(self.text);
+            let known: Vec<&str> = known.iter().map(String::as_str).collect();
+            let hint = match super::schema::closest(&name, &known) {
+                Some(k) => format!("; did you mean *{k}?"),
+                None => " (define it with &name before using it)".to_string(),
+            };
+            format!("alias *{name} refers to an anchor that is not defined above it{hint}")
+        } else {
+            info.to_string()
+        };
+        SyntaxError { span, message }
+    }
+
+    fn document(&mut self) -> Result<(Node, bool), SyntaxError> {
         let empty = |span| Node {
             value: Value::Map(Vec::new()),
             span,
@@ -270,17 +386,16 @@ impl Builder<'_> {
             let (ev, span) = self.next()?;
             match ev {
                 Event::StreamStart | Event::DocumentStart | Event::Nothing => continue,
-                Event::StreamEnd => return Ok(empty(span)),
-                Event::DocumentEnd => return Ok(empty(span)),
+                Event::StreamEnd | Event::DocumentEnd => return Ok((empty(span), true)),
                 ev => {
                     let node = self.node(ev, span, 0)?;
                     self.expect_single_document()?;
-                    return Ok(if node.is_null() { empty(node.span) } else { node });
+                    let is_null = node.is_null();
+                    return Ok((if is_null { empty(node.span) } else { node }, is_null));
                 }
             }
         }
     }
-
     fn expect_single_document(&mut self) -> Result<(), SyntaxError> {
         loop {
             let (ev, span) = self.next()?;
@@ -290,8 +405,7 @@ impl Builder<'_> {
                 _ => {
                     return Err(SyntaxError {
                         span,
-                        message: "a stack file holds one YAML document; found a second one"
-                            .into(),
+                        message: "a stack file holds one YAML document; found a second one".into(),
                     })
                 }
             }
@@ -482,10 +596,8 @@ mod tests {
 
     #[test]
     fn merge_keys_apply_with_explicit_keys_winning() {
-        let n = parse(
-            "x-base: &base\n  image: a\n  user: root\nweb:\n  <<: *base\n  image: b\n",
-        )
-        .unwrap();
+        let n = parse("x-base: &base\n  image: a\n  user: root\nweb:\n  <<: *base\n  image: b\n")
+            .unwrap();
         assert_eq!(
             n.get("web").unwrap().to_json(),
             json!({"image": "b", "user": "root"})
@@ -500,8 +612,10 @@ mod tests {
 
     #[test]
     fn scalars_are_typed_like_compose_files_expect() {
-        let n = parse("a: 3\nb: '3'\nc: 0400\nd: 1.5\ne: true\nf: yes\ng:\nh: 0o17\ni: 1e3\nj: 1.2.3\n")
-            .unwrap();
+        let n = parse(
+            "a: 3\nb: '3'\nc: 0400\nd: 1.5\ne: true\nf: yes\ng:\nh: 0o17\ni: 1e3\nj: 1.2.3\n",
+        )
+        .unwrap();
         assert_eq!(
             n.to_json(),
             json!({"a": 3, "b": "3", "c": 256, "d": 1.5, "e": true, "f": "yes", "g": null,
@@ -513,7 +627,11 @@ mod tests {
     fn duplicate_keys_are_errors_naming_both_lines() {
         let e = parse("a: 1\nb: 2\na: 3\n").unwrap_err();
         assert_eq!(e.span.line, 3);
-        assert!(e.message.contains("first defined at line 1"), "{}", e.message);
+        assert!(
+            e.message.contains("first defined at line 1"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
@@ -528,7 +646,10 @@ mod tests {
         assert!(parse(&bomb).unwrap_err().message.contains("alias bomb"));
         let deep = "[".repeat(500) + &"]".repeat(500);
         let e = parse(&deep).unwrap_err();
-        assert!(e.message.contains("nesting") || e.message.contains("recursion"), "{e:?}");
+        assert!(
+            e.message.contains("nesting") || e.message.contains("recursion"),
+            "{e:?}"
+        );
     }
 
     #[test]

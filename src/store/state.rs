@@ -1,0 +1,333 @@
+//! The cluster state and the one state machine that changes it. Every change is a [`Command`]
+//! applied by [`State::apply`]: pure and deterministic, so a log of commands replayed on any
+//! manager gives the same state (the Raft issue replicates exactly these commands).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::objects::*;
+use crate::desired::DesiredState;
+use crate::spec::model::{FileObjectSpec, NetworkSpec, ServiceSpec, VolumeSpec};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub services: BTreeMap<String, Service>,
+    pub tasks: BTreeMap<TaskId, Task>,
+    /// Networks, volumes, secrets and configs by full name, with the stack they belong to.
+    pub networks: BTreeMap<String, Owned<NetworkSpec>>,
+    pub volumes: BTreeMap<String, Owned<VolumeSpec>>,
+    pub secrets: BTreeMap<String, Owned<FileObjectSpec>>,
+    pub configs: BTreeMap<String, Owned<FileObjectSpec>>,
+    pub revision: RevisionStatus,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Owned<T> {
+    pub stack: String,
+    pub spec: T,
+}
+
+/// Everything that can change the state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    /// A validated commit becomes the desired state: services are created, updated (their old
+    /// spec kept for rollback) or removed (their tasks told to shut down); networks, volumes,
+    /// secrets and configs follow. With `prune: false` nothing is removed.
+    ApplyRevision {
+        commit: String,
+        desired: DesiredState,
+        prune: bool,
+        at: Millis,
+    },
+    /// A commit that failed validation: recorded for status, nothing else changes.
+    RefuseRevision {
+        commit: String,
+        errors: Vec<String>,
+        at: Millis,
+    },
+    CreateTask {
+        task: Box<Task>,
+    },
+    SetTaskDesiredState {
+        id: TaskId,
+        state: TaskState,
+    },
+    /// An agent's report. Ignored unless it moves the task's state forward (or keeps it and
+    /// adds facts, like health).
+    UpdateTaskStatus {
+        id: TaskId,
+        status: TaskStatus,
+    },
+    DeleteTask {
+        id: TaskId,
+    },
+    SetUpdateStatus {
+        service: String,
+        status: Option<UpdateStatus>,
+    },
+    /// Swap spec and previous spec (Swarm's rollback; twice is back again).
+    RollbackService {
+        service: String,
+        manual: bool,
+        at: Millis,
+    },
+}
+
+/// What a command changed, for the loops that watch the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    ServiceCreated(String),
+    ServiceUpdated(String),
+    ServiceRemoved(String),
+    TaskCreated(TaskId),
+    TaskUpdated(TaskId),
+    TaskDeleted(TaskId),
+    ObjectsChanged,
+    RevisionChanged,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ApplyError {
+    #[error("no service {0}")]
+    NoService(String),
+    #[error("no task {0}")]
+    NoTask(String),
+    #[error("task {0} exists already")]
+    TaskExists(String),
+    #[error("service {0} has no previous spec to roll back to")]
+    NothingToRollBack(String),
+}
+
+impl State {
+    /// Would `apply` accept this command? (Read-only: the store checks before logging.)
+    pub fn check(&self, command: &Command) -> Result<(), ApplyError> {
+        match command {
+            Command::CreateTask { task } => {
+                if self.tasks.contains_key(&task.id) {
+                    return Err(ApplyError::TaskExists(task.id.clone()));
+                }
+                if !self.services.contains_key(&task.service) {
+                    return Err(ApplyError::NoService(task.service.clone()));
+                }
+            }
+            Command::SetTaskDesiredState { id, .. } | Command::UpdateTaskStatus { id, .. } => {
+                if !self.tasks.contains_key(id) {
+                    return Err(ApplyError::NoTask(id.clone()));
+                }
+            }
+            Command::SetUpdateStatus { service, .. } => {
+                if !self.services.contains_key(service) {
+                    return Err(ApplyError::NoService(service.clone()));
+                }
+            }
+            Command::RollbackService { service, .. } => match self.services.get(service) {
+                None => return Err(ApplyError::NoService(service.clone())),
+                Some(s) if s.previous_spec.is_none() => {
+                    return Err(ApplyError::NothingToRollBack(service.clone()))
+                }
+                Some(_) => {}
+            },
+            Command::ApplyRevision { .. }
+            | Command::RefuseRevision { .. }
+            | Command::DeleteTask { .. } => {}
+        }
+        Ok(())
+    }
+
+    pub fn apply(&mut self, command: Command) -> Result<Vec<Event>, ApplyError> {
+        self.check(&command)?;
+        match command {
+            Command::ApplyRevision {
+                commit,
+                desired,
+                prune,
+                at,
+            } => Ok(self.apply_revision(commit, desired, prune, at)),
+            Command::RefuseRevision { commit, errors, at } => {
+                self.revision.refused = Some(RefusedRevision { commit, at, errors });
+                Ok(vec![Event::RevisionChanged])
+            }
+            Command::CreateTask { task } => {
+                if self.tasks.contains_key(&task.id) {
+                    return Err(ApplyError::TaskExists(task.id));
+                }
+                if !self.services.contains_key(&task.service) {
+                    return Err(ApplyError::NoService(task.service));
+                }
+                let id = task.id.clone();
+                self.tasks.insert(id.clone(), *task);
+                Ok(vec![Event::TaskCreated(id)])
+            }
+            Command::SetTaskDesiredState { id, state } => {
+                let task = self
+                    .tasks
+                    .get_mut(&id)
+                    .ok_or(ApplyError::NoTask(id.clone()))?;
+                // Desired state, like observed state, only moves forward.
+                if state <= task.desired_state {
+                    return Ok(vec![]);
+                }
+                task.desired_state = state;
+                Ok(vec![Event::TaskUpdated(id)])
+            }
+            Command::UpdateTaskStatus { id, status } => {
+                let task = self
+                    .tasks
+                    .get_mut(&id)
+                    .ok_or(ApplyError::NoTask(id.clone()))?;
+                if status.state < task.status.state || status == task.status {
+                    return Ok(vec![]);
+                }
+                task.status = status;
+                Ok(vec![Event::TaskUpdated(id)])
+            }
+            Command::DeleteTask { id } => match self.tasks.remove(&id) {
+                Some(_) => Ok(vec![Event::TaskDeleted(id)]),
+                None => Ok(vec![]),
+            },
+            Command::SetUpdateStatus { service, status } => {
+                let svc = self
+                    .services
+                    .get_mut(&service)
+                    .ok_or(ApplyError::NoService(service.clone()))?;
+                svc.update = status;
+                Ok(vec![Event::ServiceUpdated(service)])
+            }
+            Command::RollbackService {
+                service,
+                manual,
+                at: _,
+            } => {
+                let svc = self
+                    .services
+                    .get_mut(&service)
+                    .ok_or(ApplyError::NoService(service.clone()))?;
+                let previous = svc
+                    .previous_spec
+                    .take()
+                    .ok_or(ApplyError::NothingToRollBack(service.clone()))?;
+                svc.previous_spec = Some(std::mem::replace(&mut svc.spec, previous));
+                svc.version += 1;
+                svc.manual_rollback = manual;
+                Ok(vec![Event::ServiceUpdated(service)])
+            }
+        }
+    }
+
+    fn apply_revision(
+        &mut self,
+        commit: String,
+        desired: DesiredState,
+        prune: bool,
+        at: Millis,
+    ) -> Vec<Event> {
+        let mut events = vec![Event::RevisionChanged, Event::ObjectsChanged];
+        let mut wanted: BTreeMap<String, ServiceSpec> = BTreeMap::new();
+        for stack in desired.stacks.values() {
+            for (_, n) in &stack.networks {
+                self.networks.insert(n.name.clone(), owned(&stack.name, n));
+            }
+            for (_, v) in &stack.volumes {
+                self.volumes.insert(v.name.clone(), owned(&stack.name, v));
+            }
+            for (_, s) in &stack.secrets {
+                self.secrets.insert(s.name.clone(), owned(&stack.name, s));
+            }
+            for (_, c) in &stack.configs {
+                self.configs.insert(c.name.clone(), owned(&stack.name, c));
+            }
+            for svc in stack.services.values() {
+                wanted.insert(svc.name.clone(), svc.clone());
+            }
+        }
+        for (name, spec) in wanted {
+            match self.services.get_mut(&name) {
+                None => {
+                    self.services.insert(
+                        name.clone(),
+                        Service {
+                            spec,
+                            previous_spec: None,
+                            version: 1,
+                            revision: Some(commit.clone()),
+                            update: None,
+                            manual_rollback: false,
+                        },
+                    );
+                    events.push(Event::ServiceCreated(name));
+                }
+                // A manually rolled-back service keeps its drift until a commit changes it.
+                Some(svc) if svc.manual_rollback && svc.revision_spec_unchanged(&spec) => {}
+                Some(svc) if svc.spec != spec => {
+                    svc.previous_spec = Some(std::mem::replace(&mut svc.spec, spec));
+                    svc.version += 1;
+                    svc.revision = Some(commit.clone());
+                    svc.manual_rollback = false;
+                    events.push(Event::ServiceUpdated(name));
+                }
+                Some(_) => {}
+            }
+        }
+        if prune {
+            let gone: Vec<String> = self
+                .services
+                .iter()
+                .filter(|(name, s)| {
+                    !desired
+                        .stacks
+                        .get(&s.spec.stack)
+                        .is_some_and(|st| st.services.contains_key(*name))
+                })
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in gone {
+                self.services.remove(&name);
+                for task in self.tasks.values_mut().filter(|t| t.service == name) {
+                    if task.desired_state < TaskState::Remove {
+                        task.desired_state = TaskState::Remove;
+                    }
+                }
+                events.push(Event::ServiceRemoved(name));
+            }
+            let wanted_names = |kind: fn(&crate::spec::StackSpec) -> Vec<&str>| -> std::collections::BTreeSet<String> {
+                desired
+                    .stacks
+                    .values()
+                    .flat_map(|s| kind(s).into_iter().map(str::to_string))
+                    .collect()
+            };
+            let nets = wanted_names(|s| s.networks.values().map(|n| n.name.as_str()).collect());
+            self.networks.retain(|n, _| nets.contains(n));
+            let vols = wanted_names(|s| s.volumes.values().map(|n| n.name.as_str()).collect());
+            self.volumes.retain(|n, _| vols.contains(n));
+            let secs = wanted_names(|s| s.secrets.values().map(|n| n.name.as_str()).collect());
+            self.secrets.retain(|n, _| secs.contains(n));
+            let cfgs = wanted_names(|s| s.configs.values().map(|n| n.name.as_str()).collect());
+            self.configs.retain(|n, _| cfgs.contains(n));
+        }
+        self.revision.applied = Some(AppliedRevision { commit, at });
+        events
+    }
+
+    /// Tasks of a service, in slot order.
+    pub fn tasks_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks.values().filter(move |t| t.service == service)
+    }
+}
+
+impl Service {
+    /// True when `incoming` is what git already asked for before the manual rollback, i.e. the
+    /// commit did not touch this service.
+    fn revision_spec_unchanged(&self, incoming: &ServiceSpec) -> bool {
+        self.previous_spec.as_ref() == Some(incoming)
+    }
+}
+
+fn owned<T: Clone>(stack: &str, spec: &T) -> Owned<T> {
+    Owned {
+        stack: stack.to_string(),
+        spec: spec.clone(),
+    }
+}
