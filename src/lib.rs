@@ -5,10 +5,14 @@
 //! files) do the I/O.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod cli;
 pub mod desired;
+pub mod gitops;
 pub mod logging;
+pub mod orchestrator;
 pub mod plan;
 pub mod secrets;
 pub mod spec;
 pub mod store;
+pub mod testing;

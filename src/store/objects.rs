@@ -62,6 +62,8 @@ pub enum TaskState {
     Assigned,
     Accepted,
     Preparing,
+    /// Created and ready to start; waits for desired state running (stop-first updates).
+    Ready,
     Starting,
     Running,
     Complete,
@@ -85,6 +87,7 @@ impl TaskState {
             TaskState::Assigned => "assigned",
             TaskState::Accepted => "accepted",
             TaskState::Preparing => "preparing",
+            TaskState::Ready => "ready",
             TaskState::Starting => "starting",
             TaskState::Running => "running",
             TaskState::Complete => "complete",
@@ -133,6 +136,10 @@ pub struct Task {
     /// What the agent last reported.
     pub status: TaskStatus,
     pub created_at: Millis,
+    /// When this slot was restarted after failures since its spec last changed (newest last):
+    /// what restart_policy.max_attempts and window count. Carried from task to task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restarts: Vec<Millis>,
 }
 
 impl Task {
@@ -164,4 +171,41 @@ pub struct RefusedRevision {
     pub commit: String,
     pub at: Millis,
     pub errors: Vec<String>,
+}
+
+/// A node of the cluster: where tasks run. On one node this is the local Docker Engine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: String,
+    pub hostname: String,
+    pub role: NodeRole,
+    pub availability: Availability,
+    /// Reachable and reporting.
+    pub ready: bool,
+    pub os: String,
+    pub arch: String,
+    #[serde(default)]
+    pub ip: String,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub engine_labels: std::collections::BTreeMap<String, String>,
+    /// Capacity, for reservations.
+    pub nano_cpus: u64,
+    pub memory_bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    Manager,
+    Worker,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Availability {
+    Active,
+    Pause,
+    Drain,
 }

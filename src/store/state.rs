@@ -12,6 +12,8 @@ use crate::spec::model::{FileObjectSpec, NetworkSpec, ServiceSpec, VolumeSpec};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
+    #[serde(default)]
+    pub nodes: BTreeMap<String, Node>,
     pub services: BTreeMap<String, Service>,
     pub tasks: BTreeMap<TaskId, Task>,
     /// Networks, volumes, secrets and configs by full name, with the stack they belong to.
@@ -47,12 +49,22 @@ pub enum Command {
         errors: Vec<String>,
         at: Millis,
     },
+    /// A node joined or changed (labels, availability, readiness).
+    UpsertNode {
+        node: Node,
+    },
     CreateTask {
         task: Box<Task>,
     },
     SetTaskDesiredState {
         id: TaskId,
         state: TaskState,
+    },
+    /// The scheduler placed a pending task on a node.
+    AssignTask {
+        id: TaskId,
+        node: String,
+        at: Millis,
     },
     /// An agent's report. Ignored unless it moves the task's state forward (or keeps it and
     /// adds facts, like health).
@@ -112,7 +124,9 @@ impl State {
                     return Err(ApplyError::NoService(task.service.clone()));
                 }
             }
-            Command::SetTaskDesiredState { id, .. } | Command::UpdateTaskStatus { id, .. } => {
+            Command::SetTaskDesiredState { id, .. }
+            | Command::UpdateTaskStatus { id, .. }
+            | Command::AssignTask { id, .. } => {
                 if !self.tasks.contains_key(id) {
                     return Err(ApplyError::NoTask(id.clone()));
                 }
@@ -131,7 +145,8 @@ impl State {
             },
             Command::ApplyRevision { .. }
             | Command::RefuseRevision { .. }
-            | Command::DeleteTask { .. } => {}
+            | Command::DeleteTask { .. }
+            | Command::UpsertNode { .. } => {}
         }
         Ok(())
     }
@@ -149,13 +164,14 @@ impl State {
                 self.revision.refused = Some(RefusedRevision { commit, at, errors });
                 Ok(vec![Event::RevisionChanged])
             }
+            Command::UpsertNode { node } => {
+                if self.nodes.get(&node.id) == Some(&node) {
+                    return Ok(vec![]);
+                }
+                self.nodes.insert(node.id.clone(), node);
+                Ok(vec![Event::ObjectsChanged])
+            }
             Command::CreateTask { task } => {
-                if self.tasks.contains_key(&task.id) {
-                    return Err(ApplyError::TaskExists(task.id));
-                }
-                if !self.services.contains_key(&task.service) {
-                    return Err(ApplyError::NoService(task.service));
-                }
                 let id = task.id.clone();
                 self.tasks.insert(id.clone(), *task);
                 Ok(vec![Event::TaskCreated(id)])
@@ -170,6 +186,26 @@ impl State {
                     return Ok(vec![]);
                 }
                 task.desired_state = state;
+                Ok(vec![Event::TaskUpdated(id)])
+            }
+            Command::AssignTask { id, node, at } => {
+                let task = self
+                    .tasks
+                    .get_mut(&id)
+                    .ok_or(ApplyError::NoTask(id.clone()))?;
+                if task.status.state > TaskState::Pending {
+                    return Ok(vec![]);
+                }
+                task.node = node;
+                task.status = TaskStatus {
+                    state: TaskState::Assigned,
+                    timestamp: at,
+                    message: "assigned".into(),
+                    error: None,
+                    container_id: None,
+                    exit_code: None,
+                    running_since: None,
+                };
                 Ok(vec![Event::TaskUpdated(id)])
             }
             Command::UpdateTaskStatus { id, status } => {
@@ -226,16 +262,16 @@ impl State {
         let mut events = vec![Event::RevisionChanged, Event::ObjectsChanged];
         let mut wanted: BTreeMap<String, ServiceSpec> = BTreeMap::new();
         for stack in desired.stacks.values() {
-            for (_, n) in &stack.networks {
+            for n in stack.networks.values() {
                 self.networks.insert(n.name.clone(), owned(&stack.name, n));
             }
-            for (_, v) in &stack.volumes {
+            for v in stack.volumes.values() {
                 self.volumes.insert(v.name.clone(), owned(&stack.name, v));
             }
-            for (_, s) in &stack.secrets {
+            for s in stack.secrets.values() {
                 self.secrets.insert(s.name.clone(), owned(&stack.name, s));
             }
-            for (_, c) in &stack.configs {
+            for c in stack.configs.values() {
                 self.configs.insert(c.name.clone(), owned(&stack.name, c));
             }
             for svc in stack.services.values() {
@@ -265,6 +301,8 @@ impl State {
                     svc.version += 1;
                     svc.revision = Some(commit.clone());
                     svc.manual_rollback = false;
+                    // A paused update stays paused until the spec changes: this is that change.
+                    svc.update = None;
                     events.push(Event::ServiceUpdated(name));
                 }
                 Some(_) => {}

@@ -39,6 +39,7 @@ fn task(state: &State, service: &str, id: &str, slot: u64) -> Task {
         desired_state: TaskState::Running,
         status: status(TaskState::New),
         created_at: 1,
+        restarts: vec![],
     }
 }
 

@@ -1,0 +1,392 @@
+//! The manager's loops, as pure functions of the store. Each reads the state and returns
+//! commands; none calls another; they meet in the store (Swarm's design):
+//!
+//! - the replicated and global orchestrators fill empty slots and shut down surplus tasks,
+//!   asking [`restart::restart_decision`] when a task died;
+//! - the rolling [`update::Updater`] replaces dirty slots by the service's update policy;
+//! - the scheduler ([`schedule::pick_node`]) places pending tasks;
+//! - the task reaper keeps a bounded history per slot and deletes removed tasks.
+//!
+//! [`Orchestrator::step`] runs them all over a state and says when to look again. The I/O shell
+//! (`manager`) applies the commands and calls it on every store change or wake-up.
+
+pub mod restart;
+pub mod schedule;
+pub mod update;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use restart::Decision;
+use update::{Outcome, Updater};
+
+use crate::spec::model::Mode;
+use crate::store::{
+    Command, Millis, Service, State, Task, TaskId, TaskState, TaskStatus, UpdateState,
+};
+
+/// Terminated tasks kept per slot (Swarm's task history limit).
+pub const TASK_HISTORY_LIMIT: usize = 5;
+
+/// A slot: replica number for replicated services, node for global ones.
+pub type SlotKey = (Option<u64>, String);
+
+pub fn slot_key(t: &Task) -> SlotKey {
+    match t.slot {
+        Some(s) => (Some(s), String::new()),
+        None => (None, t.node.clone()),
+    }
+}
+
+/// A task whose spec or endpoint differs from the service's must be replaced.
+pub fn is_dirty(task: &Task, svc: &Service) -> bool {
+    task.spec != svc.spec.task || task.endpoint != svc.spec.endpoint
+}
+
+/// Task ids: random enough to be unique across restarts, injectable for tests.
+#[derive(Debug)]
+pub struct IdGen {
+    prefix: u64,
+    counter: u64,
+}
+
+impl IdGen {
+    pub fn random() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        IdGen {
+            prefix: nanos ^ (std::process::id() as u64).rotate_left(40),
+            counter: 0,
+        }
+    }
+
+    pub fn seeded(seed: u64) -> Self {
+        IdGen {
+            prefix: seed,
+            counter: 0,
+        }
+    }
+
+    pub fn next_id(&mut self) -> TaskId {
+        self.counter += 1;
+        // A cheap mix so ids do not look sequential; uniqueness comes from prefix + counter.
+        let x = self
+            .prefix
+            .wrapping_add(self.counter.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        format!(
+            "{:016x}{:08x}",
+            x.rotate_left(17) ^ 0xA5A5_5A5A_F0F0_0F0F,
+            self.counter as u32
+        )
+    }
+}
+
+/// A new task of the service's current spec.
+pub fn new_task(
+    svc: &Service,
+    slot: Option<u64>,
+    node: String,
+    now: Millis,
+    id: TaskId,
+    desired: TaskState,
+    restarts: Vec<Millis>,
+) -> Task {
+    let (state, message) = if node.is_empty() {
+        (TaskState::Pending, "pending".to_string())
+    } else {
+        (TaskState::Assigned, "assigned".to_string())
+    };
+    Task {
+        id,
+        service: svc.spec.name.clone(),
+        slot,
+        node,
+        service_version: svc.version,
+        spec: svc.spec.task.clone(),
+        endpoint: svc.spec.endpoint.clone(),
+        desired_state: desired,
+        status: TaskStatus {
+            state,
+            timestamp: now,
+            message,
+            error: None,
+            container_id: None,
+            exit_code: None,
+            running_since: None,
+        },
+        created_at: now,
+        restarts,
+    }
+}
+
+/// What one pass of the loops asks for.
+#[derive(Debug, Default)]
+pub struct Step {
+    pub commands: Vec<Command>,
+    /// Look again at this time even if the store does not change.
+    pub wake_at: Option<Millis>,
+}
+
+impl Step {
+    fn wake(&mut self, at: Millis) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
+}
+
+/// The manager's loops and the little memory they keep (the running updaters).
+#[derive(Debug)]
+pub struct Orchestrator {
+    updaters: BTreeMap<String, Updater>,
+    ids: IdGen,
+    pub history_limit: usize,
+}
+
+impl Orchestrator {
+    pub fn new(ids: IdGen) -> Self {
+        Orchestrator {
+            updaters: BTreeMap::new(),
+            ids,
+            history_limit: TASK_HISTORY_LIMIT,
+        }
+    }
+
+    /// One pass over every service. The commands are meant to be applied in order.
+    pub fn step(&mut self, state: &State, now: Millis) -> Step {
+        let mut out = Step::default();
+        self.updaters
+            .retain(|name, _| state.services.contains_key(name));
+        for (name, svc) in &state.services {
+            self.update(state, name, svc, now, &mut out);
+            fill_slots(state, svc, now, &mut self.ids, &mut out);
+        }
+        schedule_pending(state, now, &mut out);
+        reap(state, self.history_limit, &mut out);
+        out
+    }
+
+    fn update(&mut self, state: &State, name: &str, svc: &Service, now: Millis, out: &mut Step) {
+        let superseded = self
+            .updaters
+            .get(name)
+            .is_some_and(|u| u.version != svc.version);
+        if superseded {
+            self.updaters.remove(name);
+        }
+        let paused = matches!(
+            svc.update.as_ref().map(|u| u.state),
+            Some(UpdateState::Paused | UpdateState::RollbackPaused)
+        );
+        if !self.updaters.contains_key(name) {
+            if paused {
+                return; // nothing moves until the spec changes
+            }
+            let rollback = matches!(
+                svc.update.as_ref().map(|u| u.state),
+                Some(UpdateState::RollbackStarted)
+            );
+            match Updater::new(state, name, rollback) {
+                Some(u) => {
+                    self.updaters.insert(name.to_string(), u);
+                }
+                None => {
+                    // Nothing dirty (e.g. only replicas changed): a pending status completes.
+                    if let Some(st) = svc.update.as_ref().filter(|u| {
+                        matches!(
+                            u.state,
+                            UpdateState::Updating | UpdateState::RollbackStarted
+                        )
+                    }) {
+                        let done = if st.state == UpdateState::Updating {
+                            UpdateState::Completed
+                        } else {
+                            UpdateState::RollbackCompleted
+                        };
+                        out.commands.push(Command::SetUpdateStatus {
+                            service: name.to_string(),
+                            status: Some(crate::store::UpdateStatus {
+                                state: done,
+                                started_at: st.started_at,
+                                completed_at: Some(now),
+                                message: st.message.replace("in progress", "completed"),
+                            }),
+                        });
+                    }
+                    return;
+                }
+            }
+        }
+        let Some(updater) = self.updaters.get_mut(name) else {
+            return;
+        };
+        if updater.is_done() {
+            return;
+        }
+        let step = updater.step(state, now, &mut self.ids);
+        out.commands.extend(step.commands);
+        if let Some(at) = step.wake_at {
+            out.wake(at);
+        }
+        if matches!(updater.outcome, Some(Outcome::RolledBack(_))) {
+            // The rollback swapped the spec; the next pass starts the rollback updater.
+            out.wake(now);
+        }
+    }
+}
+
+/// Replicated: slots 1..=replicas each hold one live task; global: one per eligible node.
+fn fill_slots(state: &State, svc: &Service, now: Millis, ids: &mut IdGen, out: &mut Step) {
+    let name = &svc.spec.name;
+    let mut by_slot: BTreeMap<SlotKey, Vec<&Task>> = BTreeMap::new();
+    for t in state.tasks_of(name) {
+        by_slot.entry(slot_key(t)).or_default().push(t);
+    }
+    for tasks in by_slot.values_mut() {
+        tasks.sort_by_key(|t| (t.created_at, t.id.clone()));
+    }
+    let wanted: Vec<SlotKey> = match svc.spec.mode {
+        Mode::Replicated { replicas } => (1..=replicas).map(|s| (Some(s), String::new())).collect(),
+        Mode::Global => state
+            .nodes
+            .values()
+            .filter(|n| n.ready && n.availability != crate::store::Availability::Drain)
+            .filter(|n| schedule::constraints_hold(&svc.spec, n))
+            .map(|n| (None, n.id.clone()))
+            .collect(),
+    };
+    // Surplus: slots past the replica count, nodes no longer eligible (constraint enforcer).
+    for (key, tasks) in &by_slot {
+        if wanted.contains(key) {
+            continue;
+        }
+        for t in tasks
+            .iter()
+            .filter(|t| t.desired_state <= TaskState::Running)
+        {
+            out.commands.push(Command::SetTaskDesiredState {
+                id: t.id.clone(),
+                state: TaskState::Shutdown,
+            });
+        }
+    }
+    let live: Vec<&Task> = state.tasks.values().filter(|t| t.is_live()).collect();
+    for key in wanted {
+        let tasks = by_slot.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        if tasks.iter().any(|t| t.is_live()) {
+            continue;
+        }
+        let newest = tasks.last();
+        let mut restarts = Vec::new();
+        if let Some(ended) = newest {
+            if !ended.status.state.is_terminal() {
+                continue; // still stopping: the replacement waits for it
+            }
+            match restart::restart_decision(&svc.spec.task.restart_policy, ended, now) {
+                Decision::StayDown(_) if ended.service_version == svc.version => continue,
+                Decision::StayDown(_) => {} // the spec changed since: attempts start afresh
+                Decision::ReplaceAt { at, .. } if at > now => {
+                    out.wake(at);
+                    continue;
+                }
+                Decision::ReplaceAt { is_restart, .. } => {
+                    if ended.service_version == svc.version {
+                        restarts = ended.restarts.clone();
+                    }
+                    if is_restart {
+                        restarts.push(now);
+                    }
+                }
+            }
+        }
+        let node = match &key {
+            (None, node) => node.clone(),
+            (Some(_), _) => {
+                schedule::pick_node(&svc.spec, state.nodes.values(), &live).unwrap_or_default()
+            }
+        };
+        let task = new_task(
+            svc,
+            key.0,
+            node,
+            now,
+            ids.next_id(),
+            TaskState::Running,
+            restarts,
+        );
+        out.commands.push(Command::CreateTask {
+            task: Box::new(task),
+        });
+    }
+}
+
+/// Place tasks still waiting for a node; a task that fits nowhere says why.
+fn schedule_pending(state: &State, now: Millis, out: &mut Step) {
+    let live: Vec<&Task> = state.tasks.values().filter(|t| t.is_live()).collect();
+    for t in state
+        .tasks
+        .values()
+        .filter(|t| t.status.state == TaskState::Pending && t.is_live())
+    {
+        let Some(svc) = state.services.get(&t.service) else {
+            continue;
+        };
+        match schedule::pick_node(&svc.spec, state.nodes.values(), &live) {
+            Ok(node) => out.commands.push(Command::AssignTask {
+                id: t.id.clone(),
+                node,
+                at: now,
+            }),
+            Err(why) if t.status.error.as_deref() != Some(why.as_str()) => {
+                out.commands.push(Command::UpdateTaskStatus {
+                    id: t.id.clone(),
+                    status: TaskStatus {
+                        error: Some(why),
+                        timestamp: now,
+                        ..t.status.clone()
+                    },
+                })
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Keep `limit` ended tasks per slot; delete tasks whose containers are gone.
+fn reap(state: &State, limit: usize, out: &mut Step) {
+    let mut by_slot: BTreeMap<(&str, SlotKey), Vec<&Task>> = BTreeMap::new();
+    for t in state.tasks.values() {
+        if t.status.state == TaskState::Remove {
+            out.commands.push(Command::DeleteTask { id: t.id.clone() });
+            continue;
+        }
+        if !state.services.contains_key(&t.service) && t.desired_state < TaskState::Remove {
+            out.commands.push(Command::SetTaskDesiredState {
+                id: t.id.clone(),
+                state: TaskState::Remove,
+            });
+            continue;
+        }
+        if t.status.state.is_terminal() && t.desired_state < TaskState::Remove {
+            by_slot
+                .entry((&t.service, slot_key(t)))
+                .or_default()
+                .push(t);
+        }
+    }
+    for tasks in by_slot.values_mut() {
+        if tasks.len() <= limit {
+            continue;
+        }
+        tasks.sort_by_key(|t| (t.created_at, t.id.clone()));
+        let excess = tasks.len() - limit;
+        for t in tasks.iter().take(excess) {
+            out.commands.push(Command::SetTaskDesiredState {
+                id: t.id.clone(),
+                state: TaskState::Remove,
+            });
+        }
+    }
+}

@@ -1,0 +1,550 @@
+//! The loops against a simulated node, with a simulated clock: deterministic checks of Swarm's
+//! update, restart and rollback semantics. (The same behaviour against the real Docker Engine is
+//! tested in tests/it.)
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::desired::DesiredState;
+use crate::spec::{load_stack, NoFiles, Variables};
+use crate::store::{Availability, Node, NodeRole, State, TaskState, UpdateState};
+
+/// How a simulated image behaves once started.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    Runs,
+    /// Exits with this code this long after starting.
+    Exits {
+        after: Millis,
+        code: i64,
+    },
+}
+
+struct Sim {
+    state: State,
+    orch: Orchestrator,
+    now: Millis,
+    images: BTreeMap<String, Behaviour>,
+    /// (time, task id, "start" | "stop")
+    log: Vec<(Millis, String, &'static str)>,
+    max_running: usize,
+}
+
+impl Sim {
+    fn new() -> Self {
+        let mut state = State::default();
+        state
+            .apply(Command::UpsertNode {
+                node: Node {
+                    id: "node-1".into(),
+                    hostname: "node-1".into(),
+                    role: NodeRole::Manager,
+                    availability: Availability::Active,
+                    ready: true,
+                    os: "linux".into(),
+                    arch: "x86_64".into(),
+                    ip: "127.0.0.1".into(),
+                    labels: Default::default(),
+                    engine_labels: Default::default(),
+                    nano_cpus: 2_000_000_000,
+                    memory_bytes: 8 << 30,
+                },
+            })
+            .unwrap();
+        Sim {
+            state,
+            orch: Orchestrator::new(IdGen::seeded(7)),
+            now: 1_000,
+            images: BTreeMap::new(),
+            log: Vec::new(),
+            max_running: 0,
+        }
+    }
+
+    fn commit(&mut self, commit: &str, compose: &str) {
+        let loaded = load_stack(
+            "app",
+            "compose.yml",
+            compose,
+            &NoFiles,
+            &Variables::default(),
+        );
+        assert!(loaded.errors().next().is_none(), "{:?}", loaded.diagnostics);
+        let mut desired = DesiredState::default();
+        desired.stacks.insert("app".into(), loaded.spec.unwrap());
+        self.state
+            .apply(Command::ApplyRevision {
+                commit: commit.into(),
+                desired,
+                prune: true,
+                at: self.now,
+            })
+            .unwrap();
+    }
+
+    fn behaviour(&self, image: &str) -> Behaviour {
+        self.images.get(image).copied().unwrap_or(Behaviour::Runs)
+    }
+
+    /// Run loops and the simulated agent in 100 ms ticks for `ms` milliseconds.
+    fn run(&mut self, ms: Millis) {
+        let end = self.now + ms;
+        while self.now < end {
+            for _ in 0..4 {
+                let step = self.orch.step(&self.state, self.now);
+                if step.commands.is_empty() {
+                    break;
+                }
+                for c in step.commands {
+                    let _ = self.state.apply(c);
+                }
+            }
+            self.agent();
+            let running = self
+                .state
+                .tasks
+                .values()
+                .filter(|t| t.status.state == TaskState::Running)
+                .count();
+            self.max_running = self.max_running.max(running);
+            self.now += 100;
+        }
+    }
+
+    /// One step per task, like the real agent: prepare, start, watch, stop, remove.
+    fn agent(&mut self) {
+        let now = self.now;
+        let mut reports = Vec::new();
+        for t in self.state.tasks.values() {
+            let st = &t.status;
+            let mut next = st.clone();
+            next.timestamp = now;
+            match (st.state, t.desired_state) {
+                (TaskState::Remove, _) => continue,
+                (s, TaskState::Remove) if s.is_terminal() => next.state = TaskState::Remove,
+                (s, d) if d >= TaskState::Shutdown && !s.is_terminal() => {
+                    if s == TaskState::Running {
+                        self.log.push((now, t.id.clone(), "stop"));
+                    }
+                    next.state = TaskState::Shutdown;
+                }
+                (TaskState::Assigned, d) if d >= TaskState::Ready => next.state = TaskState::Ready,
+                (TaskState::Ready, TaskState::Running) => {
+                    next.state = TaskState::Running;
+                    next.running_since = Some(now);
+                    self.log.push((now, t.id.clone(), "start"));
+                }
+                (TaskState::Running, _) => match self.behaviour(&t.spec.container.image) {
+                    Behaviour::Exits { after, code }
+                        if now >= st.running_since.unwrap() + after =>
+                    {
+                        next.state = if code == 0 {
+                            TaskState::Complete
+                        } else {
+                            TaskState::Failed
+                        };
+                        next.exit_code = Some(code);
+                        next.error = (code != 0).then(|| format!("non-zero exit ({code})"));
+                        self.log.push((now, t.id.clone(), "stop"));
+                    }
+                    _ => continue,
+                },
+                _ => continue,
+            }
+            reports.push((t.id.clone(), next));
+        }
+        for (id, status) in reports {
+            self.state
+                .apply(Command::UpdateTaskStatus { id, status })
+                .unwrap();
+        }
+    }
+
+    fn running_images(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .state
+            .tasks
+            .values()
+            .filter(|t| t.status.state == TaskState::Running)
+            .map(|t| t.spec.container.image.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn update_state(&self) -> Option<UpdateState> {
+        self.state.services["app_web"]
+            .update
+            .as_ref()
+            .map(|u| u.state)
+    }
+
+    fn image_of(&self, id: &str) -> String {
+        self.state
+            .tasks
+            .get(id)
+            .map(|t| t.spec.container.image.clone())
+            .unwrap_or_default()
+    }
+}
+
+fn web(image: &str, replicas: u64, update: &str) -> String {
+    format!(
+        "services:\n  web:\n    image: {image}\n    deploy:\n      replicas: {replicas}\n      restart_policy:\n        delay: 1s\n      update_config:\n{update}"
+    )
+}
+
+const STOP_FIRST: &str = "        parallelism: 1\n        monitor: 2s\n";
+const START_FIRST: &str =
+    "        parallelism: 1\n        monitor: 2s\n        order: start-first\n";
+
+#[test]
+fn deploys_and_scales_by_commit() {
+    let mut sim = Sim::new();
+    sim.commit("c1", &web("web:1", 3, STOP_FIRST));
+    sim.run(2_000);
+    assert_eq!(sim.running_images(), ["web:1"; 3]);
+    sim.commit("c2", &web("web:1", 5, STOP_FIRST));
+    sim.run(2_000);
+    assert_eq!(sim.running_images().len(), 5);
+    sim.commit("c3", &web("web:1", 2, STOP_FIRST));
+    sim.run(2_000);
+    assert_eq!(sim.running_images().len(), 2);
+    // Scaling replaced nothing: the first tasks still run.
+    let slots: Vec<Option<u64>> = sim
+        .state
+        .tasks
+        .values()
+        .filter(|t| t.status.state == TaskState::Running)
+        .map(|t| t.slot)
+        .collect();
+    assert_eq!(slots.len(), 2);
+    assert!(slots.iter().all(|s| s.unwrap() <= 2));
+}
+
+#[test]
+fn stop_first_stops_the_old_task_before_the_new_one_starts() {
+    let mut sim = Sim::new();
+    sim.commit("c1", &web("web:1", 3, STOP_FIRST));
+    sim.run(2_000);
+    sim.max_running = 0;
+    sim.log.clear();
+    sim.commit("c2", &web("web:2", 3, STOP_FIRST));
+    sim.run(20_000);
+    assert_eq!(sim.running_images(), ["web:2"; 3]);
+    assert_eq!(sim.update_state(), Some(UpdateState::Completed));
+    assert!(sim.max_running <= 3, "never more than the replica count");
+    // Per slot, the old stop precedes the new start; slots go one at a time.
+    let starts: Vec<Millis> = sim
+        .log
+        .iter()
+        .filter(|e| e.2 == "start")
+        .map(|e| e.0)
+        .collect();
+    let stops: Vec<Millis> = sim
+        .log
+        .iter()
+        .filter(|e| e.2 == "stop")
+        .map(|e| e.0)
+        .collect();
+    assert_eq!((starts.len(), stops.len()), (3, 3));
+    for i in 0..3 {
+        assert!(
+            stops[i] <= starts[i],
+            "slot {i}: stop at {} start at {}",
+            stops[i],
+            starts[i]
+        );
+    }
+    assert!(starts.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[test]
+fn start_first_starts_the_new_task_before_the_old_one_stops() {
+    let mut sim = Sim::new();
+    sim.commit("c1", &web("web:1", 3, START_FIRST));
+    sim.run(2_000);
+    sim.max_running = 0;
+    sim.log.clear();
+    sim.commit("c2", &web("web:2", 3, START_FIRST));
+    sim.run(20_000);
+    assert_eq!(sim.running_images(), ["web:2"; 3]);
+    assert_eq!(sim.max_running, 4, "one extra task at a time");
+    let first_start = sim.log.iter().find(|e| e.2 == "start").unwrap();
+    let first_stop = sim.log.iter().find(|e| e.2 == "stop").unwrap();
+    assert!(first_start.0 <= first_stop.0);
+    assert_eq!(sim.image_of(&first_start.1), "web:2");
+}
+
+#[test]
+fn parallelism_zero_updates_every_slot_at_once() {
+    let mut sim = Sim::new();
+    let all = "        parallelism: 0\n        monitor: 1s\n";
+    sim.commit("c1", &web("web:1", 4, all));
+    sim.run(2_000);
+    sim.log.clear();
+    sim.commit("c2", &web("web:2", 4, all));
+    sim.run(5_000);
+    let starts: Vec<Millis> = sim
+        .log
+        .iter()
+        .filter(|e| e.2 == "start")
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(starts.len(), 4);
+    assert!(starts.iter().all(|t| *t == starts[0]), "{starts:?}");
+}
+
+#[test]
+fn delay_spaces_the_slots() {
+    let mut sim = Sim::new();
+    let delayed = "        parallelism: 1\n        delay: 3s\n        monitor: 1s\n";
+    sim.commit("c1", &web("web:1", 3, delayed));
+    sim.run(2_000);
+    sim.log.clear();
+    sim.commit("c2", &web("web:2", 3, delayed));
+    sim.run(30_000);
+    let starts: Vec<Millis> = sim
+        .log
+        .iter()
+        .filter(|e| e.2 == "start")
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(starts.len(), 3);
+    assert!(
+        starts.windows(2).all(|w| w[1] - w[0] >= 3_000),
+        "{starts:?}"
+    );
+}
+
+#[test]
+fn a_failing_version_with_failure_action_rollback_returns_to_the_old_spec() {
+    let mut sim = Sim::new();
+    sim.images.insert(
+        "web:bad".into(),
+        Behaviour::Exits {
+            after: 500,
+            code: 1,
+        },
+    );
+    let rollback =
+        "        parallelism: 1\n        monitor: 3s\n        failure_action: rollback\n";
+    sim.commit("c1", &web("web:1", 3, rollback));
+    sim.run(2_000);
+    sim.commit("c2", &web("web:bad", 3, rollback));
+    sim.run(30_000);
+    let svc = &sim.state.services["app_web"];
+    assert_eq!(svc.spec.task.container.image, "web:1", "spec rolled back");
+    assert_eq!(sim.update_state(), Some(UpdateState::RollbackCompleted));
+    assert_eq!(sim.running_images(), ["web:1"; 3]);
+    assert!(
+        svc.update.as_ref().unwrap().message.contains("rollback"),
+        "{:?}",
+        svc.update
+    );
+}
+
+#[test]
+fn a_failing_version_with_failure_action_pause_stops_with_a_reason() {
+    let mut sim = Sim::new();
+    sim.images.insert(
+        "web:bad".into(),
+        Behaviour::Exits {
+            after: 500,
+            code: 1,
+        },
+    );
+    // The delay keeps the next slot waiting until the first new task has failed (Swarm moves on
+    // once a new task runs; the monitor window catches failures after that).
+    let paced = "        parallelism: 1\n        delay: 2s\n        monitor: 3s\n";
+    sim.commit("c1", &web("web:1", 3, paced));
+    sim.run(2_000);
+    sim.commit("c2", &web("web:bad", 3, paced));
+    sim.run(10_000);
+    assert_eq!(sim.update_state(), Some(UpdateState::Paused));
+    let msg = &sim.state.services["app_web"]
+        .update
+        .as_ref()
+        .unwrap()
+        .message;
+    assert!(msg.contains("update paused due to failure"), "{msg}");
+    assert!(msg.contains("non-zero exit (1)"), "{msg}");
+    // Paused: the two untouched slots keep the old version; nothing more is handed out.
+    let created_before = sim.state.tasks.len();
+    sim.run(10_000);
+    let old = sim
+        .running_images()
+        .iter()
+        .filter(|i| *i == "web:1")
+        .count();
+    assert_eq!(old, 2);
+    let bad_tasks = sim
+        .state
+        .tasks
+        .values()
+        .filter(|t| t.spec.container.image == "web:bad" && t.slot != Some(1))
+        .count();
+    assert_eq!(bad_tasks, 0, "no other slot was touched");
+    assert!(sim.state.tasks.len() >= created_before);
+}
+
+#[test]
+fn max_failure_ratio_tolerates_some_failures() {
+    let mut sim = Sim::new();
+    // One replica in four runs a version that fails: 1/4 = 0.25 <= 0.3, so the update goes on.
+    let tolerant = "        parallelism: 1\n        delay: 1s\n        monitor: 1s\n        max_failure_ratio: 0.3\n";
+    sim.commit("c1", &web("web:1", 4, tolerant));
+    sim.run(2_000);
+    sim.images.insert(
+        "web:2".into(),
+        Behaviour::Exits {
+            after: 300,
+            code: 1,
+        },
+    );
+    sim.commit("c2", &web("web:2", 4, tolerant));
+    // Make only the first new task fail: switch behaviour back after it has failed.
+    sim.run(900);
+    sim.images.remove("web:2");
+    sim.run(20_000);
+    assert_eq!(sim.update_state(), Some(UpdateState::Completed));
+    assert_eq!(sim.running_images(), ["web:2"; 4]);
+}
+
+#[test]
+fn max_attempts_is_honoured_and_the_slot_stays_down() {
+    let mut sim = Sim::new();
+    sim.images.insert(
+        "crash:1".into(),
+        Behaviour::Exits {
+            after: 200,
+            code: 1,
+        },
+    );
+    let compose = "services:\n  web:\n    image: crash:1\n    deploy:\n      restart_policy:\n        delay: 1s\n        max_attempts: 2\n";
+    sim.commit("c1", compose);
+    sim.run(30_000);
+    let tasks: Vec<&Task> = sim.state.tasks.values().collect();
+    assert_eq!(tasks.len(), 3, "the first task and two restarts");
+    assert!(tasks.iter().all(|t| t.status.state == TaskState::Failed));
+    // Restarts were spaced by at least the delay.
+    let mut created: Vec<Millis> = tasks.iter().map(|t| t.created_at).collect();
+    created.sort();
+    assert!(
+        created.windows(2).all(|w| w[1] - w[0] >= 1_000),
+        "{created:?}"
+    );
+    // A new spec resets the count.
+    sim.commit("c2", &compose.replace("max_attempts: 2", "max_attempts: 1"));
+    sim.run(10_000);
+    assert_eq!(sim.state.tasks.len(), 5);
+}
+
+#[test]
+fn restart_condition_on_failure_leaves_a_completed_task_alone() {
+    let mut sim = Sim::new();
+    sim.images.insert(
+        "job:1".into(),
+        Behaviour::Exits {
+            after: 200,
+            code: 0,
+        },
+    );
+    let compose = "services:\n  web:\n    image: job:1\n    deploy:\n      restart_policy:\n        condition: on-failure\n        delay: 1s\n";
+    sim.commit("c1", compose);
+    sim.run(10_000);
+    assert_eq!(sim.state.tasks.len(), 1);
+    assert_eq!(
+        sim.state.tasks.values().next().unwrap().status.state,
+        TaskState::Complete
+    );
+}
+
+#[test]
+fn a_task_that_dies_is_replaced_after_the_restart_delay() {
+    let mut sim = Sim::new();
+    sim.commit("c1", &web("web:1", 2, STOP_FIRST));
+    sim.run(2_000);
+    // Someone kills a container by hand: the agent reports it failed.
+    let victim = sim
+        .state
+        .tasks
+        .values()
+        .find(|t| t.slot == Some(1))
+        .unwrap()
+        .clone();
+    let mut status = victim.status.clone();
+    status.state = TaskState::Failed;
+    status.timestamp = sim.now;
+    sim.state
+        .apply(Command::UpdateTaskStatus {
+            id: victim.id.clone(),
+            status,
+        })
+        .unwrap();
+    let died = sim.now;
+    sim.run(3_000);
+    let replacement = sim
+        .state
+        .tasks
+        .values()
+        .find(|t| t.slot == Some(1) && t.id != victim.id)
+        .expect("replaced");
+    assert!(replacement.created_at >= died + 1_000, "after the 1s delay");
+    assert_eq!(sim.running_images().len(), 2);
+}
+
+#[test]
+fn a_removed_stack_leaves_nothing_behind() {
+    let mut sim = Sim::new();
+    sim.commit("c1", &web("web:1", 2, STOP_FIRST));
+    sim.run(2_000);
+    sim.state
+        .apply(Command::ApplyRevision {
+            commit: "c2".into(),
+            desired: DesiredState::default(),
+            prune: true,
+            at: sim.now,
+        })
+        .unwrap();
+    sim.run(2_000);
+    assert!(sim.state.services.is_empty());
+    assert!(sim.state.tasks.is_empty(), "{:?}", sim.state.tasks.keys());
+    assert!(sim.state.networks.is_empty());
+}
+
+#[test]
+fn task_history_is_bounded_per_slot() {
+    let mut sim = Sim::new();
+    sim.images.insert(
+        "crash:1".into(),
+        Behaviour::Exits {
+            after: 100,
+            code: 1,
+        },
+    );
+    let compose = "services:\n  web:\n    image: crash:1\n    deploy:\n      restart_policy:\n        delay: 100ms\n";
+    sim.commit("c1", compose);
+    sim.run(20_000);
+    let ended = sim
+        .state
+        .tasks
+        .values()
+        .filter(|t| t.status.state.is_terminal())
+        .count();
+    assert!(ended <= TASK_HISTORY_LIMIT + 1, "{ended} ended tasks kept");
+}
+
+#[test]
+fn a_constraint_no_node_satisfies_leaves_the_task_pending_with_a_reason() {
+    let mut sim = Sim::new();
+    let compose = "services:\n  web:\n    image: web:1\n    deploy:\n      placement:\n        constraints: [node.labels.zone == eu]\n";
+    sim.commit("c1", compose);
+    sim.run(1_000);
+    let t = sim.state.tasks.values().next().expect("a pending task");
+    assert_eq!(t.status.state, TaskState::Pending);
+    assert_eq!(
+        t.status.error.as_deref(),
+        Some("no suitable node (1 node does not satisfy the placement constraints)")
+    );
+}
