@@ -12,7 +12,9 @@
 //! - `end_to_end`: what `reconciler plan --ref HEAD --against-ref HEAD~1` does: load both
 //!   commits from git, plan, render the text.
 //!
-//! Run with `cargo bench --bench plan`; results are recorded in docs/benchmarks.md.
+//! Run with `cargo bench --bench plan`; results are recorded in docs/benchmarks.md. Set
+//! `PLAN_BENCH_REPO=/some/new/dir` to generate the repo there and keep it afterwards (to run
+//! `reconciler plan` on it by hand).
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -20,7 +22,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 use reconciler::desired::{self, DesiredState, GitTree, LoadOptions, Loaded, WorkTree};
 use reconciler::plan::{self, render, Kind};
 use reconciler::secrets::{self, Recipients};
@@ -44,7 +46,7 @@ fn is_global(j: usize) -> bool {
 /// Services whose image tag changes in the second commit: exactly one per stack, a different
 /// role from one stack to the next (100 services, 10%).
 fn retagged(i: usize, j: usize) -> bool {
-    (i * 7 + j * 3) % 10 == 0
+    (i * 7 + j * 3).is_multiple_of(10)
 }
 
 /// Replicated services scaled in the second commit (about 5%, never a retagged one).
@@ -59,7 +61,7 @@ fn secret_rotated(i: usize) -> bool {
 
 /// Services that mount the stack's secret.
 fn mounts_secret(j: usize) -> bool {
-    j % 3 == 0
+    j.is_multiple_of(3)
 }
 
 /// Stacks with a `.env` file, whose images come from a registry named by interpolation.
@@ -247,8 +249,8 @@ configs:
 fn app_config(i: usize) -> String {
     format!(
         "# Application settings for {team}\nserver:\n  listen: \":8080\"\n  read_timeout: 10s\nfeatures:\n  search: {}\n  billing: {}\nlimits:\n  requests_per_second: {}\n",
-        i % 2 == 0,
-        i % 3 == 0,
+        i.is_multiple_of(2),
+        i.is_multiple_of(3),
         100 + i,
         team = stack_name(i)
     )
@@ -438,14 +440,33 @@ fn check_fixture(root: &Path, expected: &Expected) -> (DesiredState, DesiredStat
 }
 
 fn benches(c: &mut Criterion) {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
+    let temp;
+    let kept;
+    let root = match std::env::var_os("PLAN_BENCH_REPO") {
+        Some(dir) => {
+            kept = std::path::PathBuf::from(dir);
+            std::fs::create_dir_all(&kept).unwrap();
+            assert!(
+                std::fs::read_dir(&kept).unwrap().next().is_none(),
+                "PLAN_BENCH_REPO={} is not empty",
+                kept.display()
+            );
+            kept.as_path()
+        }
+        None => {
+            temp = tempfile::tempdir().unwrap();
+            temp.path()
+        }
+    };
     let expected = generate(root);
     let (head, prev) = check_fixture(root, &expected);
 
     {
         let mut g = c.benchmark_group("load_worktree");
-        g.sample_size(20).measurement_time(Duration::from_secs(6));
+        g.sample_size(10)
+            .sampling_mode(SamplingMode::Flat)
+            .warm_up_time(Duration::from_secs(2))
+            .measurement_time(Duration::from_secs(7));
         g.bench_function("1000_services", |b| {
             b.iter(|| {
                 desired::load(&WorkTree::new(black_box(root)), &LoadOptions::default()).unwrap()
@@ -455,7 +476,10 @@ fn benches(c: &mut Criterion) {
     }
     {
         let mut g = c.benchmark_group("load_git");
-        g.sample_size(20).measurement_time(Duration::from_secs(6));
+        g.sample_size(10)
+            .sampling_mode(SamplingMode::Flat)
+            .warm_up_time(Duration::from_secs(2))
+            .measurement_time(Duration::from_secs(7));
         g.bench_function("1000_services", |b| {
             b.iter(|| load_git(black_box(root), "HEAD", &LoadOptions::default()))
         });
@@ -463,7 +487,9 @@ fn benches(c: &mut Criterion) {
     }
     {
         let mut g = c.benchmark_group("plan_changed");
-        g.sample_size(50).measurement_time(Duration::from_secs(4));
+        g.sample_size(50)
+            .warm_up_time(Duration::from_secs(2))
+            .measurement_time(Duration::from_secs(4));
         g.bench_function("1000_services", |b| {
             b.iter(|| plan::plan(black_box(&head), black_box(&prev)))
         });
@@ -472,7 +498,9 @@ fn benches(c: &mut Criterion) {
     {
         let same = head.clone();
         let mut g = c.benchmark_group("plan_unchanged");
-        g.sample_size(50).measurement_time(Duration::from_secs(4));
+        g.sample_size(50)
+            .warm_up_time(Duration::from_secs(2))
+            .measurement_time(Duration::from_secs(4));
         g.bench_function("1000_services", |b| {
             b.iter(|| plan::plan(black_box(&head), black_box(&same)))
         });
@@ -486,7 +514,10 @@ fn benches(c: &mut Criterion) {
             process_env: true,
         };
         let mut g = c.benchmark_group("end_to_end");
-        g.sample_size(10).measurement_time(Duration::from_secs(8));
+        g.sample_size(10)
+            .sampling_mode(SamplingMode::Flat)
+            .warm_up_time(Duration::from_secs(2))
+            .measurement_time(Duration::from_secs(15));
         g.bench_function("1000_services", |b| {
             b.iter(|| {
                 let desired = load_git(black_box(root), "HEAD", &options);

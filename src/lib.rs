@@ -6,10 +6,12 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod api;
 pub mod cli;
 pub mod desired;
 pub mod gitops;
 pub mod logging;
+pub mod manager;
 pub mod orchestrator;
 pub mod plan;
 pub mod secrets;

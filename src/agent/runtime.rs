@@ -13,7 +13,9 @@ use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use crate::secrets::SecretBytes;
-use crate::spec::model::{EndpointSpec, FileMount, NetworkAttachment, NetworkSpec, TaskSpec, VolumeSpec};
+use crate::spec::model::{
+    EndpointSpec, FileMount, NetworkAttachment, NetworkSpec, TaskSpec, VolumeSpec,
+};
 
 /// The container engine as the agent sees it. Implementations are cheap handles (`Clone`) that
 /// can be shared between the agent's tasks.
@@ -87,8 +89,9 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     fn remove_volume(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
     /// The volumes this project created, or that Docker created for our containers (by label).
-    fn list_volumes(&self)
-        -> impl Future<Output = Result<Vec<ObservedObject>, RuntimeError>> + Send;
+    fn list_volumes(
+        &self,
+    ) -> impl Future<Output = Result<Vec<ObservedObject>, RuntimeError>> + Send;
 }
 
 /// Docker's container id (the full 64-hex id once created).
@@ -221,6 +224,9 @@ pub struct ObservedContainer {
     pub health: Health,
     /// Why the container failed, in the engine's words (start errors, OOM kill).
     pub error: Option<String>,
+    /// The container's address on each network it joined (network name → IP), for the
+    /// ingress proxy.
+    pub addresses: BTreeMap<String, std::net::IpAddr>,
 }
 
 impl ObservedContainer {
@@ -279,7 +285,7 @@ pub enum RuntimeError {
     #[error("the Docker Engine is not reachable: {0}")]
     Unavailable(String),
 
-    #[error("image {image} is not present on this node and no registry answered: {reason}")]
+    #[error("image {image} is not present on this node and could not be pulled: {reason}")]
     ImageUnavailable { image: String, reason: String },
 
     #[error("{0}")]
@@ -333,8 +339,14 @@ mod tests {
 
     #[test]
     fn short_service_name_strips_the_stack_prefix() {
-        assert_eq!(task("shop_web", "shop", Some(1)).short_service_name(), "web");
-        assert_eq!(task("shop_web_api", "shop", Some(1)).short_service_name(), "web_api");
+        assert_eq!(
+            task("shop_web", "shop", Some(1)).short_service_name(),
+            "web"
+        );
+        assert_eq!(
+            task("shop_web_api", "shop", Some(1)).short_service_name(),
+            "web_api"
+        );
         // A service named explicitly outside the stack prefix keeps its name.
         assert_eq!(task("other", "shop", Some(1)).short_service_name(), "other");
         assert_eq!(task("shop_", "shop", Some(1)).short_service_name(), "shop_");
@@ -342,8 +354,14 @@ mod tests {
 
     #[test]
     fn container_names_follow_swarm() {
-        assert_eq!(task("shop_web", "shop", Some(3)).container_name(), "shop_web.3.abc123");
-        assert_eq!(task("shop_agent", "shop", None).container_name(), "shop_agent.node1.abc123");
+        assert_eq!(
+            task("shop_web", "shop", Some(3)).container_name(),
+            "shop_web.3.abc123"
+        );
+        assert_eq!(
+            task("shop_agent", "shop", None).container_name(),
+            "shop_agent.node1.abc123"
+        );
     }
 
     #[test]

@@ -6,11 +6,14 @@ use clap::{Parser, Subcommand};
 
 use crate::logging::{self, LogFormat};
 
+mod client;
+mod cluster;
 mod export;
 mod plan;
 mod schema;
 mod secret;
 mod source;
+mod up;
 mod validate;
 
 #[derive(Debug, Parser)]
@@ -42,6 +45,18 @@ enum Command {
     /// Encrypt secrets for the stacks repo with age.
     #[command(subcommand)]
     Secret(secret::Command),
+    /// Watch a git repository of stacks and converge the local Docker Engine onto it.
+    Up(up::Args),
+    /// What runs: live and refused commits, services, replicas, update states.
+    Status(cluster::StatusArgs),
+    /// Fetch the repository now; with --wait, follow the commit until it converges.
+    Sync(cluster::SyncArgs),
+    /// Services of the running cluster.
+    #[command(subcommand)]
+    Service(cluster::ServiceCommand),
+    /// Stacks of the running cluster.
+    #[command(subcommand)]
+    Stack(cluster::StackCommand),
 }
 
 /// Parse the command line, run the command, and return the process exit code.
@@ -54,13 +69,24 @@ pub fn main() -> i32 {
             return if e.use_stderr() { 1 } else { 0 };
         }
     };
-    logging::init(cli.log_format, "warn");
+    // `up` is a server: its progress is worth seeing by default.
+    let level = if matches!(cli.command, Command::Up(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    logging::init(cli.log_format, level);
     let result = match cli.command {
         Command::Validate(args) => validate::run(args),
         Command::Plan(args) => plan::run(args),
         Command::Schema(args) => schema::run(args),
         Command::Export(args) => export::run(args),
         Command::Secret(cmd) => secret::run(cmd),
+        Command::Up(args) => up::run(args),
+        Command::Status(args) => cluster::status(args),
+        Command::Sync(args) => cluster::sync(args),
+        Command::Service(cmd) => cluster::service(cmd),
+        Command::Stack(cmd) => cluster::stack(cmd),
     };
     match result {
         Ok(code) => code,

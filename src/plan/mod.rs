@@ -310,6 +310,7 @@ fn file_object_fields(old: &FileObjectSpec, new: &FileObjectSpec) -> Vec<FieldCh
     }
     let strip = |o: &FileObjectSpec| FileObjectSpec {
         version: String::new(),
+        inline: None,
         ..o.clone()
     };
     out.extend(diff::diff(&strip(old), &strip(new)));

@@ -67,12 +67,7 @@ impl Constraint {
         if value.contains("==") || value.contains("!=") {
             return Err(format!("constraint {text:?} has more than one operator"));
         }
-        let key = ConstraintKey::parse(key_text).ok_or_else(|| {
-            format!(
-                "unknown constraint key {key_text:?}: expected one of {}",
-                KEYS.join(", ")
-            )
-        })?;
+        let key = ConstraintKey::parse(key_text).ok_or_else(|| unknown_key(key_text))?;
         if key == ConstraintKey::NodeRole
             && !value.eq_ignore_ascii_case("manager")
             && !value.eq_ignore_ascii_case("worker")
@@ -96,6 +91,33 @@ impl Constraint {
             ConstraintOp::Eq => equal,
             ConstraintOp::Ne => !equal,
         }
+    }
+}
+
+/// Say what is wrong with a key, with the most likely intended one when there is one.
+fn unknown_key(key: &str) -> String {
+    let lower = key.to_ascii_lowercase();
+    for prefix in ["node.labels.", "engine.labels."] {
+        if lower == prefix || lower == prefix.trim_end_matches('.') {
+            return format!("constraint key {key:?} needs a label name, e.g. {prefix}zone");
+        }
+        // `node.label.zone`: the plural is easy to miss.
+        let singular = prefix.replace("labels", "label");
+        if let Some(rest) = lower.strip_prefix(&singular).filter(|r| !r.is_empty()) {
+            let label = &key[key.len() - rest.len()..];
+            return format!("unknown constraint key {key:?}; did you mean \"{prefix}{label}\"?");
+        }
+    }
+    let fixed: Vec<&str> = KEYS.iter().copied().filter(|k| !k.contains('<')).collect();
+    let dotted = format!("node.{lower}");
+    match crate::spec::schema::closest(&lower, &fixed)
+        .or_else(|| fixed.contains(&dotted.as_str()).then_some(dotted.as_str()))
+    {
+        Some(k) => format!("unknown constraint key {key:?}; did you mean \"{k}\"?"),
+        None => format!(
+            "unknown constraint key {key:?}: expected one of {}",
+            KEYS.join(", ")
+        ),
     }
 }
 

@@ -93,7 +93,15 @@ pub fn display_path<S: AsRef<str>>(root: &Node, segments: &[S]) -> String {
                 if !out.is_empty() {
                     out.push('.');
                 }
-                out.push_str(seg);
+                // `labels."com.example.tier"`, `services.""`: quoted where a bare key would
+                // read as several, or as nothing.
+                if seg.is_empty()
+                    || seg.contains(|c: char| c.is_whitespace() || ".[]\"".contains(c))
+                {
+                    out.push_str(&format!("{seg:?}"));
+                } else {
+                    out.push_str(seg);
+                }
                 node = match other {
                     Some(Value::Map(entries)) => {
                         entries.iter().find(|e| e.key == seg).map(|e| &e.value)
@@ -111,6 +119,15 @@ pub struct Report<'a> {
     pub file: &'a str,
     pub root: &'a Node,
     pub items: Vec<Diagnostic>,
+    /// Values already reported and left out of the later checks: an error at or under one of
+    /// these paths could only repeat the first one.
+    skip_under: Vec<Vec<String>>,
+    /// Values already reported as wrong: an error about the mapping that holds one ("no
+    /// image", "needs file:") would be a consequence, not news.
+    skip_parent_of: Vec<Vec<String>>,
+    /// List items dropped before the semantic checks, in order: the list's path and the item's
+    /// index at the time. Paths reported afterwards count the items without them.
+    removed_items: Vec<(Vec<String>, usize)>,
 }
 
 impl<'a> Report<'a> {
@@ -119,12 +136,62 @@ impl<'a> Report<'a> {
             file,
             root,
             items: Vec::new(),
+            skip_under: Vec::new(),
+            skip_parent_of: Vec::new(),
+            removed_items: Vec::new(),
         }
+    }
+
+    /// Note that the item at `index` of the list at `list` was dropped from the document.
+    pub fn removed_item(&mut self, list: Vec<String>, index: usize) {
+        self.removed_items.push((list, index));
+    }
+
+    /// A path counted in the document after items were dropped, as it is in the file. (Lists in
+    /// a stack file do not nest, so the list paths themselves never shift.)
+    pub fn original<S: AsRef<str>>(&self, path: &[S]) -> Vec<String> {
+        let mut p: Vec<String> = path.iter().map(|s| s.as_ref().to_string()).collect();
+        for (list, removed) in self.removed_items.iter().rev() {
+            let n = list.len();
+            if p.len() > n && p[..n] == list[..] {
+                if let Ok(i) = p[n].parse::<usize>() {
+                    if i >= *removed {
+                        p[n] = (i + 1).to_string();
+                    }
+                }
+            }
+        }
+        p
+    }
+
+    /// Leave out later errors at or under `path` (as it is in the file).
+    pub fn skip_under(&mut self, path: Vec<String>) {
+        self.skip_under.push(path);
+    }
+
+    /// Leave out later errors about the mapping that holds `path` (as it is in the file).
+    pub fn skip_parent_of(&mut self, path: Vec<String>) {
+        self.skip_parent_of.push(path);
+    }
+
+    fn skipped<S: AsRef<str>>(&self, path: &[S]) -> bool {
+        let same = |a: &[String], b: &[S]| a.iter().zip(b).all(|(x, y)| x == y.as_ref());
+        self.skip_under
+            .iter()
+            .any(|p| p.len() <= path.len() && same(p, path))
+            || self
+                .skip_parent_of
+                .iter()
+                .any(|p| p.len() == path.len() + 1 && same(p, path))
     }
 
     /// An error about the value at `path`.
     pub fn error<S: AsRef<str>>(&mut self, path: &[S], message: impl Into<String>) {
-        let span = self.root.locate(path.iter().map(AsRef::as_ref));
+        let path = &self.original(path);
+        if self.skipped(path) {
+            return;
+        }
+        let span = self.root.locate(path.iter().map(String::as_str));
         let p = display_path(self.root, path);
         self.items
             .push(Diagnostic::error(self.file, span, p, message));
@@ -132,20 +199,25 @@ impl<'a> Report<'a> {
 
     /// An error about the key at `path` itself (an unknown or misplaced key).
     pub fn key_error<S: AsRef<str>>(&mut self, path: &[S], message: impl Into<String>) {
+        let path = &self.original(path);
+        if self.skipped(path) {
+            return;
+        }
         let span = self
             .root
             .key_span(path)
-            .unwrap_or_else(|| self.root.locate(path.iter().map(AsRef::as_ref)));
+            .unwrap_or_else(|| self.root.locate(path.iter().map(String::as_str)));
         let p = display_path(self.root, path);
         self.items
             .push(Diagnostic::error(self.file, span, p, message));
     }
 
     pub fn key_warning<S: AsRef<str>>(&mut self, path: &[S], message: impl Into<String>) {
+        let path = &self.original(path);
         let span = self
             .root
             .key_span(path)
-            .unwrap_or_else(|| self.root.locate(path.iter().map(AsRef::as_ref)));
+            .unwrap_or_else(|| self.root.locate(path.iter().map(String::as_str)));
         let p = display_path(self.root, path);
         self.items
             .push(Diagnostic::warning(self.file, span, p, message));

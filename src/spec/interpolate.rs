@@ -35,29 +35,54 @@ impl Variables {
 #[derive(Clone, Debug, PartialEq)]
 pub struct InterpolationError {
     pub span: Span,
+    /// Where the value is: map keys and list indexes from the root.
+    pub path: Vec<String>,
     pub message: String,
 }
 
 /// Interpolate every scalar value of the tree in place (keys are left alone, as in Compose).
 pub fn interpolate_tree(node: &mut Node, vars: &Variables, errors: &mut Vec<InterpolationError>) {
+    interpolate_at(node, vars, &mut Vec::new(), errors);
+}
+
+fn interpolate_at(
+    node: &mut Node,
+    vars: &Variables,
+    path: &mut Vec<String>,
+    errors: &mut Vec<InterpolationError>,
+) {
     match &mut node.value {
         Value::Scalar(s) => {
             if s.text.contains('$') {
                 match interpolate(&s.text, vars) {
-                    Ok(text) => s.text = text,
+                    // Interpolated values are text, as in Compose: `KEY: ${UNSET}` is "", not
+                    // null; numbers and booleans are typed afterwards by where they stand.
+                    Ok(text) => {
+                        s.text = text;
+                        s.plain = false;
+                    }
                     Err(message) => errors.push(InterpolationError {
                         span: node.span,
+                        path: path.clone(),
                         message,
                     }),
                 }
             }
         }
-        Value::Seq(items) => items
-            .iter_mut()
-            .for_each(|n| interpolate_tree(n, vars, errors)),
-        Value::Map(entries) => entries
-            .iter_mut()
-            .for_each(|e| interpolate_tree(&mut e.value, vars, errors)),
+        Value::Seq(items) => {
+            for (i, n) in items.iter_mut().enumerate() {
+                path.push(i.to_string());
+                interpolate_at(n, vars, path, errors);
+                path.pop();
+            }
+        }
+        Value::Map(entries) => {
+            for e in entries.iter_mut() {
+                path.push(e.key.clone());
+                interpolate_at(&mut e.value, vars, path, errors);
+                path.pop();
+            }
+        }
     }
 }
 

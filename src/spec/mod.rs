@@ -68,6 +68,10 @@ impl Loaded {
 }
 
 /// Read one stack file. `file` is the path shown in messages; `stack` names the stack.
+///
+/// Every error of the file is reported, not just the first: a value the schema refuses is
+/// reported, then left out, and the rest of the file still goes through deserialisation and
+/// the semantic checks (without repeating what was already said about the value left out).
 pub fn load_stack(
     stack: &str,
     file: &str,
@@ -75,71 +79,217 @@ pub fn load_stack(
     files: &dyn StackFiles,
     vars: &Variables,
 ) -> Loaded {
-    let fail = |d: Diagnostic| Loaded {
+    let fail = |span: yaml::Span, message: String| Loaded {
         spec: None,
-        diagnostics: vec![d],
+        diagnostics: vec![Diagnostic::error(file, span, "", message)],
     };
-    let mut root = match yaml::parse(text) {
-        Ok(root) => root,
-        Err(e) => {
-            return fail(Diagnostic::error(
-                file,
-                e.span,
-                "",
-                format!("invalid YAML: {}", e.message),
-            ))
-        }
+    let parsed = match yaml::parse_document(text) {
+        Ok(parsed) => parsed,
+        Err(e) => return fail(e.span, format!("invalid YAML: {}", e.message)),
     };
+    let mut root = parsed.root;
+    if parsed.empty {
+        return fail(
+            yaml::Span { line: 1, col: 1 },
+            "the file is empty: a stack file is a mapping with a services: key".into(),
+        );
+    }
     if root.as_map().is_none() {
-        return fail(Diagnostic::error(
-            file,
+        return fail(
             root.span,
-            "",
-            "a stack file is a mapping with a services: key",
-        ));
+            format!(
+                "expected a mapping with a services: key at the top level, found {}",
+                schema::found(&root.to_json())
+            ),
+        );
     }
 
     let mut interpolation_errors = Vec::new();
     interpolate::interpolate_tree(&mut root, vars, &mut interpolation_errors);
+    for path in TEXT_VALUES {
+        keep_text(&mut root, path);
+    }
     let mut report = diagnostic::Report::new(file, &root);
-    for e in interpolation_errors {
+    for e in parsed.errors {
+        let path = diagnostic::display_path(&root, &e.path);
         report
             .items
-            .push(Diagnostic::error(file, e.span, "", e.message));
+            .push(Diagnostic::error(file, e.span, path, e.message));
+        // A merge that failed leaves keys missing: "no image" would only be its echo.
+        if e.path.last().is_some_and(|k| k == "<<") {
+            report.skip_parent_of(e.path);
+        }
+    }
+
+    for e in interpolation_errors {
+        let path = diagnostic::display_path(&root, &e.path);
+        report
+            .items
+            .push(Diagnostic::error(file, e.span, path, e.message));
+        // The text was left as written: checking "${X:?}" as a value would only add noise.
+        report.skip_under(e.path.clone());
+        report.skip_parent_of(e.path);
     }
 
     let mut json = root.to_json();
     cast_known_fields(&mut json);
     check_version(&json, &mut report);
-    schema::check(&json, &mut report);
+    let findings = schema::check(&json, &mut report);
+    check_services(&json, &findings, &mut report);
     warn_ignored(&json, &mut report);
+    for path in &findings.bad_values {
+        report.skip_under(path.clone());
+        report.skip_parent_of(path.clone());
+    }
+    for path in &findings.meant {
+        report.skip_parent_of(path.clone());
+    }
 
-    let spec = if report.has_errors() {
-        None
-    } else {
-        match serde_path_to_error::deserialize::<_, raw::ComposeFile>(json) {
-            Ok(raw) => {
-                let cx = normalise::Context { stack, files, vars };
-                let spec = normalise::normalise(raw, &cx, &mut report);
-                (!report.has_errors()).then_some(spec)
-            }
-            Err(e) => {
-                // The schema should have caught this; report it as well as we can anyway.
-                let path: Vec<String> = e
-                    .path()
-                    .to_string()
-                    .split('.')
-                    .map(str::to_string)
-                    .collect();
-                report.error(&path, e.into_inner().to_string());
-                None
-            }
-        }
-    };
+    let spec = deserialise(&mut json, &findings.bad_values, &mut report).map(|raw| {
+        let cx = normalise::Context { stack, files, vars };
+        normalise::normalise(raw, &cx, &mut report)
+    });
+    let spec = spec.filter(|_| !report.has_errors());
     let mut diagnostics = report.items;
     diagnostics.sort_by_key(|d| (d.line, d.col));
     diagnostics.dedup();
     Loaded { spec, diagnostics }
+}
+
+/// Deserialise the file for the semantic checks, even when the schema refused parts of it:
+/// where serde cannot read a value, the value is dropped and reading starts again. Values the
+/// schema refused but serde reads (a port 0, a ratio of 1.5) stay, so that their neighbours in
+/// a list are still checked; the report already knows to say nothing more about them.
+fn deserialise(
+    json: &mut Json,
+    bad_values: &[Vec<String>],
+    report: &mut diagnostic::Report<'_>,
+) -> Option<raw::ComposeFile> {
+    // Each round drops at least one value, so this ends; the bound is only a guard.
+    for _ in 0..256 {
+        let err = match serde_path_to_error::deserialize::<_, raw::ComposeFile>(&*json) {
+            Ok(raw) => return Some(raw),
+            Err(e) => e,
+        };
+        let mut path = Vec::new();
+        for seg in err.path().iter() {
+            match seg {
+                serde_path_to_error::Segment::Seq { index } => path.push(index.to_string()),
+                serde_path_to_error::Segment::Map { key } => path.push(key.clone()),
+                serde_path_to_error::Segment::Enum { .. } => {}
+                serde_path_to_error::Segment::Unknown => break,
+            }
+        }
+        // serde stops at the list item (an untagged enum) holding the value it cannot read:
+        // drop the values the schema named inside it first, so that the item stays.
+        let original = report.original(&path);
+        let inside = bad_values
+            .iter()
+            .filter(|b| b.len() > original.len() && b.starts_with(&original))
+            .any(|b| {
+                let mut at = path.clone();
+                at.extend_from_slice(&b[original.len()..]);
+                remove_from_mapping(json, &at)
+            });
+        if inside {
+            continue;
+        }
+        // The schema let through what serde refuses (`replicas: 1e2`, a number too large for
+        // its field): say so, unless the value was already reported.
+        let message = err.into_inner().to_string();
+        let message = if message.contains("expected u") || message.contains("expected i") {
+            // Show the number as written (1e2), not as read (100.0).
+            let written = report
+                .root
+                .at(&report.original(&path))
+                .and_then(|n| n.as_str());
+            match (written, value_at(json, &path)) {
+                (Some(text), _) => format!("expected a whole number, found {text}"),
+                (None, Some(v)) => format!("expected a whole number, found {}", schema::found(v)),
+                (None, None) => message,
+            }
+        } else {
+            message
+        };
+        report.error(&path, message);
+        if !drop_value(json, &path, report) {
+            return None;
+        }
+    }
+    None
+}
+
+/// The value at `path`, if there is one.
+fn value_at<'j>(json: &'j mut Json, path: &[String]) -> Option<&'j mut Json> {
+    path.iter().try_fold(json, |node, seg| match node {
+        Json::Object(m) => m.get_mut(seg),
+        Json::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get_mut(i)),
+        _ => None,
+    })
+}
+
+/// Remove the entry at `path` when it is a key of a mapping; false if there is none.
+fn remove_from_mapping(json: &mut Json, path: &[String]) -> bool {
+    let Some((last, parent)) = path.split_last() else {
+        return false;
+    };
+    match value_at(json, parent) {
+        Some(Json::Object(m)) => m.shift_remove(last).is_some(),
+        _ => false,
+    }
+}
+
+/// Top-level sections whose entries are definitions other parts of the file refer to.
+const SECTIONS: [&str; 5] = ["services", "networks", "volumes", "secrets", "configs"];
+
+/// Drop the value at `path` (counted in the document as it is now) so that the rest of the
+/// file can still be read, and tell the report to say nothing more about it. A top-level
+/// definition is emptied rather than removed, so that references to it still resolve; a list
+/// item is removed and the report told, so that later messages still name the items by their
+/// place in the file. Returns false when nothing could be dropped.
+fn drop_value(json: &mut Json, path: &[String], report: &mut diagnostic::Report<'_>) -> bool {
+    let Some((last, parent)) = path.split_last() else {
+        return false;
+    };
+    let original = report.original(path);
+    match value_at(json, parent) {
+        Some(Json::Object(m)) if parent.len() == 1 && SECTIONS.contains(&parent[0].as_str()) => {
+            m.insert(last.clone(), Json::Object(Default::default()));
+        }
+        Some(Json::Object(m)) => {
+            if m.shift_remove(last).is_none() {
+                return false;
+            }
+        }
+        Some(Json::Array(items)) => match last.parse::<usize>() {
+            Ok(i) if i < items.len() => {
+                items.remove(i);
+                report.removed_item(parent.to_vec(), i);
+            }
+            _ => return false,
+        },
+        _ => return false,
+    }
+    report.skip_under(original);
+    true
+}
+
+/// A stack without services does nothing: almost always a mistake (an empty file, a
+/// misspelt `services:`).
+fn check_services(json: &Json, findings: &schema::Findings, report: &mut diagnostic::Report<'_>) {
+    match json.get("services") {
+        // "did you mean services?" already says it.
+        None if findings.meant.iter().any(|p| p == &["services"]) => {}
+        None => report.error(
+            &[] as &[&str],
+            "missing key \"services\": a stack file needs at least one service",
+        ),
+        Some(Json::Object(m)) if m.is_empty() => report.error(
+            &["services"],
+            "no services: a stack file needs at least one service",
+        ),
+        Some(_) => {}
+    }
 }
 
 /// Stack files written for `docker stack deploy` use Compose format 3.x; files without
@@ -191,11 +341,54 @@ fn ignored_message(hint: &str) -> String {
     }
 }
 
+/// Values that are text whatever they look like: `VERSION: 1.10` is "1.10", not the number
+/// 1.1, and `ZIP: 01234` is not octal. (docker/cli reads these as YAML 1.1 numbers and prints
+/// them back, changing them; people then learn to quote. Here they need not.)
+const TEXT_VALUES: &[&[&str]] = &[
+    &["version"],
+    &["services", "*", "environment", "*"],
+    &["services", "*", "labels", "*"],
+    &["services", "*", "deploy", "labels", "*"],
+    &["services", "*", "logging", "options", "*"],
+    &["services", "*", "sysctls", "*"],
+    &["services", "*", "extra_hosts", "*"],
+    &["networks", "*", "labels", "*"],
+    &["networks", "*", "driver_opts", "*"],
+    &["networks", "*", "ipam", "options", "*"],
+    &["volumes", "*", "labels", "*"],
+    &["volumes", "*", "driver_opts", "*"],
+    &["secrets", "*", "labels", "*"],
+    &["configs", "*", "labels", "*"],
+];
+
+/// Mark the plain scalars at `path` (`*` for any key) as text. Empty values stay null: an
+/// environment `KEY:` without a value means "take it from the environment".
+fn keep_text(node: &mut yaml::Node, path: &[&str]) {
+    let Some((head, rest)) = path.split_first() else {
+        let null = node.is_null();
+        if let yaml::Value::Scalar(s) = &mut node.value {
+            s.plain &= null;
+        }
+        return;
+    };
+    if let yaml::Value::Map(entries) = &mut node.value {
+        for e in entries
+            .iter_mut()
+            .filter(|e| *head == "*" || e.key == *head)
+        {
+            keep_text(&mut e.value, rest);
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Cast {
     Int,
     Float,
     Bool,
+    /// A file mode: "0440" is octal, as the same digits unquoted are (docker/cli reads the
+    /// quoted form as decimal 440, which is mode 0670: a silent surprise not worth copying).
+    Mode,
 }
 
 /// Where Compose turns interpolated text into numbers and booleans (docker/cli's
@@ -244,7 +437,31 @@ const CASTS: &[(&[&str], Cast)] = &[
         ],
         Cast::Int,
     ),
+    (
+        &["services", "*", "deploy", "resources", "limits", "pids"],
+        Cast::Int,
+    ),
+    (
+        &[
+            "services",
+            "*",
+            "deploy",
+            "resources",
+            "reservations",
+            "generic_resources",
+            "*",
+            "discrete_resource_spec",
+            "value",
+        ],
+        Cast::Int,
+    ),
     (&["services", "*", "healthcheck", "retries"], Cast::Int),
+    (&["services", "*", "env_file", "*", "required"], Cast::Bool),
+    (
+        &["services", "*", "volumes", "*", "bind", "create_host_path"],
+        Cast::Bool,
+    ),
+    (&["networks", "*", "enable_ipv6"], Cast::Bool),
     (&["services", "*", "healthcheck", "disable"], Cast::Bool),
     (&["services", "*", "init"], Cast::Bool),
     (&["services", "*", "read_only"], Cast::Bool),
@@ -252,8 +469,12 @@ const CASTS: &[(&[&str], Cast)] = &[
     (&["services", "*", "stdin_open"], Cast::Bool),
     (&["services", "*", "ports", "*", "target"], Cast::Int),
     (&["services", "*", "ports", "*", "published"], Cast::Int),
-    (&["services", "*", "secrets", "*", "mode"], Cast::Int),
-    (&["services", "*", "configs", "*", "mode"], Cast::Int),
+    (&["services", "*", "secrets", "*", "mode"], Cast::Mode),
+    (&["services", "*", "configs", "*", "mode"], Cast::Mode),
+    (
+        &["services", "*", "volumes", "*", "tmpfs", "mode"],
+        Cast::Mode,
+    ),
     (&["services", "*", "ulimits", "*"], Cast::Int),
     (&["services", "*", "ulimits", "*", "soft"], Cast::Int),
     (&["services", "*", "ulimits", "*", "hard"], Cast::Int),
@@ -282,6 +503,10 @@ fn cast_at(v: &mut Json, path: &[&str], cast: Cast) {
             let t = s.trim();
             let new = match cast {
                 Cast::Int => t.parse::<i64>().ok().map(Json::from),
+                Cast::Mode => match yaml::plain_scalar_to_json(t) {
+                    n @ Json::Number(_) => Some(n),
+                    _ => None,
+                },
                 Cast::Float => t
                     .parse::<f64>()
                     .ok()

@@ -392,4 +392,8 @@ pub struct FileObjectSpec {
     /// external objects.
     pub version: String,
     pub labels: BTreeMap<String, String>,
+    /// The content of a config given inline (`content:`); configs are not secret. Never set
+    /// for secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<String>,
 }

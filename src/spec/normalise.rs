@@ -2,11 +2,11 @@
 //! defaults applied, names resolved, references checked. Every problem is reported with its YAML
 //! path and the walk goes on, so one run shows all the errors of a file.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-use super::diagnostic::Report;
+use super::diagnostic::{display_path, Report};
 use super::dotenv;
 use super::interpolate::Variables;
 use super::model::*;
@@ -83,6 +83,16 @@ pub fn normalise(file: raw::ComposeFile, cx: &Context<'_>, report: &mut Report<'
 
     for (key, def) in &file.volumes {
         let def = def.clone().unwrap_or_default();
+        let external = def
+            .external
+            .as_ref()
+            .is_some_and(raw::External::is_external);
+        if external && (def.driver.is_some() || def.driver_opts.is_some()) {
+            report.error(
+                &["volumes", key, "external"],
+                "an external volume is created outside the stack: remove driver and driver_opts",
+            );
+        }
         spec.volumes.insert(
             key.clone(),
             VolumeSpec {
@@ -132,8 +142,18 @@ pub fn normalise(file: raw::ComposeFile, cx: &Context<'_>, report: &mut Report<'
     }
 
     let mut uses_default_network = false;
+    let mut published = Vec::new();
     for (key, svc) in &file.services {
-        if let Some(service) = service(key, svc, cx, &spec, report, &mut uses_default_network) {
+        let service = service(
+            key,
+            svc,
+            cx,
+            &spec,
+            report,
+            &mut uses_default_network,
+            &mut published,
+        );
+        if let Some(service) = service {
             spec.services.insert(service.name.clone(), service);
         }
     }
@@ -153,7 +173,7 @@ pub fn normalise(file: raw::ComposeFile, cx: &Context<'_>, report: &mut Report<'
             },
         );
     }
-    check_published_ports(&spec, report);
+    check_published_ports(&published, report);
     spec
 }
 
@@ -204,9 +224,14 @@ fn file_object(
         };
         report.key_error(&[section, key], format!("{kind} {key:?} needs {what}"));
     } else if sources > 1 {
+        let what = if section == "configs" {
+            "file:, content: or external: true"
+        } else {
+            "file: or external: true"
+        };
         report.key_error(
             &[section, key],
-            format!("{kind} {key:?} must have exactly one of file:, content: or external:"),
+            format!("{kind} {key:?} must have only one of {what}"),
         );
     } else if let Some(path) = def.file {
         match cx.files.read(path) {
@@ -232,6 +257,7 @@ fn file_object(
         encrypted,
         version,
         labels: list_or_map(def.labels, &[section, key, "labels"], report),
+        inline: def.content.map(str::to_string),
     }
 }
 
@@ -247,6 +273,7 @@ fn service(
     stack: &StackSpec,
     report: &mut Report<'_>,
     uses_default_network: &mut bool,
+    published: &mut Vec<Published>,
 ) -> Option<ServiceSpec> {
     let at = |rest: &[&str]| -> Vec<String> {
         let mut p = vec!["services".to_string(), key.to_string()];
@@ -261,7 +288,11 @@ fn service(
     }
     let image = match &svc.image {
         Some(i) if !i.trim().is_empty() => i.trim().to_string(),
-        _ => {
+        Some(_) => {
+            report.error(&at(&["image"]), "the image is empty");
+            String::new()
+        }
+        None => {
             report.key_error(
                 &at(&[]),
                 "service has no image: swarm mode runs images, it does not build them",
@@ -301,27 +332,43 @@ fn service(
     let mut labels = list_or_map(svc.labels.as_ref(), &at(&["labels"]), report);
     labels.retain(|k, _| !k.is_empty());
 
-    let mut mounts = Vec::new();
+    // Each mount with where it is written, to name the right entry when two collide.
+    let mut mounts: Vec<(Mount, Vec<String>)> = Vec::new();
     for (i, v) in svc.volumes.iter().flatten().enumerate() {
         let path = at(&["volumes", &i.to_string()]);
         if let Some(m) = volume_mount(v, cx.stack, stack, &path, report) {
-            mounts.push(m);
+            mounts.push((m, path));
         }
     }
-    match &svc.tmpfs {
-        Some(raw::StringOrList::String(s)) => mounts.push(tmpfs_mount(s)),
-        Some(raw::StringOrList::List(l)) => mounts.extend(l.iter().map(|s| tmpfs_mount(s))),
-        None => {}
+    let tmpfs: Vec<(&String, Vec<String>)> = match &svc.tmpfs {
+        Some(raw::StringOrList::String(s)) => vec![(s, at(&["tmpfs"]))],
+        Some(raw::StringOrList::List(l)) => l
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s, at(&["tmpfs", &i.to_string()])))
+            .collect(),
+        None => vec![],
+    };
+    for (spec, path) in tmpfs {
+        match tmpfs_mount(spec) {
+            Ok(m) => mounts.push((m, path)),
+            Err(e) => report.error(&path, e),
+        }
     }
-    let mut targets = BTreeSet::new();
-    for m in &mounts {
-        if !targets.insert(m.target().to_string()) {
+    let mut targets: BTreeMap<&str, &[String]> = BTreeMap::new();
+    for (m, path) in &mounts {
+        if let Some(first) = targets.insert(m.target(), path) {
             report.error(
-                &at(&["volumes"]),
-                format!("two mounts at the same target {:?}", m.target()),
+                path,
+                format!(
+                    "{:?} is already mounted by {}",
+                    m.target(),
+                    display_path(report.root, first)
+                ),
             );
         }
     }
+    let mounts: Vec<Mount> = mounts.into_iter().map(|(m, _)| m).collect();
 
     let secrets = file_mounts(
         svc.secrets.as_deref(),
@@ -398,7 +445,11 @@ fn service(
         &at(&["deploy", "placement"]),
         report,
     );
-    let resources = resources(deploy.resources.as_ref());
+    let resources = resources(
+        deploy.resources.as_ref(),
+        &at(&["deploy", "resources"]),
+        report,
+    );
     let restart_policy = deploy
         .restart_policy
         .as_ref()
@@ -424,7 +475,20 @@ fn service(
         report,
     );
 
-    let ports = ports(svc.ports.as_deref(), &at(&["ports"]), report);
+    let entries = ports(svc.ports.as_deref(), &at(&["ports"]), report);
+    published.extend(
+        entries
+            .iter()
+            .filter(|(_, p)| p.published.is_some())
+            .map(|(i, p)| Published {
+                service: key.to_string(),
+                entry: *i,
+                port: p.clone(),
+            }),
+    );
+    let mut ports: Vec<PortConfig> = entries.into_iter().map(|(_, p)| p).collect();
+    ports.sort();
+    ports.dedup();
     let endpoint_mode = match deploy.endpoint_mode {
         Some(raw::EndpointMode::Dnsrr) => EndpointMode::Dnsrr,
         _ => EndpointMode::Vip,
@@ -507,6 +571,10 @@ fn environment(
         Some(raw::ListOrMap::List(items)) => {
             for (i, item) in items.iter().enumerate() {
                 match item.split_once('=') {
+                    Some(("", _)) => report.error(
+                        &at(&["environment", &i.to_string()]),
+                        format!("expected KEY=value, found {item:?}"),
+                    ),
                     Some((k, v)) => {
                         env.insert(k.to_string(), v.to_string());
                     }
@@ -676,17 +744,33 @@ fn healthcheck(
     })
 }
 
-fn tmpfs_mount(spec: &str) -> Mount {
+/// `/path[:size=64m,mode=1777,...]`, the short tmpfs syntax.
+fn tmpfs_mount(spec: &str) -> Result<Mount, String> {
     let (target, opts) = spec.split_once(':').unwrap_or((spec, ""));
-    let size = opts
-        .split(',')
-        .find_map(|o| o.strip_prefix("size="))
-        .and_then(|s| super::units::Bytes::parse(s).ok());
-    Mount::Tmpfs {
+    if !target.starts_with('/') {
+        return Err(format!(
+            "the tmpfs target must be an absolute path, found {target:?}"
+        ));
+    }
+    let mut size = None;
+    let mut mode = None;
+    for opt in opts.split(',').filter(|o| !o.is_empty()) {
+        if let Some(s) = opt.strip_prefix("size=") {
+            size = Some(super::units::Bytes::parse(s)?);
+        } else if let Some(m) = opt.strip_prefix("mode=") {
+            let m = u32::from_str_radix(m, 8)
+                .ok()
+                .filter(|m| *m <= 0o7777)
+                .ok_or_else(|| format!("expected an octal mode like 1777, found {m:?}"))?;
+            mode = Some(m);
+        }
+        // Mount flags (noexec, nosuid, ...) are the runtime's business.
+    }
+    Ok(Mount::Tmpfs {
         target: target.to_string(),
         size,
-        mode: None,
-    }
+        mode,
+    })
 }
 
 fn volume_mount(
@@ -701,8 +785,11 @@ fn volume_mount(
             let parts: Vec<&str> = s.split(':').collect();
             let (source, target, mode) = match parts.as_slice() {
                 [t] => (None, *t, ""),
-                [s, t] if t.starts_with('/') => (Some(*s), *t, ""),
-                [t, m] => (None, *t, *m),
+                // "/data:ro" is an anonymous volume with options; anything else is a source.
+                [t, m] if t.starts_with('/') && m.split(',').all(is_volume_option) => {
+                    (None, *t, *m)
+                }
+                [s, t] => (Some(*s), *t, ""),
                 [s, t, m] => (Some(*s), *t, *m),
                 _ => {
                     report.error(
@@ -828,6 +915,22 @@ fn volume_mount(
     }
 }
 
+fn is_volume_option(o: &str) -> bool {
+    matches!(
+        o,
+        "ro" | "rw"
+            | "nocopy"
+            | "z"
+            | "Z"
+            | "shared"
+            | "rshared"
+            | "slave"
+            | "rslave"
+            | "private"
+            | "rprivate"
+    )
+}
+
 fn is_host_path(s: &str) -> bool {
     s.starts_with('/')
         || s.starts_with("./")
@@ -942,7 +1045,7 @@ fn service_networks(
             ipv6_address: None,
         }];
     }
-    let mut out = Vec::new();
+    let mut out: Vec<NetworkAttachment> = Vec::new();
     for (name, opts, path) in entries {
         let full = match stack.networks.get(&name) {
             Some(n) => n.name.clone(),
@@ -961,11 +1064,34 @@ fn service_networks(
                 continue;
             }
         };
+        if out.iter().any(|a| a.network == full) {
+            report.error(&path, format!("network {name:?} is listed twice"));
+            continue;
+        }
         // Like `docker stack deploy`, the short service name is an alias on every network.
         let mut aliases = vec![key.to_string()];
         for a in opts.aliases.unwrap_or_default() {
             if !aliases.contains(&a) {
                 aliases.push(a);
+            }
+        }
+        for (field, address, v6) in [
+            ("ipv4_address", &opts.ipv4_address, false),
+            ("ipv6_address", &opts.ipv6_address, true),
+        ] {
+            let Some(address) = address else { continue };
+            let ok = match address.parse::<std::net::IpAddr>() {
+                Ok(ip) => ip.is_ipv6() == v6,
+                Err(_) => false,
+            };
+            if !ok {
+                let mut p = path.clone();
+                p.push(field.to_string());
+                let example = if v6 { "fd00::10" } else { "10.0.9.10" };
+                report.error(
+                    &p,
+                    format!("expected an IP address like {example}, found {address:?}"),
+                );
             }
         }
         out.push(NetworkAttachment {
@@ -1059,12 +1185,60 @@ fn placement(p: Option<&raw::Placement>, path: &[String], report: &mut Report<'_
     }
 }
 
-fn resources(r: Option<&raw::Resources>) -> Resources {
+/// Swarm refuses memory below 4MiB and CPUs below 0.001 (a bare `memory: 512` is 512 bytes,
+/// almost always a missing unit), and a container cannot start with a reservation above its
+/// limit.
+fn resources(r: Option<&raw::Resources>, path: &[String], report: &mut Report<'_>) -> Resources {
+    const MIN_MEMORY: u64 = 4 << 20;
+    const MIN_NANO_CPUS: u64 = 1_000_000;
     let Some(r) = r else {
         return Resources::default();
     };
     let limits = r.limits.clone().unwrap_or_default();
     let reservations = r.reservations.clone().unwrap_or_default();
+    let at = |rest: [&str; 2]| -> Vec<String> {
+        let mut p = path.to_vec();
+        p.extend(rest.iter().map(|s| s.to_string()));
+        p
+    };
+    for (section, memory, cpus) in [
+        ("limits", limits.memory, limits.cpus),
+        ("reservations", reservations.memory, reservations.cpus),
+    ] {
+        if let Some(m) = memory.filter(|m| m.0 > 0 && m.0 < MIN_MEMORY) {
+            let hint = if m.0 < 1 << 10 {
+                format!(" (did you mean {}M?)", m.0)
+            } else {
+                String::new()
+            };
+            report.error(
+                &at([section, "memory"]),
+                format!("{m} is below the 4MiB minimum swarm mode allows{hint}"),
+            );
+        }
+        if let Some(c) = cpus.filter(|c| c.0 > 0 && c.0 < MIN_NANO_CPUS) {
+            report.error(
+                &at([section, "cpus"]),
+                format!("{c} CPUs is below the 0.001 minimum swarm mode allows"),
+            );
+        }
+    }
+    if let (Some(limit), Some(reserve)) = (limits.memory, reservations.memory) {
+        if reserve > limit && limit.0 >= MIN_MEMORY {
+            report.error(
+                &at(["reservations", "memory"]),
+                format!("the memory reservation {reserve} is above the limit {limit}"),
+            );
+        }
+    }
+    if let (Some(limit), Some(reserve)) = (limits.cpus, reservations.cpus) {
+        if reserve > limit && limit.0 >= MIN_NANO_CPUS {
+            report.error(
+                &at(["reservations", "cpus"]),
+                format!("the CPU reservation {reserve} is above the limit {limit}"),
+            );
+        }
+    }
     let mut reserve_generic = BTreeMap::new();
     for g in reservations.generic_resources.iter().flatten() {
         if let Some(d) = &g.discrete_resource_spec {
@@ -1121,28 +1295,32 @@ fn update_config_checked(
     c
 }
 
+/// The ports of a service, each with the index of the entry that wrote it, in file order.
 fn ports(
     entries: Option<&[raw::PortEntry]>,
     path: &[String],
     report: &mut Report<'_>,
-) -> Vec<PortConfig> {
+) -> Vec<(usize, PortConfig)> {
     let mut out = Vec::new();
     for (i, entry) in entries.into_iter().flatten().enumerate() {
         let mut at = path.to_vec();
         at.push(i.to_string());
         match entry {
             raw::PortEntry::Number(n) => match port_number(&n.to_string()) {
-                Some(t) => out.push(PortConfig {
-                    target: t,
-                    published: None,
-                    protocol: Protocol::Tcp,
-                    mode: PublishMode::Ingress,
-                    host_ip: None,
-                }),
+                Some(t) => out.push((
+                    i,
+                    PortConfig {
+                        target: t,
+                        published: None,
+                        protocol: Protocol::Tcp,
+                        mode: PublishMode::Ingress,
+                        host_ip: None,
+                    },
+                )),
                 None => report.error(&at, format!("expected a port from 1 to 65535, found {n}")),
             },
             raw::PortEntry::Short(s) => match parse_short_port(s) {
-                Ok(mut ports) => out.append(&mut ports),
+                Ok(ports) => out.extend(ports.into_iter().map(|p| (i, p))),
                 Err(e) => report.error(&at, e),
             },
             raw::PortEntry::Long(l) => {
@@ -1160,36 +1338,53 @@ fn ports(
                         Some(p) => Some(p),
                         None => {
                             at.push("published".into());
-                            report
-                                .error(&at, format!("expected a port from 1 to 65535, found {p}"));
+                            let message = match p {
+                                // Compose reads a range here as "any free port of it"; swarm
+                                // has no such notion.
+                                raw::StringOrNumber::String(r) if port_range(r).is_some() => {
+                                    format!("{r:?} is a range, and swarm mode publishes one port per target: map ranges in the short syntax, like \"8080-8081:80-81\"")
+                                }
+                                raw::StringOrNumber::String(t) => {
+                                    format!("expected a port from 1 to 65535, found {t:?}")
+                                }
+                                raw::StringOrNumber::Number(n) => {
+                                    format!("expected a port from 1 to 65535, found {n}")
+                                }
+                            };
+                            report.error(&at, message);
                             continue;
                         }
                     },
                 };
-                out.push(PortConfig {
-                    target,
-                    published,
-                    protocol: match l.protocol {
-                        Some(raw::Protocol::Udp) => Protocol::Udp,
-                        Some(raw::Protocol::Sctp) => Protocol::Sctp,
-                        _ => Protocol::Tcp,
+                out.push((
+                    i,
+                    PortConfig {
+                        target,
+                        published,
+                        protocol: match l.protocol {
+                            Some(raw::Protocol::Udp) => Protocol::Udp,
+                            Some(raw::Protocol::Sctp) => Protocol::Sctp,
+                            _ => Protocol::Tcp,
+                        },
+                        mode: match l.mode {
+                            Some(raw::PortMode::Host) => PublishMode::Host,
+                            _ => PublishMode::Ingress,
+                        },
+                        host_ip: l.host_ip.clone(),
                     },
-                    mode: match l.mode {
-                        Some(raw::PortMode::Host) => PublishMode::Host,
-                        _ => PublishMode::Ingress,
-                    },
-                    host_ip: l.host_ip.clone(),
-                });
+                ));
             }
         }
     }
-    out.sort();
-    out.dedup();
     out
 }
 
+/// A port number as written, without spaces or signs: " 80" in "80 - 81" is not a port.
 fn port_number(s: &str) -> Option<u16> {
-    s.trim().parse::<u16>().ok().filter(|p| *p > 0)
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse::<u16>().ok().filter(|p| *p > 0)
 }
 
 fn port_range(s: &str) -> Option<(u16, u16)> {
@@ -1230,6 +1425,17 @@ pub fn parse_short_port(s: &str) -> Result<Vec<PortConfig>, String> {
             (None, rest)
         }
     };
+    if let Some(ip) = &host_ip {
+        // "80:80:80" has too many ports, not a bad IP.
+        if port_range(ip).is_some() {
+            return Err(expected());
+        }
+        if ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(format!(
+                "{ip:?} in {s:?} is not an IP address: the host part of a port is an IP like 127.0.0.1"
+            ));
+        }
+    }
     let (published, target) = match rest.split_once(':') {
         Some(("", t)) => (None, t),
         Some((p, t)) => (Some(p), t),
@@ -1267,26 +1473,47 @@ pub fn parse_short_port(s: &str) -> Result<Vec<PortConfig>, String> {
         .collect())
 }
 
-/// Two services of one stack publishing the same port (and protocol) cannot both have it.
-fn check_published_ports(spec: &StackSpec, report: &mut Report<'_>) {
-    let mut seen: BTreeMap<(u16, Protocol), &str> = BTreeMap::new();
-    for svc in spec.services.values() {
-        for p in &svc.endpoint.ports {
-            let Some(published) = p.published else {
-                continue;
-            };
-            let short = &svc.name[spec.name.len() + 1..];
-            if let Some(other) = seen.insert((published, p.protocol), short) {
-                if other != short {
-                    report.error(
-                        &["services", short, "ports"],
-                        format!(
-                            "port {published}/{} is already published by service {other:?}",
-                            protocol_name(p.protocol)
-                        ),
-                    );
+/// A published port and the entry that wrote it.
+struct Published {
+    service: String,
+    entry: usize,
+    port: PortConfig,
+}
+
+/// A published port belongs to one service: in ingress mode it is taken on every node, so no
+/// other service may have it; in host mode it is taken only where a task runs, so two services
+/// may share it (the scheduler keeps them apart) but one service cannot bind it twice.
+fn check_published_ports(ports: &[Published], report: &mut Report<'_>) {
+    for (i, p) in ports.iter().enumerate() {
+        let Some(number) = p.port.published else {
+            continue;
+        };
+        let clash = ports[..i].iter().find(|q| {
+            q.port.published == Some(number)
+                && q.port.protocol == p.port.protocol
+                && if q.service == p.service {
+                    // The same mapping written twice is harmless.
+                    q.port != p.port
+                } else {
+                    q.port.mode == PublishMode::Ingress || p.port.mode == PublishMode::Ingress
                 }
-            }
+        });
+        if let Some(q) = clash {
+            let first = ["services", &q.service, "ports", &q.entry.to_string()];
+            let line = report.root.locate(first).line;
+            let by = if q.service == p.service {
+                "this service".to_string()
+            } else {
+                format!("service {:?}", q.service)
+            };
+            report.error(
+                &["services", &p.service, "ports", &p.entry.to_string()],
+                format!(
+                    "port {number}/{} is already published by {by} ({}, line {line})",
+                    protocol_name(p.port.protocol),
+                    display_path(report.root, &first),
+                ),
+            );
         }
     }
 }

@@ -82,13 +82,26 @@ fn validator() -> &'static (Value, Validator) {
     })
 }
 
+/// What the schema check found, for the caller to leave out of the checks that follow.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// Values of the wrong type or range (and objects missing a required key).
+    pub bad_values: Vec<Vec<String>>,
+    /// Keys that are not part of the format.
+    pub unknown_keys: Vec<Vec<String>>,
+    /// The keys that unknown ones were probably meant to be (their "did you mean").
+    pub meant: Vec<Vec<String>>,
+}
+
 /// Check a document against the schema, adding one diagnostic per problem to the report.
-pub fn check(instance: &Value, report: &mut Report<'_>) {
+pub fn check(instance: &Value, report: &mut Report<'_>) -> Findings {
     let (schema, validator) = validator();
     let mut seen = Vec::new();
+    let mut findings = Findings::default();
     for error in validator.iter_errors(instance) {
-        explain(schema, &error, report, &mut seen);
+        explain(schema, &error, report, &mut seen, &mut findings);
     }
+    findings
 }
 
 fn pointer_segments(pointer: &str) -> Vec<String> {
@@ -105,6 +118,7 @@ fn explain(
     error: &ValidationError<'_>,
     report: &mut Report<'_>,
     seen: &mut Vec<(String, String)>,
+    findings: &mut Findings,
 ) {
     let path = pointer_segments(error.instance_path().as_str());
     let subschema = keyword_parent(schema, error.schema_path().as_str());
@@ -116,8 +130,10 @@ fn explain(
         }
         seen.push(id);
         if key {
+            findings.unknown_keys.push(path.to_vec());
             report.key_error(path, msg);
         } else {
+            findings.bad_values.push(path.to_vec());
             report.error(path, msg);
         }
     };
@@ -134,6 +150,9 @@ fn explain(
                 let mut msg = "unknown key".to_string();
                 if let Some(best) = closest(key, &known) {
                     msg.push_str(&format!("; did you mean \"{best}\"?"));
+                    let mut meant = path.clone();
+                    meant.push(best.to_string());
+                    findings.meant.push(meant);
                 } else if !known.is_empty() && known.len() <= 12 {
                     msg.push_str(&format!("; expected one of {}", known.join(", ")));
                 }
@@ -142,12 +161,18 @@ fn explain(
         }
         ValidationErrorKind::Required { property } => {
             let name = property.as_str().unwrap_or_default();
-            push(
-                report,
-                &path,
-                false,
-                format!("missing required key \"{name}\""),
-            );
+            // `spreed:` already gets "did you mean spread?"; "missing spread" would repeat it.
+            let misspelt = instance
+                .as_object()
+                .is_some_and(|o| o.keys().any(|k| k != name && closest(k, &[name]).is_some()));
+            if !misspelt {
+                push(
+                    report,
+                    &path,
+                    false,
+                    format!("missing required key \"{name}\""),
+                );
+            }
         }
         ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
             // Report the errors of the alternative that fits the value's shape best; if no
@@ -163,7 +188,9 @@ fn explain(
                 })
                 .min_by_key(|errs| errs.len());
             match best {
-                Some(errs) => errs.iter().for_each(|e| explain(schema, e, report, seen)),
+                Some(errs) => errs
+                    .iter()
+                    .for_each(|e| explain(schema, e, report, seen, findings)),
                 None => {
                     let expected = subschema
                         .map(|s| expected(schema, s))
@@ -172,7 +199,11 @@ fn explain(
                         report,
                         &path,
                         false,
-                        format!("expected {expected}, found {}", found(instance)),
+                        format!(
+                            "expected {expected}, found {}{}",
+                            found(instance),
+                            missing_space_hint(schema, subschema, instance)
+                        ),
                     );
                 }
             }
@@ -192,15 +223,51 @@ fn explain(
             let expected = subschema
                 .map(|s| expected(schema, s))
                 .unwrap_or_else(|| "a different value".into());
+            // `interval: 30` is seconds in the writer's head: say which unit is missing.
+            let hint = match (subschema.and_then(|s| s.get("x-unit-hint")), &**instance) {
+                (Some(Value::String(unit)), Value::Number(n)) => {
+                    format!(" (a number needs a unit: {n}{unit})")
+                }
+                _ => String::new(),
+            };
             push(
                 report,
                 &path,
                 false,
-                format!("expected {expected}, found {}", found(instance)),
+                format!(
+                    "expected {expected}, found {}{hint}{}",
+                    found(instance),
+                    missing_space_hint(schema, subschema, instance)
+                ),
             );
         }
         _ => push(report, &path, false, error.to_string()),
     }
+}
+
+/// `image:nginx` is the text "image:nginx", not a key and a value: say so when the text
+/// before the colon is a key of the mapping that was expected.
+fn missing_space_hint(root: &Value, expected: Option<&Value>, instance: &Value) -> &'static str {
+    let Some((key, _)) = instance.as_str().and_then(|s| s.split_once(':')) else {
+        return "";
+    };
+    let known = expected.is_some_and(|s| has_property(root, s, key));
+    if known {
+        " (a key and its value need a space after the \":\")"
+    } else {
+        ""
+    }
+}
+
+/// Does the schema (or one of its alternatives) describe a mapping with this key?
+fn has_property(root: &Value, s: &Value, key: &str) -> bool {
+    let s = resolve(root, s);
+    s.get("properties").and_then(|p| p.get(key)).is_some()
+        || ["anyOf", "oneOf"].iter().any(|k| {
+            s.get(*k)
+                .and_then(Value::as_array)
+                .is_some_and(|alts| alts.iter().any(|a| has_property(root, a, key)))
+        })
 }
 
 /// The schema object that holds the keyword at `keyword_location` (a JSON pointer).

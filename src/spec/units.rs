@@ -133,10 +133,13 @@ impl JsonSchema for Duration {
     }
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
-            "description": "A duration such as 10s, 1m30s, 500ms or 2h.",
-            "type": "string",
+            "description": "A duration such as 10s, 1m30s, 500ms or 2h (or the number 0).",
+            "type": ["string", "integer"],
             "pattern": DURATION_PATTERN,
-            "x-expected": "a duration like 10s, 1m30s or 500ms"
+            "minimum": 0,
+            "maximum": 0,
+            "x-expected": "a duration like 10s, 1m30s or 500ms",
+            "x-unit-hint": "s"
         })
     }
 }

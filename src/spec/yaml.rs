@@ -70,7 +70,20 @@ pub struct Entry {
 #[derive(Clone, Debug, PartialEq)]
 pub struct SyntaxError {
     pub span: Span,
+    /// Where in the tree (map keys and list indexes) for errors found in a readable tree;
+    /// empty when the parser itself stopped.
+    pub path: Vec<String>,
     pub message: String,
+}
+
+impl SyntaxError {
+    fn new(span: Span, message: impl Into<String>) -> Self {
+        SyntaxError {
+            span,
+            path: Vec::new(),
+            message: message.into(),
+        }
+    }
 }
 
 impl Node {
@@ -93,6 +106,15 @@ impl Node {
             .iter()
             .find(|e| e.key == key)
             .map(|e| &e.value)
+    }
+
+    /// The node at a path of map keys and list indexes, if there is one.
+    pub fn at<S: AsRef<str>>(&self, path: &[S]) -> Option<&Node> {
+        path.iter().try_fold(self, |node, seg| match &node.value {
+            Value::Map(_) => node.get(seg.as_ref()),
+            Value::Seq(items) => items.get(seg.as_ref().parse::<usize>().ok()?),
+            Value::Scalar(_) => None,
+        })
     }
 
     pub fn is_null(&self) -> bool {
@@ -189,6 +211,11 @@ pub fn plain_scalar_to_json(t: &str) -> serde_json::Value {
     if let Some(n) = parse_int(t) {
         return n;
     }
+    // "0999" is neither YAML 1.1 octal nor a decimal Compose would accept: keep it as text
+    // rather than read it as 999.
+    if t.len() > 1 && t.starts_with('0') && t.bytes().all(|b| b.is_ascii_digit()) {
+        return J::String(t.to_string());
+    }
     if looks_like_float(t) {
         if let Ok(f) = t.parse::<f64>() {
             if let Some(n) = serde_json::Number::from_f64(f) {
@@ -260,10 +287,14 @@ pub fn parse_document(text: &str) -> Result<Parsed, SyntaxError> {
     let mut builder = Builder {
         parser: Parser::new_from_str(text),
         text,
+        line_starts: std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect(),
         anchors: HashMap::new(),
         nodes: 0,
         open_flows: Vec::new(),
         errors: Vec::new(),
+        path: Vec::new(),
     };
     let (root, empty) = builder.document()?;
     Ok(Parsed {
@@ -285,12 +316,16 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
 struct Builder<'a> {
     parser: Parser<std::str::Chars<'a>>,
     text: &'a str,
+    /// Where each line starts in `text`, to find a position's character quickly.
+    line_starts: Vec<usize>,
     anchors: HashMap<usize, Node>,
     nodes: usize,
     /// Flow collections (`[` or `{`) being read, innermost last: a syntax error inside one is
     /// most often a missing closing bracket, and saying where it opened is the useful part.
     open_flows: Vec<(Span, char)>,
     errors: Vec<SyntaxError>,
+    /// Where the builder is: map keys and list indexes from the root.
+    path: Vec<String>,
 }
 
 impl Builder<'_> {
@@ -301,23 +336,28 @@ impl Builder<'_> {
         }
     }
 
+    /// The text of a 1-based line, without its line break ("" past the end).
+    fn line(&self, line: u32) -> &str {
+        let Some(&start) = (line as usize)
+            .checked_sub(1)
+            .and_then(|i| self.line_starts.get(i))
+        else {
+            return "";
+        };
+        let rest = &self.text[start..];
+        rest[..rest.find('\n').unwrap_or(rest.len())].trim_end_matches('\r')
+    }
+
     /// The character at a position, if the position is inside the text.
     fn char_at(&self, span: Span) -> Option<char> {
-        let line = self
-            .text
-            .split('\n')
-            .nth(span.line.checked_sub(1)? as usize)?;
-        line.chars().nth(span.col.checked_sub(1)? as usize)
+        self.line(span.line)
+            .chars()
+            .nth(span.col.checked_sub(1)? as usize)
     }
 
     /// Turn yaml-rust2's (libyaml's) terse messages into what a person can act on.
     fn explain(&self, mut span: Span, info: &str) -> SyntaxError {
-        let line_text = self
-            .text
-            .split('\n')
-            .nth(span.line.saturating_sub(1) as usize)
-            .unwrap_or("")
-            .trim_end_matches('\r');
+        let line_text = self.line(span.line);
         let indent_col = line_text.len() - line_text.trim_start_matches(' ').len() + 1;
         let message = if info.contains("tab") {
             if let Some(i) = line_text.find('\t') {
@@ -374,7 +414,7 @@ impl Builder<'_> {
         } else {
             info.to_string()
         };
-        SyntaxError { span, message }
+        SyntaxError::new(span, message)
     }
 
     fn document(&mut self) -> Result<(Node, bool), SyntaxError> {
@@ -403,10 +443,10 @@ impl Builder<'_> {
                 Event::DocumentEnd | Event::Nothing => continue,
                 Event::StreamEnd => return Ok(()),
                 _ => {
-                    return Err(SyntaxError {
+                    return Err(SyntaxError::new(
                         span,
-                        message: "a stack file holds one YAML document; found a second one".into(),
-                    })
+                        "a stack file holds one YAML document; found a second one",
+                    ))
                 }
             }
         }
@@ -415,20 +455,20 @@ impl Builder<'_> {
     fn count(&mut self, span: Span) -> Result<(), SyntaxError> {
         self.nodes += 1;
         if self.nodes > MAX_NODES {
-            return Err(SyntaxError {
+            return Err(SyntaxError::new(
                 span,
-                message: format!("document expands to more than {MAX_NODES} nodes (alias bomb?)"),
-            });
+                format!("document expands to more than {MAX_NODES} nodes (alias bomb?)"),
+            ));
         }
         Ok(())
     }
 
     fn node(&mut self, ev: Event, span: Span, depth: usize) -> Result<Node, SyntaxError> {
         if depth > MAX_DEPTH {
-            return Err(SyntaxError {
+            return Err(SyntaxError::new(
                 span,
-                message: format!("nesting deeper than {MAX_DEPTH} levels"),
-            });
+                format!("nesting deeper than {MAX_DEPTH} levels"),
+            ));
         }
         self.count(span)?;
         let (node, anchor) = match ev {
@@ -443,23 +483,29 @@ impl Builder<'_> {
                 anchor,
             ),
             Event::Alias(id) => {
-                let target = self.anchors.get(&id).cloned().ok_or(SyntaxError {
-                    span,
-                    message: "alias refers to an unknown anchor".into(),
-                })?;
+                let target = self
+                    .anchors
+                    .get(&id)
+                    .cloned()
+                    .ok_or(SyntaxError::new(span, "alias refers to an unknown anchor"))?;
                 self.count_tree(&target, span)?;
                 // The alias stands where it is used, but errors inside point at the anchor.
                 return Ok(target);
             }
             Event::SequenceStart(anchor, _) => {
+                let flow = self.enter(span);
                 let mut items = Vec::new();
                 loop {
                     let (ev, s) = self.next()?;
                     if ev == Event::SequenceEnd {
                         break;
                     }
-                    items.push(self.node(ev, s, depth + 1)?);
+                    self.path.push(items.len().to_string());
+                    let item = self.node(ev, s, depth + 1);
+                    self.path.pop();
+                    items.push(item?);
                 }
+                self.leave(flow);
                 (
                     Node {
                         value: Value::Seq(items),
@@ -468,18 +514,41 @@ impl Builder<'_> {
                     anchor,
                 )
             }
-            Event::MappingStart(anchor, _) => (self.mapping(span, depth)?, anchor),
+            Event::MappingStart(anchor, _) => {
+                let flow = self.enter(span);
+                let map = self.mapping(span, depth)?;
+                self.leave(flow);
+                (map, anchor)
+            }
             other => {
-                return Err(SyntaxError {
+                return Err(SyntaxError::new(
                     span,
-                    message: format!("unexpected YAML event {other:?}"),
-                })
+                    format!("unexpected YAML event {other:?}"),
+                ))
             }
         };
         if anchor > 0 {
             self.anchors.insert(anchor, node.clone());
         }
         Ok(node)
+    }
+
+    /// Note a collection starting at `span`: flow collections (`[`, `{`) are remembered until
+    /// they close.
+    fn enter(&mut self, span: Span) -> bool {
+        match self.char_at(span) {
+            Some(c @ ('[' | '{')) => {
+                self.open_flows.push((span, c));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn leave(&mut self, flow: bool) {
+        if flow {
+            self.open_flows.pop();
+        }
     }
 
     fn count_tree(&mut self, node: &Node, span: Span) -> Result<(), SyntaxError> {
@@ -506,26 +575,39 @@ impl Builder<'_> {
             let key = match key_node.value {
                 Value::Scalar(s) => s.text,
                 _ => {
-                    return Err(SyntaxError {
-                        span: key_span,
-                        message: "mapping keys must be plain strings".into(),
-                    })
+                    return Err(SyntaxError::new(
+                        key_span,
+                        "mapping keys must be plain strings",
+                    ))
                 }
             };
             let (ev, vspan) = self.next()?;
-            let value = self.node(ev, vspan, depth + 1)?;
+            self.path.push(key.clone());
+            let value = self.node(ev, vspan, depth + 1);
+            let here = self.path.pop().into_iter();
+            let here = || self.path.iter().cloned().chain(here.clone()).collect();
+            let value = value?;
             if key == "<<" {
-                merge_into(&mut merged, value)?;
+                // `vspan` is where the merge is written; an alias's own span is its anchor's.
+                if let Err(mut e) = merge_into(&mut merged, value, vspan) {
+                    e.path = here();
+                    self.errors.push(e);
+                }
                 continue;
             }
+            // Compose refuses duplicate keys; report each one and keep reading with the first
+            // value, so that the rest of the file is still checked.
             if let Some(prev) = entries.iter().find(|e| e.key == key) {
-                return Err(SyntaxError {
+                let path = here();
+                self.errors.push(SyntaxError {
                     span: key_span,
+                    path,
                     message: format!(
-                        "duplicate key \"{key}\" (first defined at line {})",
-                        prev.key_span.line
+                        "duplicate key: first defined at line {}, column {}",
+                        prev.key_span.line, prev.key_span.col
                     ),
                 });
+                continue;
             }
             entries.push(Entry {
                 key,
@@ -538,6 +620,9 @@ impl Builder<'_> {
                 entries.push(m);
             }
         }
+        // A block mapping's start event is reported after its first key; the key is where the
+        // mapping visibly starts.
+        let span = entries.first().map_or(span, |e| span.min(e.key_span));
         Ok(Node {
             value: Value::Map(entries),
             span,
@@ -545,26 +630,41 @@ impl Builder<'_> {
     }
 }
 
-/// Apply a `<<` value (one map, or a list of maps; earlier maps win) to the merged set.
-fn merge_into(merged: &mut Vec<Entry>, value: Node) -> Result<(), SyntaxError> {
+/// The anchor names (`&name`) written in a text, to suggest one for a mistyped alias.
+fn anchor_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for (i, _) in text.match_indices('&') {
+        let name: String = text[i + 1..]
+            .chars()
+            .take_while(|c| !c.is_whitespace() && !matches!(c, ',' | '[' | ']' | '{' | '}'))
+            .collect();
+        if !name.is_empty() && !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// Apply a `<<` value (one map, or a list of maps; earlier maps win) to the merged set. Errors
+/// point at `at`, where the merge is written.
+fn merge_into(merged: &mut Vec<Entry>, value: Node, at: Span) -> Result<(), SyntaxError> {
+    let wrong = |what: &str| {
+        SyntaxError::new(
+            at,
+            format!("merge key `<<` takes a mapping or a list of mappings, found {what}"),
+        )
+    };
     let sources = match value.value {
         Value::Map(m) => vec![m],
         Value::Seq(items) => items
             .into_iter()
             .map(|n| match n.value {
                 Value::Map(m) => Ok(m),
-                _ => Err(SyntaxError {
-                    span: n.span,
-                    message: "merge key `<<` takes a mapping or a list of mappings".into(),
-                }),
+                Value::Seq(_) => Err(wrong("a list holding a list")),
+                Value::Scalar(s) => Err(wrong(&format!("a list holding {:?}", s.text))),
             })
             .collect::<Result<_, _>>()?,
-        Value::Scalar(_) => {
-            return Err(SyntaxError {
-                span: value.span,
-                message: "merge key `<<` takes a mapping or a list of mappings".into(),
-            })
-        }
+        Value::Scalar(s) => return Err(wrong(&format!("{:?}", s.text))),
     };
     for source in sources {
         for entry in source {

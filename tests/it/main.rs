@@ -1,2 +1,10 @@
+//! Integration tests: one binary (see ARCHITECTURE.md), real git repositories, real processes,
+//! the real Docker Engine.
+
+mod docker_runtime;
+mod gitops;
+mod plan_cli;
 mod secrets;
 mod spec_corpus;
+mod support;
+mod up;

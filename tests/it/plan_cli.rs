@@ -109,12 +109,18 @@ fn stable(text: &str, repo: &GitRepo) -> String {
 #[test]
 fn plan_between_two_commits_shows_field_changes_and_rollouts() {
     let repo = two_commits();
-    let out = reconciler(repo.path(), &["plan", "stacks", "--ref", "HEAD", "--against-ref", "HEAD~1"]);
+    let out = reconciler(
+        repo.path(),
+        &["plan", "stacks", "--ref", "HEAD", "--against-ref", "HEAD~1"],
+    );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let text = stable(&stdout(&out), &repo);
     insta::assert_snapshot!("plan_two_commits", text);
     for stream in [stdout(&out), stderr(&out)] {
-        assert!(!stream.contains(SECRET_V1) && !stream.contains(SECRET_V2), "secret content leaked");
+        assert!(
+            !stream.contains(SECRET_V1) && !stream.contains(SECRET_V2),
+            "secret content leaked"
+        );
     }
 }
 
@@ -123,7 +129,15 @@ fn plan_json_is_machine_readable() {
     let repo = two_commits();
     let out = reconciler(
         repo.path(),
-        &["plan", "stacks", "--ref", "HEAD", "--against-ref", "HEAD~1", "--json"],
+        &[
+            "plan",
+            "stacks",
+            "--ref",
+            "HEAD",
+            "--against-ref",
+            "HEAD~1",
+            "--json",
+        ],
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let plan: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
@@ -135,7 +149,12 @@ fn plan_json_is_machine_readable() {
         .collect();
     assert_eq!(
         stacks,
-        [("cache", "update"), ("metrics", "create"), ("old", "remove"), ("shop", "update")]
+        [
+            ("cache", "update"),
+            ("metrics", "create"),
+            ("old", "remove"),
+            ("shop", "update")
+        ]
     );
     insta::assert_snapshot!("plan_two_commits_json", stable(&stdout(&out), &repo));
 }
@@ -143,7 +162,10 @@ fn plan_json_is_machine_readable() {
 #[test]
 fn unchanged_commit_plans_nothing_and_exits_zero() {
     let repo = two_commits();
-    let out = reconciler(repo.path(), &["plan", "stacks", "--ref", "HEAD", "--against-ref", "HEAD"]);
+    let out = reconciler(
+        repo.path(),
+        &["plan", "stacks", "--ref", "HEAD", "--against-ref", "HEAD"],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).contains("No changes"), "{}", stdout(&out));
 }
@@ -155,15 +177,34 @@ fn plan_against_an_exported_state_matches_plan_against_the_ref() {
     assert_eq!(export.status.code(), Some(0), "{}", stderr(&export));
     let state_path = repo.path().join("state.json");
     std::fs::write(&state_path, &export.stdout).unwrap();
-    assert!(!stdout(&export).contains(SECRET_V1), "export holds secret content");
+    assert!(
+        !stdout(&export).contains(SECRET_V1),
+        "export holds secret content"
+    );
 
     let via_state = reconciler(
         repo.path(),
-        &["plan", "stacks", "--ref", "HEAD", "--against-state", "state.json", "--json"],
+        &[
+            "plan",
+            "stacks",
+            "--ref",
+            "HEAD",
+            "--against-state",
+            "state.json",
+            "--json",
+        ],
     );
     let via_ref = reconciler(
         repo.path(),
-        &["plan", "stacks", "--ref", "HEAD", "--against-ref", "HEAD~1", "--json"],
+        &[
+            "plan",
+            "stacks",
+            "--ref",
+            "HEAD",
+            "--against-ref",
+            "HEAD~1",
+            "--json",
+        ],
     );
     assert_eq!(via_state.status.code(), Some(2), "{}", stderr(&via_state));
     let a: serde_json::Value = serde_json::from_slice(&via_state.stdout).unwrap();
@@ -174,14 +215,36 @@ fn plan_against_an_exported_state_matches_plan_against_the_ref() {
 #[test]
 fn a_state_file_of_another_format_is_refused_clearly() {
     let repo = two_commits();
-    std::fs::write(repo.path().join("x.json"), r#"{"format": "something", "version": 1}"#).unwrap();
-    std::fs::write(repo.path().join("y.json"), r#"{"format": "reconciler.state", "version": 9, "stacks": {}}"#).unwrap();
-    let out = reconciler(repo.path(), &["plan", "stacks", "--against-state", "x.json"]);
+    std::fs::write(
+        repo.path().join("x.json"),
+        r#"{"format": "something", "version": 1}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        repo.path().join("y.json"),
+        r#"{"format": "reconciler.state", "version": 9, "stacks": {}}"#,
+    )
+    .unwrap();
+    let out = reconciler(
+        repo.path(),
+        &["plan", "stacks", "--against-state", "x.json"],
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("x.json: not a reconciler state export"), "{}", stderr(&out));
-    let out = reconciler(repo.path(), &["plan", "stacks", "--against-state", "y.json"]);
+    assert!(
+        stderr(&out).contains("x.json: not a reconciler state export"),
+        "{}",
+        stderr(&out)
+    );
+    let out = reconciler(
+        repo.path(),
+        &["plan", "stacks", "--against-state", "y.json"],
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("version 9 is not supported"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("version 9 is not supported"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -194,9 +257,15 @@ fn the_work_tree_is_planned_against_a_ref() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.contains("~ service shop_worker"), "{text}");
-    assert!(text.contains("image  example/worker:1 -> example/worker:2"), "{text}");
+    assert!(
+        text.contains("image  example/worker:1 -> example/worker:2"),
+        "{text}"
+    );
     assert!(!text.contains("shop_web"), "{text}");
-    assert!(text.contains("Plan: 0 to create, 1 to update, 0 to remove."), "{text}");
+    assert!(
+        text.contains("Plan: 0 to create, 1 to update, 0 to remove."),
+        "{text}"
+    );
 }
 
 #[test]
@@ -213,7 +282,11 @@ fn an_invalid_desired_state_is_an_error_not_a_plan() {
         err.contains("stacks/cache/compose.yml:5:17: services.redis.deploy.replicas: expected a non-negative integer, found -1"),
         "{err}"
     );
-    assert!(stdout(&out).is_empty(), "no plan is printed: {}", stdout(&out));
+    assert!(
+        stdout(&out).is_empty(),
+        "no plan is printed: {}",
+        stdout(&out)
+    );
 }
 
 #[test]
@@ -232,10 +305,17 @@ fn validate_reports_file_line_column_and_path() {
         "{}",
         stderr(&out)
     );
-    assert!(stdout(&out).contains("1 error in 1 stack"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("1 error in 1 stack"),
+        "{}",
+        stdout(&out)
+    );
 
     // A single file can be validated too, and JSON output carries the same facts.
-    let out = reconciler(repo.path(), &["validate", "stacks/web/compose.yml", "--json"]);
+    let out = reconciler(
+        repo.path(),
+        &["validate", "stacks/web/compose.yml", "--json"],
+    );
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["valid"], false);
@@ -248,10 +328,19 @@ fn the_examples_validate_and_their_secrets_decrypt_with_the_example_key() {
     let dir = project_dir();
     let out = reconciler(
         &dir,
-        &["validate", "examples/stacks", "--identity", "examples/keys/example-only.agekey"],
+        &[
+            "validate",
+            "examples/stacks",
+            "--identity",
+            "examples/keys/example-only.agekey",
+        ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stdout(&out).contains("4 stacks, 5 services: valid"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("4 stacks, 5 services: valid"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
@@ -270,7 +359,8 @@ fn a_wrong_key_names_the_secret_and_keeps_the_plaintext_out() {
 
 #[test]
 fn the_checked_in_schema_matches_the_types() {
-    let checked_in = std::fs::read_to_string(project_dir().join("schemas/stack.schema.json")).unwrap();
+    let checked_in =
+        std::fs::read_to_string(project_dir().join("schemas/stack.schema.json")).unwrap();
     let generated = reconciler::spec::schema::stack_schema_text();
     assert!(
         checked_in == generated,

@@ -145,3 +145,287 @@ fn invalid_files_fail_with_every_error_named() {
         });
     });
 }
+
+/// Whatever the input, the loader answers with diagnostics that point into the file: it never
+/// panics, never gives a spec together with errors, and never an error without a position.
+fn check_never_panics(text: &str) {
+    let files = FixtureFiles(fixture_dir("valid"));
+    let loaded = spec::load_stack("stack", "fuzz.yml", text, &files, &variables());
+    for d in &loaded.diagnostics {
+        assert!(
+            d.line >= 1 && d.col >= 1,
+            "no position: {d}\n--- input:\n{text}"
+        );
+    }
+    let errors = loaded.errors().count();
+    assert_eq!(
+        loaded.spec.is_some(),
+        errors == 0,
+        "spec and errors disagree ({errors} errors)\n--- input:\n{text}"
+    );
+}
+
+/// A YAML-ish document: block and flow mappings and lists of keys and values a stack file
+/// holds, written out with varying indentation.
+#[derive(Clone, Debug)]
+enum Doc {
+    Scalar(String),
+    List(Vec<Doc>),
+    Map(Vec<(String, Doc)>),
+}
+
+const KEYS: &[&str] = &[
+    "services",
+    "image",
+    "deploy",
+    "replicas",
+    "mode",
+    "ports",
+    "target",
+    "published",
+    "protocol",
+    "volumes",
+    "source",
+    "type",
+    "read_only",
+    "secrets",
+    "configs",
+    "file",
+    "external",
+    "networks",
+    "aliases",
+    "environment",
+    "labels",
+    "healthcheck",
+    "test",
+    "interval",
+    "retries",
+    "disable",
+    "placement",
+    "constraints",
+    "preferences",
+    "spread",
+    "resources",
+    "limits",
+    "reservations",
+    "cpus",
+    "memory",
+    "update_config",
+    "rollback_config",
+    "parallelism",
+    "delay",
+    "failure_action",
+    "order",
+    "restart_policy",
+    "condition",
+    "max_attempts",
+    "ulimits",
+    "soft",
+    "hard",
+    "tmpfs",
+    "command",
+    "<<",
+    "x-ext",
+    "web",
+    "db",
+    "version",
+    "content",
+    "name",
+    "driver",
+    "ipam",
+    "config",
+    "subnet",
+    "env_file",
+    "extra_hosts",
+    "endpoint_mode",
+    "max_replicas_per_node",
+    "",
+    "Ünï",
+];
+
+const SCALARS: &[&str] = &[
+    "nginx",
+    "3",
+    "-1",
+    "0",
+    "0440",
+    "0999",
+    "1.5",
+    "1e3",
+    "true",
+    "no",
+    "~",
+    "",
+    "10s",
+    "1m30s",
+    "512M",
+    "80:80",
+    "127.0.0.1:8080:80/udp",
+    "8000-8010:80",
+    "node.role==manager",
+    "node.labels.zone != a",
+    "global",
+    "replicated",
+    "rollback",
+    "start-first",
+    "host",
+    "${TAG}",
+    "${MISSING:-2}",
+    "${X:?required}",
+    "$$",
+    "${",
+    "/data",
+    "./rel:/x",
+    "db:/data:ro",
+    "CMD",
+    "NONE",
+    "A=1",
+    "=x",
+    "web",
+    "db",
+    "front",
+    "external",
+    "65536",
+    "\u{0}",
+    "é",
+    "[",
+];
+
+fn doc() -> impl Strategy<Value = Doc> {
+    let leaf = prop_oneof![
+        4 => prop::sample::select(SCALARS).prop_map(|s| Doc::Scalar(s.to_string())),
+        1 => "[ -~]{0,12}".prop_map(Doc::Scalar),
+        1 => any::<i64>().prop_map(|n| Doc::Scalar(n.to_string())),
+    ];
+    leaf.prop_recursive(5, 48, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(Doc::List),
+            prop::collection::vec(
+                (prop::sample::select(KEYS).prop_map(str::to_string), inner),
+                0..6
+            )
+            .prop_map(Doc::Map),
+        ]
+    })
+}
+
+/// Write a scalar plain when YAML would read it back as the same text, quoted otherwise
+/// (JSON's string syntax is YAML's double-quoted style).
+fn scalar(s: &str, plain: bool) -> String {
+    let safe = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_alphanumeric() || "._/-=$:{}~+".contains(c))
+        && !s.starts_with(['-', '{', '}', ':', '~'])
+        && !s.contains(": ");
+    if plain && safe {
+        s.to_string()
+    } else {
+        serde_json::to_string(s).unwrap()
+    }
+}
+
+fn emit(doc: &Doc, indent: usize, flow: bool, out: &mut String) {
+    let pad = " ".repeat(indent);
+    match doc {
+        Doc::Scalar(s) => {
+            out.push_str(&scalar(s, !flow));
+            out.push('\n');
+        }
+        Doc::List(items) if items.is_empty() || flow => {
+            out.push_str(&serde_json::to_string(&to_json(doc)).unwrap());
+            out.push('\n');
+        }
+        Doc::Map(entries) if entries.is_empty() || flow => {
+            out.push_str(&serde_json::to_string(&to_json(doc)).unwrap());
+            out.push('\n');
+        }
+        Doc::List(items) => {
+            out.push('\n');
+            for item in items {
+                out.push_str(&pad);
+                out.push_str("- ");
+                match item {
+                    Doc::Scalar(_) => emit(item, indent + 2, false, out),
+                    _ => emit(item, indent + 2, true, out),
+                }
+            }
+        }
+        Doc::Map(entries) => {
+            out.push('\n');
+            for (k, v) in entries {
+                out.push_str(&pad);
+                out.push_str(&scalar(k, true));
+                out.push_str(": ");
+                emit(v, indent + 2, false, out);
+            }
+        }
+    }
+}
+
+fn to_json(doc: &Doc) -> serde_json::Value {
+    match doc {
+        Doc::Scalar(s) => serde_json::Value::String(s.clone()),
+        Doc::List(items) => items.iter().map(to_json).collect(),
+        Doc::Map(entries) => entries
+            .iter()
+            .map(|(k, v)| (k.clone(), to_json(v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Text made of YAML's punctuation, indentation and a few words.
+    #[test]
+    fn arbitrary_text_never_panics(text in "([a-z0-9 :,\\-\\[\\]{}&*!|>%@#'\"$=.\t]|\n {0,6}){0,160}") {
+        check_never_panics(&text);
+    }
+
+    /// Compose-like documents: the real keys, wrong and right values, in any nesting.
+    #[test]
+    fn generated_stacks_never_panic(
+        services in prop::collection::vec(("[a-z]{1,4}", doc()), 0..4),
+        top in prop::collection::vec((prop::sample::select(KEYS), doc()), 0..4),
+    ) {
+        let mut text = String::from("services:\n");
+        for (name, svc) in &services {
+            text.push_str(&format!("  {name}: "));
+            emit(svc, 4, false, &mut text);
+        }
+        for (key, value) in &top {
+            if *key == "services" {
+                continue;
+            }
+            text.push_str(&scalar(key, true));
+            text.push_str(": ");
+            emit(value, 2, false, &mut text);
+        }
+        check_never_panics(&text);
+    }
+
+    /// The corpus with a few characters changed: near misses of real files.
+    #[test]
+    fn mutated_fixtures_never_panic(
+        pick in any::<prop::sample::Index>(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), 0u8..3, prop::sample::select(vec![' ', '\n', ':', '-', '[', '{', '"', '\'', '&', '*', '$', '#', '\t', 'x', '0'])), 1..6),
+    ) {
+        let mut files = fixtures("valid");
+        files.extend(fixtures("invalid"));
+        let mut text: Vec<char> = std::fs::read_to_string(pick.get(&files)).unwrap().chars().collect();
+        for (at, op, c) in edits {
+            if text.is_empty() {
+                text.push(c);
+                continue;
+            }
+            let i = at.index(text.len());
+            match op {
+                0 => text.insert(i, c),
+                1 => { text.remove(i); }
+                _ => text[i] = c,
+            }
+        }
+        check_never_panics(&text.into_iter().collect::<String>());
+    }
+}

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: real git repositories made on the spot and the
 //! real `reconciler` binary run as a process.
 
+pub mod up;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -1,0 +1,398 @@
+//! The agent's executor: for every task assigned to this node, compare what the managers want
+//! (desired state) with what the engine shows, make at most one runtime call, and report the
+//! task's new status. Like SwarmKit's controller, one step per call: easy to test, and a
+//! restarted agent simply resumes from the containers it finds (adopted by label).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::runtime::{
+    ContainerId, ContainerRequest, ContainerState, Health, ObservedContainer, Runtime,
+    RuntimeError, TaskRef,
+};
+use crate::secrets::SecretBytes;
+use crate::spec::model::FileObjectSpec;
+use crate::store::{Command, Millis, State, Task, TaskState, TaskStatus};
+
+/// Where secret and config content comes from (the git mirror, decrypted with the cluster's
+/// identity). Errors name the object, never the content.
+pub trait ContentSource: Send + Sync {
+    fn read(&self, object: &FileObjectSpec) -> Result<SecretBytes, String>;
+}
+
+pub struct Executor<R: Runtime> {
+    runtime: R,
+    node_id: String,
+    content: std::sync::Arc<dyn ContentSource>,
+    /// Networks and volumes already ensured, so each is created once per process.
+    ensured: BTreeSet<String>,
+    /// Containers being stopped in the background: a stop waits out the grace period, which
+    /// must not hold up every other task's step.
+    stopping: std::sync::Arc<std::sync::Mutex<BTreeSet<ContainerId>>>,
+}
+
+/// What one pass produced: status reports for the store.
+#[derive(Debug, Default)]
+pub struct Reports {
+    pub commands: Vec<Command>,
+    /// Each task container's address (the first network's), for the ingress proxy.
+    pub addresses: HashMap<String, std::net::IpAddr>,
+    /// The engine could not be reached: nothing was learnt this pass.
+    pub engine_down: Option<String>,
+}
+
+impl<R: Runtime> Executor<R> {
+    pub fn new(
+        runtime: R,
+        node_id: impl Into<String>,
+        content: std::sync::Arc<dyn ContentSource>,
+    ) -> Self {
+        Executor {
+            runtime,
+            node_id: node_id.into(),
+            content,
+            ensured: BTreeSet::new(),
+            stopping: Default::default(),
+        }
+    }
+
+    pub fn runtime(&self) -> &R {
+        &self.runtime
+    }
+
+    /// One pass over the node's tasks and containers.
+    pub async fn step(&mut self, state: &State, now: Millis) -> Reports {
+        let mut out = Reports::default();
+        let containers = match self.runtime.list().await {
+            Ok(c) => c,
+            Err(e) => {
+                out.engine_down = Some(e.to_string());
+                return out;
+            }
+        };
+        let mut by_task: HashMap<String, ObservedContainer> = HashMap::new();
+        for c in containers {
+            if let Some(ip) = c.addresses.values().next() {
+                out.addresses.insert(c.task.task_id.clone(), *ip);
+            }
+            by_task.insert(c.task.task_id.clone(), c);
+        }
+        let mine: Vec<&Task> = state
+            .tasks
+            .values()
+            .filter(|t| t.node == self.node_id)
+            .collect();
+        let known: BTreeSet<&str> = mine.iter().map(|t| t.id.as_str()).collect();
+
+        for task in &mine {
+            let container = by_task.get(&task.id);
+            match self.step_task(state, task, container, now).await {
+                Ok(Some(status)) => out.commands.push(Command::UpdateTaskStatus {
+                    id: task.id.clone(),
+                    status,
+                }),
+                Ok(None) => {}
+                Err(e) if e.is_transient() => {
+                    out.engine_down = Some(e.to_string());
+                    return out;
+                }
+                Err(e) => {
+                    tracing::warn!(task = %task.id, service = %task.service, error = %e, "task step failed");
+                }
+            }
+        }
+        // Containers of tasks the store no longer knows on this node: orphans from a previous
+        // life or another manager's decision. Remove them, so nothing runs that git does not ask for.
+        for (id, c) in &by_task {
+            if !known.contains(id.as_str()) {
+                tracing::info!(container = %c.name, "removing container of an unknown task");
+                let _ = self.runtime.remove(&c.id).await;
+            }
+        }
+        out
+    }
+
+    async fn step_task(
+        &mut self,
+        state: &State,
+        task: &Task,
+        container: Option<&ObservedContainer>,
+        now: Millis,
+    ) -> Result<Option<TaskStatus>, RuntimeError> {
+        let st = &task.status;
+        let report = |state: TaskState, message: &str| TaskStatus {
+            state,
+            timestamp: now,
+            message: message.to_string(),
+            ..st.clone()
+        };
+
+        // Removal: stop gracefully, remove the container, then say so (the reaper deletes it).
+        if task.desired_state >= TaskState::Remove {
+            if let Some(c) = container {
+                if c.is_running() {
+                    self.stop_in_background(task, &c.id);
+                    return Ok(None);
+                }
+                self.runtime.remove(&c.id).await?;
+            }
+            return Ok(
+                (st.state != TaskState::Remove).then(|| report(TaskState::Remove, "removed"))
+            );
+        }
+        // Ended for good: make sure it is not running (a killed task must stay dead).
+        if st.state.is_terminal() {
+            if let Some(c) = container.filter(|c| c.is_running()) {
+                self.stop_in_background(task, &c.id);
+            }
+            return Ok(None);
+        }
+        // Asked to stop: report shutdown once the container has stopped.
+        if task.desired_state >= TaskState::Shutdown {
+            if let Some(c) = container.filter(|c| c.is_running()) {
+                self.stop_in_background(task, &c.id);
+                return Ok(None);
+            }
+            return Ok(Some(report(TaskState::Shutdown, "shutdown")));
+        }
+        match (st.state, container) {
+            (TaskState::New | TaskState::Pending, _) => Ok(None), // not placed yet
+            (_, None) if st.state >= TaskState::Ready => {
+                // Its container vanished (removed by hand): the task failed; it is replaced.
+                let mut s = report(TaskState::Failed, "container removed");
+                s.error = Some("the task's container was removed".into());
+                Ok(Some(s))
+            }
+            (_, None) => self.prepare(state, task, now).await.map(Some),
+            (TaskState::Ready, Some(c)) if task.desired_state >= TaskState::Running => {
+                if let Err(e) = self.runtime.start(&c.id).await {
+                    if e.is_transient() {
+                        return Err(e);
+                    }
+                    let mut s = report(TaskState::Failed, "start failed");
+                    s.error = Some(e.to_string());
+                    return Ok(Some(s));
+                }
+                Ok(Some(report(TaskState::Starting, "starting")))
+            }
+            (TaskState::Ready, Some(_)) => Ok(None),
+            (_, Some(c)) => Ok(self.observe(task, c, now)),
+        }
+    }
+
+    /// Pull or find the image, create networks and volumes, create the container: Ready.
+    async fn prepare(
+        &mut self,
+        state: &State,
+        task: &Task,
+        now: Millis,
+    ) -> Result<TaskStatus, RuntimeError> {
+        let rejected = |e: String| TaskStatus {
+            state: TaskState::Rejected,
+            timestamp: now,
+            message: "rejected".into(),
+            error: Some(e),
+            container_id: None,
+            exit_code: None,
+            running_since: None,
+        };
+        let image = &task.spec.container.image;
+        match self.runtime.ensure_image(image).await {
+            Ok(()) => {}
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => return Ok(rejected(e.to_string())),
+        }
+        let stack = state
+            .services
+            .get(&task.service)
+            .map(|s| s.spec.stack.clone())
+            .unwrap_or_default();
+        for net in &task.spec.networks {
+            if self.ensured.contains(&net.network) {
+                continue;
+            }
+            if let Some(owned) = state.networks.get(&net.network) {
+                self.runtime
+                    .ensure_network(&owned.spec, &owned.stack)
+                    .await?;
+                self.ensured.insert(net.network.clone());
+            }
+        }
+        for m in &task.spec.container.mounts {
+            if let crate::spec::model::Mount::Volume {
+                source: Some(name), ..
+            } = m
+            {
+                if self.ensured.contains(name) {
+                    continue;
+                }
+                if let Some(owned) = state.volumes.get(name) {
+                    self.runtime
+                        .ensure_volume(&owned.spec, &owned.stack)
+                        .await?;
+                    self.ensured.insert(name.clone());
+                }
+            }
+        }
+        let task_ref = TaskRef {
+            task_id: task.id.clone(),
+            service: task.service.clone(),
+            stack,
+            slot: task.slot,
+            node_id: self.node_id.clone(),
+        };
+        let mut request = ContainerRequest::new(task_ref, task.spec.clone(), task.endpoint.clone());
+        for m in &task.spec.container.secrets {
+            match state.secrets.get(&m.object) {
+                Some(o) => match self.content.read(&o.spec) {
+                    Ok(bytes) => request = request.with_secret(m.clone(), bytes),
+                    Err(e) => return Ok(rejected(e)),
+                },
+                None => {
+                    return Ok(rejected(format!(
+                        "secret {} is not in the cluster",
+                        m.object
+                    )))
+                }
+            }
+        }
+        for m in &task.spec.container.configs {
+            match state.configs.get(&m.object) {
+                Some(o) => match self.content.read(&o.spec) {
+                    Ok(bytes) => request = request.with_config(m.clone(), bytes.expose().to_vec()),
+                    Err(e) => return Ok(rejected(e)),
+                },
+                None => {
+                    return Ok(rejected(format!(
+                        "config {} is not in the cluster",
+                        m.object
+                    )))
+                }
+            }
+        }
+        match self.runtime.create(&request).await {
+            Ok(id) => Ok(TaskStatus {
+                state: TaskState::Ready,
+                timestamp: now,
+                message: "created".into(),
+                error: None,
+                container_id: Some(id.0),
+                exit_code: None,
+                running_since: None,
+            }),
+            Err(e) if e.is_transient() => Err(e),
+            Err(RuntimeError::Conflict(_)) => Ok(TaskStatus {
+                // Created by an earlier pass whose report was lost: adopt it next pass.
+                state: TaskState::Preparing,
+                timestamp: now,
+                message: "preparing".into(),
+                error: None,
+                container_id: None,
+                exit_code: None,
+                running_since: None,
+            }),
+            Err(e) => Ok(rejected(e.to_string())),
+        }
+    }
+
+    /// A started task: running (healthy when it has a healthcheck), or ended.
+    fn observe(&self, task: &Task, c: &ObservedContainer, now: Millis) -> Option<TaskStatus> {
+        let st = &task.status;
+        let mut next = TaskStatus {
+            timestamp: now,
+            container_id: Some(c.id.0.clone()),
+            ..st.clone()
+        };
+        match c.state {
+            ContainerState::Exited | ContainerState::Dead => {
+                let code = c.exit_code.unwrap_or(-1);
+                next.exit_code = Some(code);
+                if code == 0 {
+                    next.state = TaskState::Complete;
+                    next.message = "finished".into();
+                } else {
+                    next.state = TaskState::Failed;
+                    next.message = "failed".into();
+                    next.error = Some(
+                        c.error
+                            .clone()
+                            .filter(|e| !e.is_empty())
+                            .unwrap_or_else(|| format!("task: non-zero exit ({code})")),
+                    );
+                }
+            }
+            ContainerState::Running => match c.health {
+                Health::Unhealthy => {
+                    // Swarm stops an unhealthy task and counts it as failed.
+                    next.state = TaskState::Failed;
+                    next.message = "unhealthy".into();
+                    next.error = Some("task: unhealthy container".into());
+                }
+                Health::Starting => {
+                    if st.state == TaskState::Starting {
+                        return None;
+                    }
+                    next.state = TaskState::Starting;
+                    next.message = "starting (health: starting)".into();
+                }
+                Health::Healthy | Health::None => {
+                    if st.state == TaskState::Running {
+                        return None;
+                    }
+                    next.state = TaskState::Running;
+                    next.message = "running".into();
+                    next.running_since = Some(now);
+                }
+            },
+            ContainerState::Created
+            | ContainerState::Restarting
+            | ContainerState::Paused
+            | ContainerState::Removing => {
+                return None;
+            }
+        }
+        (next != *st).then_some(next)
+    }
+
+    fn stop_in_background(&self, task: &Task, id: &ContainerId) {
+        if !self.stopping.lock().expect("lock").insert(id.clone()) {
+            return; // already being stopped
+        }
+        let grace = task
+            .spec
+            .container
+            .stop_grace_period
+            .map(|d| d.as_std())
+            .unwrap_or(std::time::Duration::from_secs(10));
+        let signal = task.spec.container.stop_signal.clone();
+        let (runtime, id, stopping, task_id) = (
+            self.runtime.clone(),
+            id.clone(),
+            self.stopping.clone(),
+            task.id.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = runtime.stop(&id, signal.as_deref(), grace).await {
+                tracing::warn!(task = %task_id, error = %e, "stopping the container failed");
+            }
+            stopping.lock().expect("lock").remove(&id);
+        });
+    }
+
+    /// Remove networks this project created that no stack in the state wants any more.
+    /// Volumes are kept: data outlives stacks, as with `docker stack rm`.
+    pub async fn prune_networks(&mut self, state: &State) -> Result<(), RuntimeError> {
+        let wanted: BTreeMap<&str, ()> = state.networks.keys().map(|k| (k.as_str(), ())).collect();
+        for n in self.runtime.list_networks().await? {
+            if !wanted.contains_key(n.name.as_str()) {
+                match self.runtime.remove_network(&n.name).await {
+                    Ok(()) => {
+                        self.ensured.remove(&n.name);
+                    }
+                    Err(RuntimeError::Conflict(_)) => {} // still in use by a stopping task
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,218 @@
+//! What the API returns, shared by the server and the CLI client (serde both ways).
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Millis, RevisionStatus, State, TaskState, UpdateState};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusView {
+    pub node: String,
+    pub revision: RevisionStatus,
+    pub git: serde_json::Value,
+    /// Set while the Docker Engine cannot be reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_error: Option<String>,
+    pub ingress_backend: String,
+    pub uptime_seconds: u64,
+    pub stacks: Vec<StackView>,
+    pub services: Vec<ServiceView>,
+    /// True when every service runs its desired replicas with its current spec and no update is
+    /// in progress.
+    pub converged: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StackView {
+    pub name: String,
+    pub services: usize,
+    pub networks: usize,
+    pub secrets: usize,
+    pub configs: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub stack: String,
+    pub mode: String,
+    pub running: u64,
+    /// None for global services (one per eligible node).
+    pub desired: Option<u64>,
+    pub image: String,
+    pub ports: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_state: Option<UpdateState>,
+    #[serde(default)]
+    pub update_message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// Rolled back by hand: differs from git until the next commit that changes it.
+    pub drift: bool,
+    /// Tasks running the current spec.
+    pub up_to_date: u64,
+    /// The newest task error, if the service is not converged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskView {
+    pub id: String,
+    pub name: String,
+    pub service: String,
+    pub slot: Option<u64>,
+    pub node: String,
+    pub image: String,
+    pub desired_state: TaskState,
+    pub state: TaskState,
+    pub since: Millis,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    pub current: bool,
+}
+
+pub fn services(state: &State) -> Vec<ServiceView> {
+    state
+        .services
+        .values()
+        .map(|svc| {
+            let tasks: Vec<_> = state.tasks_of(&svc.spec.name).collect();
+            let running = tasks
+                .iter()
+                .filter(|t| {
+                    t.status.state == TaskState::Running && t.desired_state == TaskState::Running
+                })
+                .count() as u64;
+            let up_to_date = tasks
+                .iter()
+                .filter(|t| {
+                    t.status.state == TaskState::Running
+                        && t.desired_state == TaskState::Running
+                        && !crate::orchestrator::is_dirty(t, svc)
+                })
+                .count() as u64;
+            let (mode, desired) = match svc.spec.mode {
+                crate::spec::model::Mode::Replicated { replicas } => ("replicated", Some(replicas)),
+                crate::spec::model::Mode::Global => ("global", None),
+            };
+            let last_error = tasks
+                .iter()
+                .filter(|t| t.status.error.is_some())
+                .max_by_key(|t| t.status.timestamp)
+                .and_then(|t| t.status.error.clone());
+            ServiceView {
+                name: svc.spec.name.clone(),
+                stack: svc.spec.stack.clone(),
+                mode: mode.into(),
+                running,
+                desired,
+                image: svc.spec.task.container.image.clone(),
+                ports: svc
+                    .spec
+                    .endpoint
+                    .ports
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                update_state: svc.update.as_ref().map(|u| u.state),
+                update_message: svc
+                    .update
+                    .as_ref()
+                    .map(|u| u.message.clone())
+                    .unwrap_or_default(),
+                revision: svc.revision.clone(),
+                drift: svc.manual_rollback,
+                up_to_date,
+                last_error: (desired.is_some_and(|d| up_to_date < d))
+                    .then_some(last_error)
+                    .flatten(),
+            }
+        })
+        .collect()
+}
+
+pub fn stacks(state: &State) -> Vec<StackView> {
+    let mut names: Vec<&str> = state
+        .services
+        .values()
+        .map(|s| s.spec.stack.as_str())
+        .collect();
+    names.extend(state.networks.values().map(|o| o.stack.as_str()));
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|n| StackView {
+            name: n.to_string(),
+            services: state
+                .services
+                .values()
+                .filter(|s| s.spec.stack == n)
+                .count(),
+            networks: state.networks.values().filter(|o| o.stack == n).count(),
+            secrets: state.secrets.values().filter(|o| o.stack == n).count(),
+            configs: state.configs.values().filter(|o| o.stack == n).count(),
+        })
+        .collect()
+}
+
+pub fn tasks(state: &State, service: Option<&str>) -> Vec<TaskView> {
+    let mut out: Vec<TaskView> = state
+        .tasks
+        .values()
+        .filter(|t| service.is_none_or(|s| t.service == s))
+        .map(|t| {
+            let current = state
+                .services
+                .get(&t.service)
+                .is_some_and(|svc| !crate::orchestrator::is_dirty(t, svc));
+            let slot = t
+                .slot
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| t.node.clone());
+            TaskView {
+                id: t.id.clone(),
+                name: format!("{}.{slot}", t.service),
+                service: t.service.clone(),
+                slot: t.slot,
+                node: t.node.clone(),
+                image: t.spec.container.image.clone(),
+                desired_state: t.desired_state,
+                state: t.status.state,
+                since: t.status.timestamp,
+                message: t.status.message.clone(),
+                error: t.status.error.clone(),
+                container_id: t.status.container_id.clone(),
+                current,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (&a.service, a.slot, std::cmp::Reverse(a.since)).cmp(&(
+            &b.service,
+            b.slot,
+            std::cmp::Reverse(b.since),
+        ))
+    });
+    out
+}
+
+/// Converged: every replicated service runs its replicas on the current spec, global services
+/// have no dirty or missing task, and no update is rolling.
+pub fn converged(state: &State, services: &[ServiceView]) -> bool {
+    let _ = state;
+    services.iter().all(|s| {
+        let rolling = matches!(
+            s.update_state,
+            Some(UpdateState::Updating | UpdateState::RollbackStarted)
+        );
+        let enough = match s.desired {
+            Some(d) => s.up_to_date == d && s.running == d,
+            None => s.up_to_date == s.running,
+        };
+        !rolling && enough
+    })
+}

@@ -1,0 +1,62 @@
+//! Talking to a running `reconciler up` over its HTTP API.
+
+use anyhow::Context as _;
+use serde::de::DeserializeOwned;
+
+use super::up::DEFAULT_LISTEN;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// The API of a running `reconciler up`.
+    #[arg(long, env = "RECONCILER_SERVER", default_value_t = format!("http://{DEFAULT_LISTEN}"))]
+    pub server: String,
+}
+
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Client {
+    pub fn new(args: &ServerArgs) -> anyhow::Result<Self> {
+        Ok(Client {
+            base: args.server.trim_end_matches('/').to_string(),
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()?,
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+        })
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+    }
+
+    pub fn post<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.http.post(format!("{}{path}", self.base)))
+    }
+
+    fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
+        self.rt.block_on(async {
+            let resp = req.send().await.with_context(|| {
+                format!(
+                    "cannot reach reconciler at {} (is `reconciler up` running?)",
+                    self.base
+                )
+            })?;
+            let status = resp.status();
+            let body = resp.bytes().await?;
+            if !status.is_success() {
+                let msg = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                    .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+                anyhow::bail!("{msg}");
+            }
+            serde_json::from_slice(&body).context("unexpected answer from the server")
+        })
+    }
+}

@@ -1,0 +1,426 @@
+//! Commands against a running `reconciler up`: status, sync, service ..., stack ...
+
+use std::time::{Duration, Instant};
+
+use comfy_table::{presets::NOTHING, Table};
+
+use super::client::{Client, ServerArgs};
+use crate::api::views::{ServiceView, StackView, StatusView, TaskView};
+use crate::store::{Service, UpdateState};
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Print the status as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Wait until the commit has converged (or failed), showing progress.
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this long.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ServiceCommand {
+    /// List services.
+    Ls(ListArgs),
+    /// List a service's tasks.
+    Ps(NameArgs),
+    /// Show a service's spec, previous spec and update status.
+    Inspect(NameArgs),
+    /// Print the logs of a service's tasks.
+    Logs(LogsArgs),
+    /// Swap the service back to its previous spec (drift from git until the next commit changes it).
+    Rollback(NameArgs),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum StackCommand {
+    /// List stacks.
+    Ls(ListArgs),
+    /// List a stack's services.
+    Services(NameArgs),
+    /// List a stack's tasks.
+    Ps(NameArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NameArgs {
+    name: String,
+    #[command(flatten)]
+    server: ServerArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    name: String,
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Lines from the end of each task's log.
+    #[arg(long, default_value_t = 100)]
+    tail: usize,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::spec::units::Duration::parse(s).map(|d| d.as_std())
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(NOTHING).set_header(header.iter().copied());
+    t
+}
+
+fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<i32> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(0)
+}
+
+fn replicas(s: &ServiceView) -> String {
+    match s.desired {
+        Some(d) => format!("{}/{d}", s.running),
+        None => format!("{}/{} (global)", s.running, s.running.max(s.up_to_date)),
+    }
+}
+
+fn update(s: &ServiceView) -> String {
+    let state = match s.update_state {
+        None => {
+            return if s.drift {
+                "rolled back by hand (drift from git)".into()
+            } else {
+                String::new()
+            }
+        }
+        Some(UpdateState::Updating) => "updating",
+        Some(UpdateState::Paused) => "paused",
+        Some(UpdateState::Completed) => "completed",
+        Some(UpdateState::RollbackStarted) => "rolling back",
+        Some(UpdateState::RollbackPaused) => "rollback paused",
+        Some(UpdateState::RollbackCompleted) => "rolled back",
+    };
+    match s.update_state {
+        Some(
+            UpdateState::Paused | UpdateState::RollbackPaused | UpdateState::RollbackCompleted,
+        ) => {
+            format!("{state}: {}", s.update_message)
+        }
+        _ => state.to_string(),
+    }
+}
+
+fn services_table(services: &[ServiceView]) -> Table {
+    let mut t = table(&["NAME", "MODE", "REPLICAS", "IMAGE", "PORTS", "UPDATE STATE"]);
+    for s in services {
+        t.add_row(vec![
+            s.name.clone(),
+            s.mode.clone(),
+            replicas(s),
+            s.image.clone(),
+            s.ports.join(", "),
+            update(s),
+        ]);
+    }
+    t
+}
+
+fn tasks_table(tasks: &[TaskView]) -> Table {
+    let mut t = table(&[
+        "ID",
+        "NAME",
+        "IMAGE",
+        "NODE",
+        "DESIRED STATE",
+        "CURRENT STATE",
+        "ERROR",
+    ]);
+    let now = crate::manager::now_ms();
+    for task in tasks {
+        let ago =
+            humantime::format_duration(Duration::from_secs(now.saturating_sub(task.since) / 1000));
+        t.add_row(vec![
+            task.id[..12.min(task.id.len())].to_string(),
+            task.name.clone(),
+            task.image.clone(),
+            task.node.clone(),
+            task.desired_state.name().to_string(),
+            format!("{} {ago} ago", task.state.name()),
+            task.error.clone().unwrap_or_default(),
+        ]);
+    }
+    t
+}
+
+pub fn status(args: StatusArgs) -> anyhow::Result<i32> {
+    let c = Client::new(&args.server)?;
+    let v: StatusView = c.get("/api/v1/status")?;
+    if args.json {
+        return json(&v);
+    }
+    let short = |c: &str| c[..7.min(c.len())].to_string();
+    match &v.revision.applied {
+        Some(a) => println!("Live commit:    {}", short(&a.commit)),
+        None => println!("Live commit:    none yet"),
+    }
+    if let Some(r) = &v.revision.refused {
+        let newer = v.revision.applied.as_ref().is_none_or(|a| r.at > a.at);
+        if newer {
+            println!(
+                "Refused commit: {} ({} errors; the live commit keeps running)",
+                short(&r.commit),
+                r.errors.len()
+            );
+            for e in r.errors.iter().take(10) {
+                println!("  {e}");
+            }
+        }
+    }
+    match &v.engine_error {
+        Some(e) => println!("Docker Engine:  unreachable: {e}"),
+        None => println!("Docker Engine:  ok"),
+    }
+    println!("Ingress:        {}", v.ingress_backend);
+    println!(
+        "State:          {}",
+        if v.converged {
+            "converged"
+        } else {
+            "converging"
+        }
+    );
+    println!();
+    println!("{}", services_table(&v.services));
+    Ok(0)
+}
+
+pub fn service(cmd: ServiceCommand) -> anyhow::Result<i32> {
+    match cmd {
+        ServiceCommand::Ls(a) => {
+            let v: Vec<ServiceView> = Client::new(&a.server)?.get("/api/v1/services")?;
+            if a.json {
+                return json(&v);
+            }
+            println!("{}", services_table(&v));
+        }
+        ServiceCommand::Ps(a) => {
+            let v: Vec<TaskView> =
+                Client::new(&a.server)?.get(&format!("/api/v1/services/{}/tasks", a.name))?;
+            if a.json {
+                return json(&v);
+            }
+            println!("{}", tasks_table(&v));
+        }
+        ServiceCommand::Inspect(a) => {
+            let v: Service =
+                Client::new(&a.server)?.get(&format!("/api/v1/services/{}", a.name))?;
+            return json(&v);
+        }
+        ServiceCommand::Logs(a) => return logs(a),
+        ServiceCommand::Rollback(a) => {
+            let v: serde_json::Value =
+                Client::new(&a.server)?.post(&format!("/api/v1/services/{}/rollback", a.name))?;
+            if a.json {
+                return json(&v);
+            }
+            println!("{}: rolled back to its previous spec (drift from git until the next commit that changes it)", a.name);
+        }
+    }
+    Ok(0)
+}
+
+/// Logs come straight from the local Docker Engine, by the task containers' labels.
+fn logs(a: LogsArgs) -> anyhow::Result<i32> {
+    let tasks: Vec<TaskView> =
+        Client::new(&a.server)?.get(&format!("/api/v1/services/{}/tasks", a.name))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        use futures::StreamExt;
+        let docker = bollard::Docker::connect_with_local_defaults()?
+            .negotiate_version()
+            .await?;
+        for t in tasks.iter().filter(|t| t.container_id.is_some()) {
+            let id = t.container_id.as_deref().unwrap_or_default();
+            let opts = bollard::query_parameters::LogsOptionsBuilder::default()
+                .stdout(true)
+                .stderr(true)
+                .tail(&a.tail.to_string())
+                .build();
+            let mut stream = docker.logs(id, Some(opts));
+            let prefix = format!("{}.{}", t.name, &t.id[..12.min(t.id.len())]);
+            while let Some(Ok(chunk)) = stream.next().await {
+                for line in chunk.to_string().lines() {
+                    println!("{prefix} | {line}");
+                }
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(0)
+}
+
+pub fn stack(cmd: StackCommand) -> anyhow::Result<i32> {
+    match cmd {
+        StackCommand::Ls(a) => {
+            let v: Vec<StackView> = Client::new(&a.server)?.get("/api/v1/stacks")?;
+            if a.json {
+                return json(&v);
+            }
+            let mut t = table(&["NAME", "SERVICES", "NETWORKS", "SECRETS", "CONFIGS"]);
+            for s in &v {
+                t.add_row(vec![
+                    s.name.clone(),
+                    s.services.to_string(),
+                    s.networks.to_string(),
+                    s.secrets.to_string(),
+                    s.configs.to_string(),
+                ]);
+            }
+            println!("{t}");
+        }
+        StackCommand::Services(a) => {
+            let v: Vec<ServiceView> = Client::new(&a.server)?.get("/api/v1/services")?;
+            let v: Vec<ServiceView> = v.into_iter().filter(|s| s.stack == a.name).collect();
+            if a.json {
+                return json(&v);
+            }
+            println!("{}", services_table(&v));
+        }
+        StackCommand::Ps(a) => {
+            let v: Vec<TaskView> = Client::new(&a.server)?.get("/api/v1/tasks")?;
+            let prefix = format!("{}_", a.name);
+            let v: Vec<TaskView> = v
+                .into_iter()
+                .filter(|t| t.service.starts_with(&prefix))
+                .collect();
+            if a.json {
+                return json(&v);
+            }
+            println!("{}", tasks_table(&v));
+        }
+    }
+    Ok(0)
+}
+
+/// Fetch now; with --wait, follow the commit until it converges or fails, like
+/// `docker service update`'s "overall progress ... verify: Service converged".
+pub fn sync(args: SyncArgs) -> anyhow::Result<i32> {
+    let c = Client::new(&args.server)?;
+    let commit: crate::gitops::Commit = c.post("/api/v1/sync")?;
+    println!(
+        "{} {} ({})",
+        commit.short_id(),
+        commit.summary,
+        commit.branch
+    );
+    if !args.wait {
+        return Ok(0);
+    }
+    let start = Instant::now();
+    let mut last = String::new();
+    loop {
+        let v: StatusView = c.get("/api/v1/status")?;
+        if let Some(r) = v
+            .revision
+            .refused
+            .as_ref()
+            .filter(|r| r.commit == commit.id)
+        {
+            eprintln!(
+                "commit {} was refused; the previous commit keeps running:",
+                commit.short_id()
+            );
+            for e in &r.errors {
+                eprintln!("  {e}");
+            }
+            return Ok(1);
+        }
+        let applied = v
+            .revision
+            .applied
+            .as_ref()
+            .is_some_and(|a| a.commit == commit.id);
+        let total: u64 = v
+            .services
+            .iter()
+            .map(|s| s.desired.unwrap_or(s.running))
+            .sum();
+        let done: u64 = v
+            .services
+            .iter()
+            .map(|s| s.up_to_date.min(s.desired.unwrap_or(u64::MAX)))
+            .sum();
+        let line = format!("overall progress: {done} out of {total} tasks");
+        if applied && line != last {
+            println!("{line}");
+            last = line;
+        }
+        let failed: Vec<&ServiceView> = v
+            .services
+            .iter()
+            .filter(|s| s.revision.as_deref() == Some(commit.id.as_str()) || applied)
+            .filter(|s| {
+                matches!(
+                    s.update_state,
+                    Some(
+                        UpdateState::Paused
+                            | UpdateState::RollbackPaused
+                            | UpdateState::RollbackCompleted
+                            | UpdateState::RollbackStarted
+                    )
+                )
+            })
+            .collect();
+        if applied && !failed.is_empty() {
+            for s in failed {
+                eprintln!("{}: {}", s.name, update(s));
+            }
+            eprintln!("verify: commit {} did not converge", commit.short_id());
+            return Ok(1);
+        }
+        if applied && v.converged {
+            println!("verify: Service converged");
+            return Ok(0);
+        }
+        if start.elapsed() > args.timeout {
+            eprintln!(
+                "verify: not converged after {}",
+                humantime::format_duration(args.timeout)
+            );
+            for s in v
+                .services
+                .iter()
+                .filter(|s| s.desired.is_some_and(|d| s.up_to_date < d))
+            {
+                eprintln!(
+                    "  {}: {} ({})",
+                    s.name,
+                    replicas(s),
+                    s.last_error.as_deref().unwrap_or("waiting")
+                );
+            }
+            return Ok(1);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}

@@ -1,0 +1,119 @@
+//! `reconciler up`: watch a git repository of stacks and converge the local Docker Engine onto
+//! it. Without arguments it runs the project's own examples/stacks.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::gitops::{Auth, Source};
+use crate::manager::{self, UpConfig};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7777";
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The stacks repository: a local path, file://, https:// or ssh URL.
+    /// Default: this project's own repository (with --path examples/stacks).
+    #[arg(long)]
+    repo: Option<String>,
+    /// The branch to track (default: the repository's HEAD branch).
+    #[arg(long)]
+    branch: Option<String>,
+    /// The stacks directory inside the repository.
+    #[arg(long)]
+    path: Option<String>,
+    /// Where the store, the git mirror and the node id live.
+    #[arg(long, default_value = ".reconciler")]
+    data_dir: PathBuf,
+    /// Address of the API, status page, /metrics and webhook.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// How often to fetch when no webhook or file change says so.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    poll: Duration,
+    /// Keep services, networks, secrets and configs that leave git (default: remove them).
+    #[arg(long)]
+    no_prune: bool,
+    /// age identity that decrypts the repository's secrets (or RECONCILER_AGE_IDENTITY_FILE).
+    #[arg(long, value_name = "FILE")]
+    identity: Option<PathBuf>,
+    /// Shared secret for webhook signatures (GitHub, Gitea, GitLab).
+    #[arg(long, env = "RECONCILER_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// Access token for https remotes.
+    #[arg(long, env = "RECONCILER_GIT_TOKEN", hide_env_values = true)]
+    git_token: Option<String>,
+    /// Private key for ssh remotes.
+    #[arg(long, value_name = "FILE")]
+    ssh_key: Option<PathBuf>,
+    /// Address published ports listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    ingress_bind: std::net::IpAddr,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::spec::units::Duration::parse(s).map(|d| d.as_std())
+}
+
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let embedded = args.repo.is_none();
+    let repo = match &args.repo {
+        Some(r) => r.clone(),
+        None => env!("CARGO_MANIFEST_DIR").to_string(),
+    };
+    let path = args.path.clone().unwrap_or_else(|| {
+        if embedded {
+            "examples/stacks".into()
+        } else {
+            String::new()
+        }
+    });
+    let identity = args.identity.clone().or_else(|| {
+        // The embedded default decrypts the examples with their (public) example key.
+        embedded.then(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/keys/example-only.agekey")
+        })
+    });
+    if embedded {
+        eprintln!("reconciler up: no --repo given; running this project's examples/stacks (commits on its current branch)");
+    }
+    let config = UpConfig {
+        source: Source {
+            repo,
+            branch: args.branch.clone(),
+            auth: Auth {
+                token: args.git_token.clone(),
+                ssh_key: args.ssh_key.clone(),
+                ..Auth::default()
+            },
+        },
+        path,
+        data_dir: args.data_dir.clone(),
+        listen: args.listen,
+        poll: args.poll,
+        prune: !args.no_prune,
+        webhook_secret: args.webhook_secret.clone(),
+        identity,
+        ingress_bind: args.ingress_bind,
+    };
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+            tracing::info!("shutting down (containers keep running; the next start adopts them)");
+            stop.cancel();
+        });
+        eprintln!("status: http://{}/  (reconciler status --server http://{})", config.listen, config.listen);
+        manager::run(config, shutdown).await
+    })?;
+    Ok(0)
+}

@@ -1,0 +1,392 @@
+//! `reconciler up`: one process that is both manager and worker. Independent loops meet in the
+//! store (Swarm's design): the git loop turns new commits into `ApplyRevision` commands, the
+//! orchestrator loop runs the pure [`Orchestrator`], the agent loop runs the [`Executor`] on the
+//! local Docker Engine, the ingress loop publishes ports, and the API serves status. No loop
+//! calls another; each wakes on store changes or its own timer.
+
+mod content;
+pub mod ingress;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::executor::Executor;
+use crate::agent::DockerRuntime;
+use crate::desired::{self, GitTree, LoadOptions};
+use crate::gitops::{self, Mirror, Watcher, WatcherConfig, WatcherHandle};
+use crate::orchestrator::{IdGen, Orchestrator};
+use crate::secrets::Identities;
+use crate::store::{Availability, Command, Millis, Node, NodeRole, State, Store};
+
+pub use content::MirrorContent;
+
+/// Settings of `reconciler up`.
+#[derive(Clone, Debug)]
+pub struct UpConfig {
+    pub source: gitops::Source,
+    /// Directory of the stacks inside the repository ("" for the root).
+    pub path: String,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub poll: Duration,
+    /// Remove what leaves git (default true).
+    pub prune: bool,
+    pub webhook_secret: Option<String>,
+    /// The age identity file, if any (read at start-up).
+    pub identity: Option<PathBuf>,
+    /// Address the ingress proxy binds published ports on.
+    pub ingress_bind: std::net::IpAddr,
+}
+
+/// What every loop shares: the store and a change counter to wake on.
+pub struct Shared {
+    store: Mutex<Store>,
+    changed: watch::Sender<u64>,
+    pub node_id: String,
+    /// The Docker Engine's last error, while it is unreachable.
+    pub engine: RwLock<Option<String>>,
+    pub watcher: WatcherHandle,
+    pub started: std::time::Instant,
+    pub ingress_backend: &'static str,
+    /// Container addresses by task id, for the ingress proxy.
+    pub addresses: ingress::Addresses,
+}
+
+impl Shared {
+    /// Apply commands in order; refused ones are logged and skipped.
+    pub fn apply(&self, commands: Vec<Command>) -> usize {
+        if commands.is_empty() {
+            return 0;
+        }
+        let mut applied = 0;
+        {
+            let mut store = self.store.lock().expect("store lock");
+            for c in commands {
+                match store.apply(c) {
+                    Ok(_) => applied += 1,
+                    Err(e) => tracing::debug!(error = %e, "command refused"),
+                }
+            }
+        }
+        if applied > 0 {
+            self.changed.send_modify(|v| *v += 1);
+        }
+        applied
+    }
+
+    /// A copy of the state for a loop to read without holding the lock.
+    pub fn snapshot(&self) -> State {
+        self.store.lock().expect("store lock").state().clone()
+    }
+
+    /// Read the state under the lock (for cheap queries).
+    pub fn with_state<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(self.store.lock().expect("store lock").state())
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}
+
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+/// Run until `shutdown` is cancelled.
+pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let identities = match &config.identity {
+        Some(p) => Some(Identities::from_file(p)?),
+        None => Identities::discover(None)?,
+    };
+    let store = Store::open(&config.data_dir.join("state.redb"))
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let node_id = node_id(&config.data_dir)?;
+
+    let mirror = Arc::new(
+        tokio::task::spawn_blocking({
+            let (source, dir) = (config.source.clone(), config.data_dir.clone());
+            move || Mirror::open(source, &dir)
+        })
+        .await??,
+    );
+    let (updates_tx, updates_rx) = mpsc::channel(8);
+    let (watcher, handle) = Watcher::new(
+        mirror.clone(),
+        WatcherConfig {
+            poll_interval: config.poll,
+            ..WatcherConfig::default()
+        },
+        updates_tx,
+    );
+    let (changed, _) = watch::channel(0);
+    let ingress = ingress::Ingress::new(config.ingress_bind);
+    let shared = Arc::new(Shared {
+        store: Mutex::new(store),
+        changed,
+        node_id: node_id.clone(),
+        engine: RwLock::new(None),
+        watcher: handle.clone(),
+        started: std::time::Instant::now(),
+        ingress_backend: ingress.backend_name(),
+        addresses: Default::default(),
+    });
+    shared.apply(vec![Command::UpsertNode {
+        node: local_node(&node_id),
+    }]);
+
+    let content = Arc::new(MirrorContent::new(
+        mirror.path().to_path_buf(),
+        config.path.clone(),
+        identities.clone(),
+    ));
+    // After a restart, secrets are read at the revision the store last applied.
+    if let Some(applied) = shared.with_state(|s| s.revision.applied.clone()) {
+        content.set_revision(&applied.commit);
+    }
+    let runtime = DockerRuntime::connect_local().with_node_filter(node_id.clone());
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the API on {}", config.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, repo = %mirror.display_url(), node = %node_id, "reconciler up");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(watcher.run(shutdown.clone()));
+    tasks.spawn(git_loop(
+        shared.clone(),
+        updates_rx,
+        mirror.clone(),
+        config.path.clone(),
+        identities,
+        config.prune,
+        content.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(orchestrator_loop(shared.clone(), shutdown.clone()));
+    tasks.spawn(agent_loop(
+        shared.clone(),
+        runtime,
+        content,
+        shutdown.clone(),
+    ));
+    tasks.spawn(ingress.run(shared.clone(), shutdown.clone()));
+    let router = crate::api::router(shared.clone()).merge(gitops::webhook_router(
+        gitops::WebhookConfig {
+            secret: config.webhook_secret.clone(),
+            ..Default::default()
+        },
+        handle,
+    ));
+    let serve_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { serve_shutdown.cancelled().await })
+            .await
+        {
+            tracing::error!(error = %e, "API server failed");
+        }
+    });
+    shutdown.cancelled().await;
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// A stable id for this node, kept in the data dir.
+fn node_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("node-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim().to_string();
+        if !id.is_empty() {
+            return Ok(id);
+        }
+    }
+    let id = IdGen::random().next_id()[..12].to_string();
+    std::fs::write(&path, &id)?;
+    Ok(id)
+}
+
+fn local_node(id: &str) -> Node {
+    let hostname = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1);
+    Node {
+        id: id.to_string(),
+        hostname,
+        role: NodeRole::Manager,
+        availability: Availability::Active,
+        ready: true,
+        os: std::env::consts::OS.to_string(),
+        arch: std::env::consts::ARCH.to_string(),
+        ip: "127.0.0.1".into(),
+        labels: Default::default(),
+        engine_labels: Default::default(),
+        nano_cpus: cpus * 1_000_000_000,
+        memory_bytes: memory,
+    }
+}
+
+/// New heads of the branch become the desired state, or are refused with their errors.
+#[allow(clippy::too_many_arguments)]
+async fn git_loop(
+    shared: Arc<Shared>,
+    mut updates: mpsc::Receiver<gitops::Update>,
+    mirror: Arc<Mirror>,
+    path: String,
+    identities: Option<Identities>,
+    prune: bool,
+    content: Arc<MirrorContent>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let update = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            u = updates.recv() => match u { Some(u) => u, None => return },
+        };
+        let commit = update.commit.id.clone();
+        let (repo, path2, ids) = (
+            mirror.path().to_path_buf(),
+            path.clone(),
+            identities.clone(),
+        );
+        let commit2 = commit.clone();
+        let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<desired::Loaded> {
+            let tree = GitTree::open(&repo, &commit2, &path2)?;
+            desired::load(
+                &tree,
+                &LoadOptions {
+                    identities: ids.as_ref(),
+                    process_env: true,
+                },
+            )
+        })
+        .await;
+        let at = now_ms();
+        let command = match loaded {
+            Ok(Ok(l)) if !l.has_errors() => {
+                tracing::info!(commit = %update.commit.short_id(), summary = %update.commit.summary, trigger = ?update.trigger, "applying commit");
+                content.set_revision(&commit);
+                Command::ApplyRevision {
+                    commit,
+                    desired: l.state,
+                    prune,
+                    at,
+                }
+            }
+            Ok(Ok(l)) => {
+                let errors: Vec<String> = l
+                    .diagnostics
+                    .iter()
+                    .filter(|d| d.is_error())
+                    .map(|d| d.to_string())
+                    .collect();
+                tracing::warn!(commit = %update.commit.short_id(), errors = errors.len(), "refusing invalid commit; the last good revision keeps running");
+                Command::RefuseRevision { commit, errors, at }
+            }
+            Ok(Err(e)) => Command::RefuseRevision {
+                commit,
+                errors: vec![format!("{e:#}")],
+                at,
+            },
+            Err(e) => Command::RefuseRevision {
+                commit,
+                errors: vec![format!("loading the commit failed: {e}")],
+                at,
+            },
+        };
+        shared.apply(vec![command]);
+    }
+}
+
+async fn orchestrator_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut orch = Orchestrator::new(IdGen::random());
+    let mut changes = shared.subscribe();
+    loop {
+        let step = shared.with_state(|s| orch.step(s, now_ms()));
+        let wake = step.wake_at;
+        if shared.apply(step.commands) > 0 {
+            continue; // look again at once: one step's commands often enable the next
+        }
+        let sleep = wake
+            .map(|w| Duration::from_millis(w.saturating_sub(now_ms()).max(10)))
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+}
+
+async fn agent_loop(
+    shared: Arc<Shared>,
+    runtime: DockerRuntime,
+    content: Arc<MirrorContent>,
+    shutdown: CancellationToken,
+) {
+    let mut executor = Executor::new(runtime, shared.node_id.clone(), content);
+    let mut changes = shared.subscribe();
+    let mut backoff = gitops::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut last_prune = std::time::Instant::now();
+    loop {
+        let state = shared.snapshot();
+        let reports = executor.step(&state, now_ms()).await;
+        let pause = match reports.engine_down.clone() {
+            Some(e) => {
+                let first = shared.engine.read().expect("lock").is_none();
+                if first {
+                    tracing::warn!(error = %e, "the Docker Engine is unreachable; retrying");
+                }
+                *shared.engine.write().expect("lock") = Some(e);
+                backoff.next_delay()
+            }
+            None => {
+                if shared.engine.write().expect("lock").take().is_some() {
+                    tracing::info!("the Docker Engine is back");
+                }
+                backoff.reset();
+                Duration::from_millis(250)
+            }
+        };
+        if reports.engine_down.is_none() {
+            *shared.addresses.write().expect("lock") = reports.addresses;
+        }
+        shared.apply(reports.commands);
+        if last_prune.elapsed() > Duration::from_secs(5) {
+            last_prune = std::time::Instant::now();
+            if let Err(e) = executor.prune_networks(&state).await {
+                tracing::debug!(error = %e, "network prune");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = changes.changed() => tokio::time::sleep(Duration::from_millis(20)).await,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}

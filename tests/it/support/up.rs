@@ -1,0 +1,252 @@
+//! `reconciler up` as a real process against a git repository made by the test, on the real
+//! Docker Engine. Each test uses its own stack names, ports, API port and data dir, so tests run
+//! in parallel; everything created is removed by label when the harness drops.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reconciler::api::views::{ServiceView, StatusView, TaskView};
+
+use super::GitRepo;
+
+pub struct Up {
+    child: Option<Child>,
+    pub api: String,
+    pub repo: GitRepo,
+    pub data: tempfile::TempDir,
+    /// Stack names this test uses (for clean-up).
+    pub stacks: Vec<String>,
+    http: reqwest::Client,
+    extra: Vec<String>,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fresh stack name, unique across parallel tests and runs.
+pub fn stack_name(prefix: &str) -> String {
+    format!("{prefix}{}", reconciler::testing::unique_suffix())
+}
+
+impl Up {
+    /// Start `reconciler up` on `repo` (stacks at the repository root).
+    pub fn start(repo: GitRepo, stacks: &[&str], extra: &[&str]) -> Up {
+        let mut up = Up {
+            child: None,
+            api: String::new(),
+            repo,
+            data: tempfile::tempdir().unwrap(),
+            stacks: stacks.iter().map(|s| s.to_string()).collect(),
+            http: reqwest::Client::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        up.spawn();
+        up
+    }
+
+    fn spawn(&mut self) {
+        let port = free_port();
+        self.api = format!("http://127.0.0.1:{port}");
+        let mut args = vec![
+            "up".to_string(),
+            "--repo".into(),
+            self.repo.path().display().to_string(),
+            "--data-dir".into(),
+            self.data.path().display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--ingress-bind".into(),
+            "127.0.0.1".into(),
+            "--poll".into(),
+            "2s".into(),
+        ];
+        args.extend(self.extra.iter().cloned());
+        let log = std::fs::File::create(self.data.path().join("up.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_reconciler"))
+            .args(&args)
+            .env("RUST_LOG", "reconciler=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start reconciler up");
+        self.child = Some(child);
+    }
+
+    /// Stop the process (containers keep running) and start it again on the same data dir.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("up.log")).unwrap_or_default()
+    }
+
+    pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Option<T> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.api))
+            .send()
+            .await
+            .ok()?;
+        resp.json().await.ok()
+    }
+
+    pub async fn status(&self) -> Option<StatusView> {
+        self.get("/api/v1/status").await
+    }
+
+    pub async fn service(&self, name: &str) -> Option<ServiceView> {
+        self.status()
+            .await?
+            .services
+            .into_iter()
+            .find(|s| s.name == name)
+    }
+
+    pub async fn tasks(&self, service: &str) -> Vec<TaskView> {
+        self.get(&format!("/api/v1/services/{service}/tasks"))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Poll the status until `check` holds; panics with the last status and the log on timeout.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&StatusView) -> bool,
+    ) -> StatusView {
+        let start = Instant::now();
+        let mut last = None;
+        while start.elapsed() < timeout {
+            if let Some(s) = self.status().await {
+                if check(&s) {
+                    return s;
+                }
+                last = Some(s);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "timed out after {timeout:?} waiting for {what}\nlast status: {}\nlog:\n{}",
+            serde_json::to_string_pretty(&last).unwrap(),
+            tail(&self.log(), 60)
+        );
+    }
+
+    /// Commit files and return the commit id (the watcher sees it within a second).
+    pub fn commit(&self, files: &[(&str, Option<&str>)], message: &str) -> String {
+        self.repo.write(files);
+        self.repo.commit(message)
+    }
+
+    /// Wait until `commit` is live and every service converged.
+    pub async fn converged(&self, commit: &str, timeout: Duration) -> StatusView {
+        self.wait_for(
+            &format!("commit {} converged", &commit[..7]),
+            timeout,
+            |s| {
+                s.revision
+                    .applied
+                    .as_ref()
+                    .is_some_and(|a| a.commit == commit)
+                    && s.converged
+            },
+        )
+        .await
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        self.kill();
+        // Remove what the test's stacks created, by Docker's own stack label.
+        for stack in &self.stacks {
+            let ids = Command::new("docker")
+                .args([
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    &format!("label=com.docker.stack.namespace={stack}"),
+                ])
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .split_whitespace()
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .arg("rm")
+                    .arg("-f")
+                    .args(&ids)
+                    .output();
+            }
+            let nets = Command::new("docker")
+                .args([
+                    "network",
+                    "ls",
+                    "-q",
+                    "--filter",
+                    &format!("label=com.docker.stack.namespace={stack}"),
+                ])
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .split_whitespace()
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            if !nets.is_empty() {
+                let _ = Command::new("docker")
+                    .args(["network", "rm"])
+                    .args(&nets)
+                    .output();
+            }
+            let vols = Command::new("docker")
+                .args([
+                    "volume",
+                    "ls",
+                    "-q",
+                    "--filter",
+                    &format!("label=com.docker.stack.namespace={stack}"),
+                ])
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .split_whitespace()
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            if !vols.is_empty() {
+                let _ = Command::new("docker")
+                    .args(["volume", "rm", "-f"])
+                    .args(&vols)
+                    .output();
+            }
+        }
+    }
+}

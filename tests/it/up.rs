@@ -1,0 +1,623 @@
+//! `reconciler up` end to end: a real process, a real git repository, the real Docker Engine.
+//! What a user does (commit, scale, roll, break, revert, kill a container, restart the
+//! reconciler) and what they must see.
+
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use reconciler::api::views::TaskView;
+use reconciler::store::{TaskState, UpdateState};
+use reconciler::testing;
+
+use crate::support::up::{free_port, stack_name, Up};
+use crate::support::GitRepo;
+
+const T: Duration = Duration::from_secs(60);
+
+async fn images() -> bool {
+    let Some(docker) = testing::docker_or_skip("up").await else {
+        return false;
+    };
+    testing::ensure_test_images(&docker)
+        .await
+        .expect("test images");
+    true
+}
+
+fn web(image: &str, replicas: u32, port: u16, update: &str) -> String {
+    format!(
+        r#"services:
+  web:
+    image: {image}
+    ports: ["{port}:80"]
+    stop_grace_period: 2s
+    deploy:
+      replicas: {replicas}
+      restart_policy:
+        delay: 1s
+      update_config:
+        monitor: 2s
+{update}"#
+    )
+}
+
+fn compose(stack: &str) -> String {
+    format!("{stack}/compose.yml")
+}
+
+fn running(tasks: &[TaskView]) -> Vec<&TaskView> {
+    tasks
+        .iter()
+        .filter(|t| t.state == TaskState::Running && t.desired_state == TaskState::Running)
+        .collect()
+}
+
+fn container_times(id: &str) -> (SystemTime, Option<SystemTime>) {
+    let out = Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{.State.StartedAt}} {{.State.FinishedAt}}",
+            id,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut parts = text.split_whitespace();
+    let started = humantime::parse_rfc3339_weak(parts.next().unwrap()).unwrap();
+    let finished = parts
+        .next()
+        .filter(|f| !f.starts_with("0001"))
+        .map(|f| humantime::parse_rfc3339_weak(f).unwrap());
+    (started, finished)
+}
+
+async fn http_get(port: u16) -> Option<String> {
+    let resp = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    resp.text().await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deploys_scales_and_prunes_by_commit() {
+    if !images().await {
+        return;
+    }
+    let (a, b) = (stack_name("sa"), stack_name("sb"));
+    let (pa, pb) = (free_port(), free_port());
+    let repo = GitRepo::new();
+    repo.write(&[
+        (
+            &compose(&a),
+            Some(&web(&testing::images::busybox(1), 2, pa, "")),
+        ),
+        (
+            &compose(&b),
+            Some(&web(&testing::images::busybox(1), 1, pb, "")),
+        ),
+    ]);
+    let c1 = repo.commit("two stacks");
+    let up = Up::start(repo, &[&a, &b], &[]);
+    up.converged(&c1, T).await;
+    assert_eq!(running(&up.tasks(&format!("{a}_web")).await).len(), 2);
+
+    let c2 = up.commit(
+        &[(
+            &compose(&a),
+            Some(&web(&testing::images::busybox(1), 4, pa, "")),
+        )],
+        "scale to 4",
+    );
+    up.converged(&c2, T).await;
+    assert_eq!(running(&up.tasks(&format!("{a}_web")).await).len(), 4);
+
+    let c3 = up.commit(&[(&compose(&b), None)], "remove stack b");
+    let st = up.converged(&c3, T).await;
+    assert!(
+        st.services.iter().all(|s| s.stack != b),
+        "{:?}",
+        st.services
+    );
+    // Its containers and network are gone from the engine too.
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let ps = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=com.docker.stack.namespace={b}"),
+            ])
+            .output()
+            .unwrap();
+        let nets = Command::new("docker")
+            .args([
+                "network",
+                "ls",
+                "-q",
+                "--filter",
+                &format!("name={b}_default"),
+            ])
+            .output()
+            .unwrap();
+        if ps.stdout.is_empty() && nets.stdout.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stack {b} was not pruned:\n{}",
+            up.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Per slot: with stop-first the old container has stopped before the new one starts; with
+/// start-first the new one starts before the old one stops. Read from the engine's own times.
+async fn roll(order: &str) -> Vec<(SystemTime, SystemTime)> {
+    let stack = stack_name("roll");
+    let port = free_port();
+    let update = format!("        order: {order}\n");
+    let repo = GitRepo::new();
+    repo.write(&[(
+        &compose(&stack),
+        Some(&web(&testing::images::busybox(1), 2, port, &update)),
+    )]);
+    let c1 = repo.commit("v1");
+    let up = Up::start(repo, &[&stack], &[]);
+    up.converged(&c1, T).await;
+    let c2 = up.commit(
+        &[(
+            &compose(&stack),
+            Some(&web(&testing::images::busybox(2), 2, port, &update)),
+        )],
+        "v2",
+    );
+    up.converged(&c2, T).await;
+    let tasks = up.tasks(&format!("{stack}_web")).await;
+    let mut pairs = Vec::new();
+    for slot in [1, 2] {
+        let of_slot: Vec<&TaskView> = tasks.iter().filter(|t| t.slot == Some(slot)).collect();
+        let old = of_slot
+            .iter()
+            .find(|t| t.image.ends_with(":1"))
+            .expect("old task kept in history");
+        let new = of_slot
+            .iter()
+            .find(|t| t.image.ends_with(":2") && t.state == TaskState::Running)
+            .unwrap();
+        let (_, old_finished) = container_times(old.container_id.as_deref().unwrap());
+        let (new_started, _) = container_times(new.container_id.as_deref().unwrap());
+        pairs.push((old_finished.expect("old container stopped"), new_started));
+    }
+    pairs
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_change_rolls_stop_first() {
+    if !images().await {
+        return;
+    }
+    for (old_stopped, new_started) in roll("stop-first").await {
+        assert!(
+            old_stopped <= new_started,
+            "old stopped {old_stopped:?} after new started {new_started:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_change_rolls_start_first() {
+    if !images().await {
+        return;
+    }
+    for (old_stopped, new_started) in roll("start-first").await {
+        assert!(
+            new_started < old_stopped,
+            "new started {new_started:?} after old stopped {old_stopped:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_version_rolls_back_with_failure_action_rollback() {
+    if !images().await {
+        return;
+    }
+    let stack = stack_name("rb");
+    let port = free_port();
+    let update = "        failure_action: rollback\n        delay: 1s\n";
+    let repo = GitRepo::new();
+    repo.write(&[(
+        &compose(&stack),
+        Some(&web(&testing::images::busybox(1), 2, port, update)),
+    )]);
+    let c1 = repo.commit("good");
+    let up = Up::start(repo, &[&stack], &[]);
+    up.converged(&c1, T).await;
+    up.commit(
+        &[(
+            &compose(&stack),
+            Some(&web(testing::EXITS, 2, port, update)),
+        )],
+        "bad",
+    );
+    let name = format!("{stack}_web");
+    let st = up
+        .wait_for("rollback completed", T, |s| {
+            s.services
+                .iter()
+                .any(|v| v.name == name && v.update_state == Some(UpdateState::RollbackCompleted))
+        })
+        .await;
+    let svc = st.services.iter().find(|v| v.name == name).unwrap();
+    assert_eq!(
+        svc.image,
+        testing::images::busybox(1),
+        "the old spec is back"
+    );
+    assert!(
+        svc.update_message.contains("rollback"),
+        "{}",
+        svc.update_message
+    );
+    up.wait_for("old version running", T, |s| {
+        s.services
+            .iter()
+            .any(|v| v.name == name && v.running == 2 && v.up_to_date == 2)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_version_pauses_with_a_reason_with_failure_action_pause() {
+    if !images().await {
+        return;
+    }
+    let stack = stack_name("pause");
+    let port = free_port();
+    let update = "        delay: 2s\n";
+    let repo = GitRepo::new();
+    repo.write(&[(
+        &compose(&stack),
+        Some(&web(&testing::images::busybox(1), 2, port, update)),
+    )]);
+    let c1 = repo.commit("good");
+    let up = Up::start(repo, &[&stack], &[]);
+    up.converged(&c1, T).await;
+    up.commit(
+        &[(
+            &compose(&stack),
+            Some(&web(testing::EXITS, 2, port, update)),
+        )],
+        "bad",
+    );
+    let name = format!("{stack}_web");
+    let st = up
+        .wait_for("update paused", T, |s| {
+            s.services
+                .iter()
+                .any(|v| v.name == name && v.update_state == Some(UpdateState::Paused))
+        })
+        .await;
+    let svc = st.services.iter().find(|v| v.name == name).unwrap();
+    assert!(
+        svc.update_message.contains("update paused due to failure"),
+        "{}",
+        svc.update_message
+    );
+    assert!(
+        svc.update_message.contains("exit (1)"),
+        "{}",
+        svc.update_message
+    );
+    // The untouched slot still runs the old version.
+    let tasks = up.tasks(&name).await;
+    assert!(
+        running(&tasks)
+            .iter()
+            .any(|t| t.image == testing::images::busybox(1)),
+        "{tasks:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_attempts_is_honoured() {
+    if !images().await {
+        return;
+    }
+    let stack = stack_name("ma");
+    let repo = GitRepo::new();
+    let text = format!(
+        "services:\n  crash:\n    image: {}\n    deploy:\n      restart_policy:\n        condition: on-failure\n        delay: 500ms\n        max_attempts: 2\n",
+        testing::EXITS
+    );
+    repo.write(&[(&compose(&stack), Some(&text))]);
+    repo.commit("crashing");
+    let up = Up::start(repo, &[&stack], &[]);
+    let name = format!("{stack}_crash");
+    // The first task and two restarts fail; then the slot stays down.
+    let start = std::time::Instant::now();
+    loop {
+        let tasks = up.tasks(&name).await;
+        if tasks.len() == 3 && tasks.iter().all(|t| t.state == TaskState::Failed) {
+            break;
+        }
+        assert!(start.elapsed() < T, "{tasks:?}\n{}", up.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tasks = up.tasks(&name).await;
+    assert_eq!(tasks.len(), 3, "no further attempt: {tasks:?}");
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t.error.as_deref().is_some_and(|e| e.contains("exit (1)"))),
+        "{tasks:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_container_is_replaced_and_a_restart_creates_no_duplicates() {
+    if !images().await {
+        return;
+    }
+    let stack = stack_name("kill");
+    let port = free_port();
+    let repo = GitRepo::new();
+    repo.write(&[(
+        &compose(&stack),
+        Some(&web(&testing::images::busybox(1), 2, port, "")),
+    )]);
+    let c1 = repo.commit("v1");
+    let mut up = Up::start(repo, &[&stack], &[]);
+    up.converged(&c1, T).await;
+    let name = format!("{stack}_web");
+    let victim = running(&up.tasks(&name).await)[0]
+        .container_id
+        .clone()
+        .unwrap();
+    Command::new("docker")
+        .args(["rm", "-f", &victim])
+        .output()
+        .unwrap();
+    // The removed task is reported failed, and a replacement runs.
+    let start = std::time::Instant::now();
+    let tasks = loop {
+        let tasks = up.tasks(&name).await;
+        if tasks.iter().any(|t| t.state == TaskState::Failed) && running(&tasks).len() == 2 {
+            break tasks;
+        }
+        assert!(
+            start.elapsed() < T,
+            "no replacement: {tasks:?}\n{}",
+            up.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(running(&tasks)
+        .iter()
+        .all(|t| t.container_id.as_deref() != Some(&victim)));
+
+    up.restart();
+    up.wait_for("the restarted reconciler", T, |s| s.converged)
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=com.docker.stack.namespace={stack}"),
+        ])
+        .output()
+        .unwrap();
+    let count = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .count();
+    assert_eq!(
+        count,
+        2,
+        "exactly the two replicas run after a restart:\n{}",
+        up.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_secret_rolls_the_service_with_the_new_content() {
+    if !images().await {
+        return;
+    }
+    let stack = stack_name("sec");
+    let port = free_port();
+    let key = tempfile::NamedTempFile::new().unwrap();
+    let (identity, recipient) = reconciler::secrets::generate_identity();
+    std::fs::write(key.path(), identity).unwrap();
+    let recipients = reconciler::secrets::parse_recipients(&recipient, "test").unwrap();
+    let encrypt = |text: &str| {
+        String::from_utf8(reconciler::secrets::encrypt(text.as_bytes(), &recipients).unwrap())
+            .unwrap()
+    };
+    let text = format!(
+        "services:\n  web:\n    image: {}\n    ports: [\"{port}:80\"]\n    secrets:\n      - source: token\n        mode: 0400\n    deploy:\n      update_config:\n        monitor: 1s\nsecrets:\n  token:\n    file: ./token.age\n",
+        testing::images::busybox(1)
+    );
+    let repo = GitRepo::new();
+    let secret_path = format!("{stack}/token.age");
+    repo.write(&[
+        (&compose(&stack), Some(&text)),
+        (&secret_path, Some(&encrypt("first-token"))),
+    ]);
+    let c1 = repo.commit("v1");
+    let up = Up::start(
+        repo,
+        &[&stack],
+        &["--identity", key.path().to_str().unwrap()],
+    );
+    up.converged(&c1, T).await;
+    let name = format!("{stack}_web");
+    let read_secret = |id: &str| {
+        let out = Command::new("docker")
+            .args(["exec", id, "cat", "/run/secrets/token"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = running(&up.tasks(&name).await)[0]
+        .container_id
+        .clone()
+        .unwrap();
+    assert_eq!(read_secret(&first), "first-token");
+
+    let c2 = up.commit(
+        &[(&secret_path, Some(&encrypt("second-token")))],
+        "rotate the token",
+    );
+    up.converged(&c2, T).await;
+    let second = running(&up.tasks(&name).await)[0]
+        .container_id
+        .clone()
+        .unwrap();
+    assert_ne!(first, second, "the service rolled");
+    assert_eq!(read_secret(&second), "second-token");
+    assert!(
+        !up.log().contains("second-token"),
+        "secret content in the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_commit_is_refused_and_the_old_one_keeps_running() {
+    if !images().await {
+        return;
+    }
+    let stack = stack_name("bad");
+    let port = free_port();
+    let repo = GitRepo::new();
+    repo.write(&[(
+        &compose(&stack),
+        Some(&web(&testing::images::busybox(1), 2, port, "")),
+    )]);
+    let c1 = repo.commit("good");
+    let up = Up::start(repo, &[&stack], &[]);
+    up.converged(&c1, T).await;
+    let broken =
+        web(&testing::images::busybox(2), 2, port, "").replace("replicas: 2", "replicas: two");
+    let c2 = up.commit(&[(&compose(&stack), Some(&broken))], "broken");
+    let st = up
+        .wait_for("the refusal", T, |s| {
+            s.revision.refused.as_ref().is_some_and(|r| r.commit == c2)
+        })
+        .await;
+    let refused = st.revision.refused.unwrap();
+    assert!(
+        refused
+            .errors
+            .iter()
+            .any(|e| e.contains("deploy.replicas") && e.contains("\"two\"")),
+        "{:?}",
+        refused.errors
+    );
+    assert_eq!(
+        st.revision.applied.unwrap().commit,
+        c1,
+        "the good commit stays live"
+    );
+    let svc = up.service(&format!("{stack}_web")).await.unwrap();
+    assert_eq!(
+        (svc.running, svc.image.as_str()),
+        (2, testing::images::busybox(1).as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_webhook_signature_is_refused() {
+    if !images().await {
+        return;
+    }
+    let stack = stack_name("hook");
+    let repo = GitRepo::new();
+    repo.write(&[(
+        &compose(&stack),
+        Some(&web(&testing::images::busybox(1), 1, free_port(), "")),
+    )]);
+    let c1 = repo.commit("v1");
+    let up = Up::start(repo, &[&stack], &["--webhook-secret", "s3cret"]);
+    up.converged(&c1, T).await;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/webhook", up.api))
+        .header("X-GitHub-Event", "push")
+        .header(
+            "X-Hub-Signature-256",
+            "sha256=0000000000000000000000000000000000000000000000000000000000000000",
+        )
+        .body(r#"{"ref":"refs/heads/master"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ingress_proxy_reaches_every_healthy_replica_and_skips_unhealthy_ones() {
+    if !images().await {
+        return;
+    }
+    let stack = stack_name("ing");
+    let port = free_port();
+    let text = format!(
+        "services:\n  web:\n    image: {}\n    ports: [\"{port}:80\"]\n    healthcheck:\n      test: [\"CMD-SHELL\", \"test ! -f /tmp/sick\"]\n      interval: 1s\n      retries: 1\n    deploy:\n      replicas: 3\n      restart_policy:\n        condition: none\n",
+        testing::images::busybox(1)
+    );
+    let repo = GitRepo::new();
+    repo.write(&[(&compose(&stack), Some(&text))]);
+    let c1 = repo.commit("three healthy replicas");
+    let up = Up::start(repo, &[&stack], &[]);
+    up.converged(&c1, T).await;
+    let name = format!("{stack}_web");
+    // Every replica answers through the published port (each page names its container).
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        if let Some(body) = http_get(port).await {
+            seen.insert(body.trim().to_string());
+        }
+        if seen.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 3, "answers: {seen:?}\n{}", up.log());
+
+    // Make one replica unhealthy: it stops counting and the proxy stops sending to it.
+    let sick = running(&up.tasks(&name).await)[0]
+        .container_id
+        .clone()
+        .unwrap();
+    Command::new("docker")
+        .args(["exec", &sick, "touch", "/tmp/sick"])
+        .output()
+        .unwrap();
+    up.wait_for("one replica down", T, |s| {
+        s.services.iter().any(|v| v.name == name && v.running == 2)
+    })
+    .await;
+    let hostname = String::from_utf8_lossy(
+        &Command::new("docker")
+            .args(["inspect", "-f", "{{.Config.Hostname}}", &sick])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    for _ in 0..20 {
+        let body = http_get(port).await.expect("the healthy replicas answer");
+        assert!(
+            !body.contains(&hostname),
+            "the unhealthy replica {hostname} answered: {body}"
+        );
+    }
+}
