@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use futures::StreamExt;
+
 use super::runtime::{
     ContainerId, ContainerRequest, ContainerState, Health, ObservedContainer, Runtime,
     RuntimeError, TaskRef,
@@ -18,6 +20,9 @@ use crate::store::{Command, Millis, State, Task, TaskState, TaskStatus};
 pub trait ContentSource: Send + Sync {
     fn read(&self, object: &FileObjectSpec) -> Result<SecretBytes, String>;
 }
+
+/// Tasks stepped at once.
+const TASK_CONCURRENCY: usize = 8;
 
 pub struct Executor<R: Runtime> {
     runtime: R,
@@ -83,20 +88,60 @@ impl<R: Runtime> Executor<R> {
             .collect();
         let known: BTreeSet<&str> = mine.iter().map(|t| t.id.as_str()).collect();
 
+        // Networks and volumes first, once each (cheap after the first time), so that the
+        // per-task steps below need no shared mutable state and can run side by side.
         for task in &mine {
-            let container = by_task.get(&task.id);
-            match self.step_task(state, task, container, now).await {
-                Ok(Some(status)) => out.commands.push(Command::UpdateTaskStatus {
-                    id: task.id.clone(),
-                    status,
-                }),
+            let needs_prepare = !by_task.contains_key(&task.id)
+                && task.status.state < TaskState::Ready
+                && task.desired_state <= TaskState::Running;
+            if needs_prepare {
+                if let Err(e) = self.ensure_objects(state, task).await {
+                    if e.is_transient() {
+                        out.engine_down = Some(e.to_string());
+                        return out;
+                    }
+                    tracing::warn!(task = %task.id, error = %e, "preparing networks and volumes failed");
+                }
+            }
+        }
+        // One step per task, several tasks at once: Docker serves requests in parallel, and
+        // creating or starting 20 containers one after the other would be needlessly slow.
+        let this = &*self;
+        let steps: Vec<_> = mine
+            .iter()
+            .map(|task| {
+                let container = by_task.get(&task.id);
+                Box::pin(async move {
+                    (
+                        task.id.clone(),
+                        this.step_task(state, task, container, now).await,
+                    )
+                })
+                    as std::pin::Pin<
+                        Box<
+                            dyn std::future::Future<
+                                    Output = (String, Result<Option<TaskStatus>, RuntimeError>),
+                                > + Send
+                                + '_,
+                        >,
+                    >
+            })
+            .collect();
+        let results: Vec<(String, Result<Option<TaskStatus>, RuntimeError>)> =
+            futures::stream::iter(steps)
+                .buffer_unordered(TASK_CONCURRENCY)
+                .collect()
+                .await;
+        for (id, result) in results {
+            match result {
+                Ok(Some(status)) => out.commands.push(Command::UpdateTaskStatus { id, status }),
                 Ok(None) => {}
                 Err(e) if e.is_transient() => {
                     out.engine_down = Some(e.to_string());
                     return out;
                 }
                 Err(e) => {
-                    tracing::warn!(task = %task.id, service = %task.service, error = %e, "task step failed");
+                    tracing::warn!(task = %id, error = %e, "task step failed");
                 }
             }
         }
@@ -112,7 +157,7 @@ impl<R: Runtime> Executor<R> {
     }
 
     async fn step_task(
-        &mut self,
+        &self,
         state: &State,
         task: &Task,
         container: Option<&ObservedContainer>,
@@ -162,7 +207,30 @@ impl<R: Runtime> Executor<R> {
                 s.error = Some("the task's container was removed".into());
                 Ok(Some(s))
             }
-            (_, None) => self.prepare(state, task, now).await.map(Some),
+            (_, None) => {
+                let prepared = self.prepare(state, task, now).await?;
+                // Meant to run: start at once rather than a pass later (one runtime call per
+                // step still holds: create and start are the two halves of "run").
+                if prepared.state == TaskState::Ready && task.desired_state == TaskState::Running {
+                    if let Some(id) = prepared.container_id.clone() {
+                        return match self.runtime.start(&ContainerId(id)).await {
+                            Ok(()) => Ok(Some(TaskStatus {
+                                state: TaskState::Starting,
+                                message: "starting".into(),
+                                ..prepared
+                            })),
+                            Err(e) if e.is_transient() => Ok(Some(prepared)),
+                            Err(e) => Ok(Some(TaskStatus {
+                                state: TaskState::Failed,
+                                message: "start failed".into(),
+                                error: Some(e.to_string()),
+                                ..prepared
+                            })),
+                        };
+                    }
+                }
+                Ok(Some(prepared))
+            }
             (TaskState::Ready, Some(c)) if task.desired_state >= TaskState::Running => {
                 if let Err(e) = self.runtime.start(&c.id).await {
                     if e.is_transient() {
@@ -179,33 +247,8 @@ impl<R: Runtime> Executor<R> {
         }
     }
 
-    /// Pull or find the image, create networks and volumes, create the container: Ready.
-    async fn prepare(
-        &mut self,
-        state: &State,
-        task: &Task,
-        now: Millis,
-    ) -> Result<TaskStatus, RuntimeError> {
-        let rejected = |e: String| TaskStatus {
-            state: TaskState::Rejected,
-            timestamp: now,
-            message: "rejected".into(),
-            error: Some(e),
-            container_id: None,
-            exit_code: None,
-            running_since: None,
-        };
-        let image = &task.spec.container.image;
-        match self.runtime.ensure_image(image).await {
-            Ok(()) => {}
-            Err(e) if e.is_transient() => return Err(e),
-            Err(e) => return Ok(rejected(e.to_string())),
-        }
-        let stack = state
-            .services
-            .get(&task.service)
-            .map(|s| s.spec.stack.clone())
-            .unwrap_or_default();
+    /// Create the task's networks and volumes if this process has not yet.
+    async fn ensure_objects(&mut self, state: &State, task: &Task) -> Result<(), RuntimeError> {
         for net in &task.spec.networks {
             if self.ensured.contains(&net.network) {
                 continue;
@@ -233,6 +276,36 @@ impl<R: Runtime> Executor<R> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Pull or find the image and create the container (networks and volumes exist): Ready.
+    async fn prepare(
+        &self,
+        state: &State,
+        task: &Task,
+        now: Millis,
+    ) -> Result<TaskStatus, RuntimeError> {
+        let rejected = |e: String| TaskStatus {
+            state: TaskState::Rejected,
+            timestamp: now,
+            message: "rejected".into(),
+            error: Some(e),
+            container_id: None,
+            exit_code: None,
+            running_since: None,
+        };
+        let image = &task.spec.container.image;
+        match self.runtime.ensure_image(image).await {
+            Ok(()) => {}
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => return Ok(rejected(e.to_string())),
+        }
+        let stack = state
+            .services
+            .get(&task.service)
+            .map(|s| s.spec.stack.clone())
+            .unwrap_or_default();
         let task_ref = TaskRef {
             task_id: task.id.clone(),
             service: task.service.clone(),

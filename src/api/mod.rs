@@ -45,15 +45,16 @@ pub fn status_view(shared: &Shared) -> StatusView {
     let git = serde_json::to_value(shared.watcher.status()).unwrap_or_default();
     shared.with_state(|s| {
         let services = services(s);
+        let engine_error = shared.engine.read().expect("lock").clone();
         StatusView {
             node: shared.node_id.clone(),
             revision: s.revision.clone(),
             git,
-            engine_error: shared.engine.read().expect("lock").clone(),
+            converged: engine_error.is_none() && converged(s, &services),
+            engine_error,
             ingress_backend: shared.ingress_backend.to_string(),
             uptime_seconds: shared.started.elapsed().as_secs(),
             stacks: stacks(s),
-            converged: converged(s, &services),
             services,
         }
     })

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 use crate::logging::{self, LogFormat};
 
+mod bench;
 mod client;
 mod cluster;
 mod export;
@@ -57,6 +58,15 @@ enum Command {
     /// Stacks of the running cluster.
     #[command(subcommand)]
     Stack(cluster::StackCommand),
+    /// Benchmarks against the real engine (e.g. `bench converge`: reconciler vs swarm mode).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Commit-to-converged and a rolling update of N replicas, reconciler vs swarm mode.
+    Converge(bench::Args),
 }
 
 /// Parse the command line, run the command, and return the process exit code.
@@ -87,6 +97,7 @@ pub fn main() -> i32 {
         Command::Sync(args) => cluster::sync(args),
         Command::Service(cmd) => cluster::service(cmd),
         Command::Stack(cmd) => cluster::stack(cmd),
+        Command::Bench(BenchCommand::Converge(args)) => bench::run(args),
     };
     match result {
         Ok(code) => code,

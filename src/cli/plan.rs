@@ -20,8 +20,11 @@ pub struct Args {
     #[arg(long, value_name = "REF", conflicts_with = "against_state")]
     against_ref: Option<String>,
     /// Observed state: a state export (docs/state-format.md).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "server")]
     against_state: Option<PathBuf>,
+    /// Observed state: what a running `reconciler up` at this address runs now.
+    #[arg(long, value_name = "URL", conflicts_with = "against_ref")]
+    server: Option<String>,
     #[command(flatten)]
     identity: IdentityArgs,
     /// Print the plan as JSON.
@@ -61,6 +64,13 @@ fn observed(args: &Args) -> anyhow::Result<DesiredState> {
             tracing::warn!(stack = %name, reference = %r, "stack is invalid at the observed revision; planning as if it were absent");
         }
         return Ok(loaded.state);
+    }
+    if let Some(server) = &args.server {
+        let client = super::client::Client::new(&super::client::ServerArgs {
+            server: server.clone(),
+        })?;
+        let export: serde_json::Value = client.get("/api/v1/state")?;
+        return state_file::parse(&export.to_string(), server);
     }
     if let Some(file) = &args.against_state {
         let text =

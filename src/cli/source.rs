@@ -36,7 +36,11 @@ pub fn load(
     let mut loaded = match reference {
         Some(r) => desired::load(&GitTree::open(path, r, "")?, &options)?,
         None if path.is_file() => {
-            let dir = path.parent().unwrap_or(Path::new("."));
+            // A bare file name has an empty parent: the current directory.
+            let dir = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
             let name = path
                 .file_name()
                 .and_then(|n| n.to_str())

@@ -382,6 +382,10 @@ async fn agent_loop(
             if let Err(e) = executor.prune_networks(&state).await {
                 tracing::debug!(error = %e, "network prune");
             }
+            // Secret files of containers removed behind our back (docker rm -f).
+            if let Err(e) = executor.runtime().prune_task_files().await {
+                tracing::debug!(error = %e, "task files prune");
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

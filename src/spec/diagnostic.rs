@@ -122,9 +122,11 @@ pub struct Report<'a> {
     /// Values already reported and left out of the later checks: an error at or under one of
     /// these paths could only repeat the first one.
     skip_under: Vec<Vec<String>>,
-    /// Values already reported as wrong: an error about the mapping that holds one ("no
-    /// image", "needs file:") would be a consequence, not news.
-    skip_parent_of: Vec<Vec<String>>,
+    /// Keys already reported as wrong (or misspelt): "no image" about the mapping that holds
+    /// one would be a consequence, not news.
+    known_bad: Vec<Vec<String>>,
+    /// Mappings that lost keys to an error already reported (a failed `<<` merge).
+    incomplete: Vec<Vec<String>>,
     /// List items dropped before the semantic checks, in order: the list's path and the item's
     /// index at the time. Paths reported afterwards count the items without them.
     removed_items: Vec<(Vec<String>, usize)>,
@@ -137,7 +139,8 @@ impl<'a> Report<'a> {
             root,
             items: Vec::new(),
             skip_under: Vec::new(),
-            skip_parent_of: Vec::new(),
+            known_bad: Vec::new(),
+            incomplete: Vec::new(),
             removed_items: Vec::new(),
         }
     }
@@ -169,44 +172,65 @@ impl<'a> Report<'a> {
         self.skip_under.push(path);
     }
 
-    /// Leave out later errors about the mapping that holds `path` (as it is in the file).
-    pub fn skip_parent_of(&mut self, path: Vec<String>) {
-        self.skip_parent_of.push(path);
+    /// Note that the key at `path` (as it is in the file) was reported as wrong: a later
+    /// [`Report::missing`] error about it is left out.
+    pub fn known_bad(&mut self, path: Vec<String>) {
+        self.known_bad.push(path);
     }
 
-    fn skipped<S: AsRef<str>>(&self, path: &[S]) -> bool {
-        let same = |a: &[String], b: &[S]| a.iter().zip(b).all(|(x, y)| x == y.as_ref());
-        self.skip_under
-            .iter()
-            .any(|p| p.len() <= path.len() && same(p, path))
-            || self
-                .skip_parent_of
-                .iter()
-                .any(|p| p.len() == path.len() + 1 && same(p, path))
+    /// Note that the mapping at `path` lost keys to an error already reported: later
+    /// [`Report::missing`] errors about it are left out.
+    pub fn incomplete(&mut self, path: Vec<String>) {
+        self.incomplete.push(path);
+    }
+
+    fn skipped(&self, path: &[String]) -> bool {
+        self.skip_under.iter().any(|p| path.starts_with(p))
+    }
+
+    /// An error about the mapping at `path` lacking all of `keys`; left out when one of them
+    /// was there but wrong, or the mapping lost keys to an earlier error.
+    pub fn missing<S: AsRef<str>>(
+        &mut self,
+        path: &[S],
+        keys: &[&str],
+        message: impl Into<String>,
+    ) {
+        let path = self.original(path);
+        let echo = self.incomplete.contains(&path)
+            || keys.iter().any(|k| {
+                self.known_bad.iter().any(|b| {
+                    b.len() == path.len() + 1 && b.starts_with(&path) && b[path.len()] == *k
+                })
+            });
+        if !echo {
+            self.push_error(&path, true, message.into());
+        }
     }
 
     /// An error about the value at `path`.
     pub fn error<S: AsRef<str>>(&mut self, path: &[S], message: impl Into<String>) {
-        let path = &self.original(path);
-        if self.skipped(path) {
-            return;
-        }
-        let span = self.root.locate(path.iter().map(String::as_str));
-        let p = display_path(self.root, path);
-        self.items
-            .push(Diagnostic::error(self.file, span, p, message));
+        let path = self.original(path);
+        self.push_error(&path, false, message.into());
     }
 
     /// An error about the key at `path` itself (an unknown or misplaced key).
     pub fn key_error<S: AsRef<str>>(&mut self, path: &[S], message: impl Into<String>) {
-        let path = &self.original(path);
+        let path = self.original(path);
+        self.push_error(&path, true, message.into());
+    }
+
+    /// Add an error at a path as it is in the file, pointing at the key itself or its value.
+    fn push_error(&mut self, path: &[String], at_key: bool, message: String) {
         if self.skipped(path) {
             return;
         }
-        let span = self
-            .root
-            .key_span(path)
-            .unwrap_or_else(|| self.root.locate(path.iter().map(String::as_str)));
+        let locate = || self.root.locate(path.iter().map(String::as_str));
+        let span = if at_key {
+            self.root.key_span(path).unwrap_or_else(locate)
+        } else {
+            locate()
+        };
         let p = display_path(self.root, path);
         self.items
             .push(Diagnostic::error(self.file, span, p, message));

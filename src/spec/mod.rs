@@ -116,8 +116,8 @@ pub fn load_stack(
             .items
             .push(Diagnostic::error(file, e.span, path, e.message));
         // A merge that failed leaves keys missing: "no image" would only be its echo.
-        if e.path.last().is_some_and(|k| k == "<<") {
-            report.skip_parent_of(e.path);
+        if let Some((_, map)) = e.path.split_last().filter(|(k, _)| *k == "<<") {
+            report.incomplete(map.to_vec());
         }
     }
 
@@ -128,7 +128,7 @@ pub fn load_stack(
             .push(Diagnostic::error(file, e.span, path, e.message));
         // The text was left as written: checking "${X:?}" as a value would only add noise.
         report.skip_under(e.path.clone());
-        report.skip_parent_of(e.path);
+        report.known_bad(e.path);
     }
 
     let mut json = root.to_json();
@@ -139,13 +139,24 @@ pub fn load_stack(
     warn_ignored(&json, &mut report);
     for path in &findings.bad_values {
         report.skip_under(path.clone());
-        report.skip_parent_of(path.clone());
+        report.known_bad(path.clone());
     }
     for path in &findings.meant {
-        report.skip_parent_of(path.clone());
+        report.known_bad(path.clone());
     }
 
-    let spec = deserialise(&mut json, &findings.bad_values, &mut report).map(|raw| {
+    let raw = deserialise(&mut json, &findings.bad_values, &mut report);
+    if raw.is_none() && !report.has_errors() {
+        // Not expected to happen; but a file without a spec must say why.
+        let span = root.span;
+        report.items.push(Diagnostic::error(
+            file,
+            span,
+            "",
+            "the file cannot be read as a stack file",
+        ));
+    }
+    let spec = raw.map(|raw| {
         let cx = normalise::Context { stack, files, vars };
         normalise::normalise(raw, &cx, &mut report)
     });
@@ -197,7 +208,10 @@ fn deserialise(
         // The schema let through what serde refuses (`replicas: 1e2`, a number too large for
         // its field): say so, unless the value was already reported.
         let message = err.into_inner().to_string();
-        let message = if message.contains("expected u") || message.contains("expected i") {
+        let integer = ["u16", "u32", "u64", "i64"]
+            .iter()
+            .any(|t| message.ends_with(&format!("expected {t}")));
+        let message = if integer {
             // Show the number as written (1e2), not as read (100.0).
             let written = report
                 .root
@@ -211,7 +225,10 @@ fn deserialise(
         } else {
             message
         };
-        report.error(&path, message);
+        // When the schema named a value inside, serde failing here only repeats it.
+        if !bad_values.iter().any(|b| b.starts_with(&original)) {
+            report.error(&path, message);
+        }
         if !drop_value(json, &path, report) {
             return None;
         }
@@ -533,5 +550,51 @@ fn cast_at(v: &mut Json, path: &[&str], cast: Cast) {
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        let vars = Variables::new([("EMPTY".to_string(), String::new())].into());
+        let loaded = load_stack("s", "f.yml", text, &NoFiles, &vars);
+        assert!(loaded.spec.is_none() || loaded.errors().next().is_none());
+        loaded.errors().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_list_item_serde_cannot_read_does_not_hide_its_neighbours() {
+        let e = errors(
+            "services:\n  web:\n    image: nginx\n    ports:\n      - \"80:80\"\n      - [8080]\n      - \"80:81\"\n",
+        );
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(
+            e[0].starts_with("f.yml:6:9: services.web.ports[1]: expected"),
+            "{e:#?}"
+        );
+        // Still counted as the file counts: the item before it was dropped, not forgotten.
+        assert!(
+            e[1].starts_with("f.yml:7:9: services.web.ports[2]: port 80/tcp is already published"),
+            "{e:#?}"
+        );
+    }
+
+    #[test]
+    fn a_refused_value_is_not_reported_again_as_missing() {
+        let e = errors("services:\n  web:\n    image: [nginx]\n  db:\n    imgae: postgres\n");
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(e.iter().all(|e| !e.contains("has no image")), "{e:#?}");
+    }
+
+    #[test]
+    fn an_interpolated_empty_value_is_empty_text_not_null() {
+        let vars = Variables::new([("EMPTY".to_string(), String::new())].into());
+        let text = "services:\n  web:\n    image: nginx\n    environment:\n      A: ${EMPTY}\n";
+        let spec = load_stack("s", "f.yml", text, &NoFiles, &vars)
+            .spec
+            .unwrap();
+        assert_eq!(spec.services["s_web"].task.container.env, ["A="]);
     }
 }

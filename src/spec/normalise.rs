@@ -222,7 +222,11 @@ fn file_object(
         } else {
             "file: or external: true"
         };
-        report.key_error(&[section, key], format!("{kind} {key:?} needs {what}"));
+        report.missing(
+            &[section, key],
+            &["file", "content", "external"],
+            format!("{kind} {key:?} needs {what}"),
+        );
     } else if sources > 1 {
         let what = if section == "configs" {
             "file:, content: or external: true"
@@ -293,8 +297,9 @@ fn service(
             String::new()
         }
         None => {
-            report.key_error(
+            report.missing(
                 &at(&[]),
+                &["image"],
                 "service has no image: swarm mode runs images, it does not build them",
             );
             String::new()
@@ -881,7 +886,7 @@ fn volume_mount(
         }
         raw::VolumeType::Bind => {
             let Some(source) = source else {
-                report.error(path, "a bind mount needs a source path");
+                report.missing(path, &["source"], "a bind mount needs a source path");
                 return None;
             };
             if !source.starts_with('/') {

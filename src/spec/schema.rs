@@ -165,7 +165,9 @@ fn explain(
             let misspelt = instance
                 .as_object()
                 .is_some_and(|o| o.keys().any(|k| k != name && closest(k, &[name]).is_some()));
-            if !misspelt {
+            if misspelt {
+                findings.bad_values.push(path.clone());
+            } else {
                 push(
                     report,
                     &path,

@@ -582,15 +582,16 @@ impl Builder<'_> {
                 }
             };
             let (ev, vspan) = self.next()?;
-            self.path.push(key.clone());
+            self.path.push(key);
             let value = self.node(ev, vspan, depth + 1);
-            let here = self.path.pop().into_iter();
-            let here = || self.path.iter().cloned().chain(here.clone()).collect();
+            let key = self.path.pop().expect("pushed above");
             let value = value?;
+            // The path of this entry, for errors about it.
+            let here = |b: &Self| [b.path.as_slice(), std::slice::from_ref(&key)].concat();
             if key == "<<" {
                 // `vspan` is where the merge is written; an alias's own span is its anchor's.
                 if let Err(mut e) = merge_into(&mut merged, value, vspan) {
-                    e.path = here();
+                    e.path = here(self);
                     self.errors.push(e);
                 }
                 continue;
@@ -598,7 +599,7 @@ impl Builder<'_> {
             // Compose refuses duplicate keys; report each one and keep reading with the first
             // value, so that the rest of the file is still checked.
             if let Some(prev) = entries.iter().find(|e| e.key == key) {
-                let path = here();
+                let path = here(self);
                 self.errors.push(SyntaxError {
                     span: key_span,
                     path,
@@ -762,5 +763,63 @@ mod tests {
     fn empty_document_is_an_empty_map() {
         assert_eq!(parse("").unwrap().to_json(), json!({}));
         assert_eq!(parse("# just a comment\n").unwrap().to_json(), json!({}));
+    }
+
+    #[test]
+    fn recoverable_errors_are_all_collected_with_their_paths() {
+        let p = parse_document("a:\n  b: 1\n  b: 2\nc: 1\nc: 2\nd:\n  <<: 3\n").unwrap();
+        let found: Vec<(u32, String)> = p
+            .errors
+            .iter()
+            .map(|e| (e.span.line, e.path.join(".")))
+            .collect();
+        assert_eq!(
+            found,
+            [(3, "a.b".into()), (5, "c".into()), (7, "d.<<".into())]
+        );
+        // The first value stays, so the rest of the file can still be checked.
+        assert_eq!(p.root.to_json()["a"], json!({"b": 1}));
+    }
+
+    #[test]
+    fn a_merge_error_points_at_the_merge_not_the_anchor() {
+        let e = parse("x: &s text\ny:\n  <<: *s\n").unwrap_err();
+        assert_eq!((e.span.line, e.span.col), (3, 7), "{e:?}");
+    }
+
+    #[test]
+    fn block_mappings_start_at_their_first_key() {
+        let n = parse("list:\n  - name: a\n    x: 1\n").unwrap();
+        assert_eq!(n.locate(["list", "0"]), Span { line: 2, col: 5 });
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_content() {
+        let n = parse("\u{feff}# comment\nservices: {}\n").unwrap();
+        assert_eq!(n.to_json(), json!({"services": {}}));
+    }
+
+    #[test]
+    fn syntax_errors_say_what_to_fix() {
+        let e = parse("a:\n  b: [1, 2\nc: 3\n").unwrap_err();
+        assert!(
+            e.message
+                .contains("\"[\" opened at line 2, column 6 is never closed"),
+            "{e:?}"
+        );
+        let e = parse("a:\n\tb: 1\n").unwrap_err();
+        assert_eq!((e.span.line, e.span.col), (2, 1));
+        assert!(e.message.contains("tab"), "{e:?}");
+        let e = parse("x: &base {a: 1}\ny: *bsae\n").unwrap_err();
+        assert!(e.message.contains("did you mean *base?"), "{e:?}");
+        let e = parse("a: \"open\nb: 1\n").unwrap_err();
+        assert!(e.message.contains("closing quote"), "{e:?}");
+    }
+
+    #[test]
+    fn leading_zero_digits_that_are_not_octal_stay_text() {
+        assert_eq!(plain_scalar_to_json("0999"), json!("0999"));
+        assert_eq!(plain_scalar_to_json("0440"), json!(288));
+        assert_eq!(plain_scalar_to_json("0"), json!(0));
     }
 }

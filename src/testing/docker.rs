@@ -12,6 +12,9 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures::StreamExt;
 
+use crate::agent::labels;
+use crate::agent::task_files::{valid_task_id, TaskFiles};
+
 /// Set to `1` (as CI does) to make a missing engine a test failure instead of a skip.
 pub const REQUIRE_DOCKER_ENV: &str = "RECONCILER_REQUIRE_DOCKER";
 
@@ -99,7 +102,8 @@ pub async fn exec(
     Ok(out)
 }
 
-/// Force-remove every container, then network, then volume carrying `label` (`key=value`).
+/// Force-remove every container (with its task files), then network, then volume carrying
+/// `label` (`key=value`).
 /// Returns how many objects were removed. Errors on single objects are printed, not raised, so
 /// clean-up goes as far as it can.
 pub async fn remove_labelled(docker: &Docker, label: &str) -> anyhow::Result<usize> {
@@ -113,7 +117,9 @@ pub async fn remove_labelled(docker: &Docker, label: &str) -> anyhow::Result<usi
                 .build(),
         ))
         .await?;
-    for id in containers.into_iter().filter_map(|c| c.id) {
+    let task_files = TaskFiles::choose();
+    for container in containers {
+        let Some(id) = container.id else { continue };
         let options = RemoveContainerOptionsBuilder::default()
             .force(true)
             .v(true)
@@ -123,6 +129,13 @@ pub async fn remove_labelled(docker: &Docker, label: &str) -> anyhow::Result<usi
             &id,
             &mut removed,
         );
+        // What the runtime's remove would have done: the task's secret and config files go too.
+        let task = container.labels.as_ref().and_then(labels::task_ref);
+        if let Some(task) = task.filter(|t| valid_task_id(&t.task_id)) {
+            if let Err(e) = task_files.remove(&task.task_id) {
+                eprintln!("clean-up: task files of {}: {e}", task.task_id);
+            }
+        }
     }
     let networks = docker
         .list_networks(Some(

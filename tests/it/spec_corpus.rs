@@ -374,8 +374,17 @@ fn to_json(doc: &Doc) -> serde_json::Value {
     }
 }
 
+/// 512 cases each keeps the three properties at a few seconds; `PROPTEST_CASES` asks for more
+/// when hunting.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(512)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     /// Text made of YAML's punctuation, indentation and a few words.
     #[test]

@@ -621,3 +621,79 @@ async fn the_ingress_proxy_reaches_every_healthy_replica_and_skips_unhealthy_one
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_against_the_live_cluster() {
+    if !images().await {
+        return;
+    }
+    let stack = stack_name("plan");
+    let port = free_port();
+    let repo = GitRepo::new();
+    repo.write(&[(
+        &compose(&stack),
+        Some(&web(&testing::images::busybox(1), 2, port, "")),
+    )]);
+    let c1 = repo.commit("v1");
+    let up = Up::start(repo, &[&stack], &[]);
+    up.converged(&c1, T).await;
+    let dir = up.repo.path().to_path_buf();
+    let plan = |extra: &[&str]| {
+        let mut args = vec!["plan", ".", "--server", up.api.as_str()];
+        args.extend_from_slice(extra);
+        crate::support::reconciler(&dir, &args)
+    };
+    let out = plan(&[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        crate::support::stderr(&out)
+    );
+    // An edit in the work tree (not committed) is what the cluster would change.
+    up.repo.write(&[(
+        &compose(&stack),
+        Some(&web(&testing::images::busybox(2), 3, port, "")),
+    )]);
+    let out = plan(&[]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        crate::support::stderr(&out)
+    );
+    let text = crate::support::stdout(&out);
+    assert!(text.contains(&format!("~ service {stack}_web")), "{text}");
+    assert!(text.contains("replicas  2 -> 3"), "{text}");
+    assert!(
+        text.contains("busybox:1 -> reconciler-test/busybox:2"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_docker_engine_is_reported_not_a_crash() {
+    let repo = GitRepo::new();
+    let stack = stack_name("nodocker");
+    repo.write(&[(
+        &compose(&stack),
+        Some(&web(&testing::images::busybox(1), 1, free_port(), "")),
+    )]);
+    repo.commit("v1");
+    let up = Up::start_with_env(
+        repo,
+        &[&stack],
+        &[],
+        &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
+    );
+    let st = up
+        .wait_for("the engine error in status", T, |s| {
+            s.engine_error.is_some() && s.revision.applied.is_some()
+        })
+        .await;
+    assert!(!st.converged);
+    assert!(
+        st.revision.applied.is_some(),
+        "git still works without Docker"
+    );
+}

@@ -19,6 +19,7 @@ pub struct Up {
     pub stacks: Vec<String>,
     http: reqwest::Client,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 pub fn free_port() -> u16 {
@@ -37,7 +38,21 @@ pub fn stack_name(prefix: &str) -> String {
 impl Up {
     /// Start `reconciler up` on `repo` (stacks at the repository root).
     pub fn start(repo: GitRepo, stacks: &[&str], extra: &[&str]) -> Up {
+        Up::start_with_env(repo, stacks, extra, &[])
+    }
+
+    /// Like [`Up::start`], with extra environment variables for the process.
+    pub fn start_with_env(
+        repo: GitRepo,
+        stacks: &[&str],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Up {
         let mut up = Up {
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
             api: String::new(),
             repo,
@@ -71,6 +86,7 @@ impl Up {
         let child = Command::new(env!("CARGO_BIN_EXE_reconciler"))
             .args(&args)
             .env("RUST_LOG", "reconciler=debug")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
