@@ -53,6 +53,9 @@ pub struct ServiceView {
     /// The newest task error, if the service is not converged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// For global services: the nodes that should run a task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eligible_nodes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -98,6 +101,13 @@ pub fn services(state: &State) -> Vec<ServiceView> {
                 crate::spec::model::Mode::Replicated { replicas } => ("replicated", Some(replicas)),
                 crate::spec::model::Mode::Global => ("global", None),
             };
+            // A global service wants one task per node that is up and satisfies its constraints.
+            let eligible_nodes = state
+                .nodes
+                .values()
+                .filter(|n| n.ready && n.availability != crate::store::Availability::Drain)
+                .filter(|n| crate::orchestrator::schedule::constraints_hold(&svc.spec, n))
+                .count() as u64;
             let last_error = tasks
                 .iter()
                 .filter(|t| t.status.error.is_some())
@@ -126,9 +136,10 @@ pub fn services(state: &State) -> Vec<ServiceView> {
                 revision: svc.revision.clone(),
                 drift: svc.manual_rollback,
                 up_to_date,
-                last_error: (desired.is_some_and(|d| up_to_date < d))
+                last_error: (up_to_date < desired.unwrap_or(eligible_nodes))
                     .then_some(last_error)
                     .flatten(),
+                eligible_nodes: desired.is_none().then_some(eligible_nodes),
             }
         })
         .collect()
@@ -211,7 +222,7 @@ pub fn converged(state: &State, services: &[ServiceView]) -> bool {
         );
         let enough = match s.desired {
             Some(d) => s.up_to_date == d && s.running == d,
-            None => s.up_to_date == s.running,
+            None => s.up_to_date == s.running && s.running == s.eligible_nodes.unwrap_or(s.running),
         };
         !rolling && enough
     })

@@ -98,7 +98,11 @@ fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<i32> {
 fn replicas(s: &ServiceView) -> String {
     match s.desired {
         Some(d) => format!("{}/{d}", s.running),
-        None => format!("{}/{} (global)", s.running, s.running.max(s.up_to_date)),
+        None => format!(
+            "{}/{} (global)",
+            s.running,
+            s.eligible_nodes.unwrap_or(s.running)
+        ),
     }
 }
 
@@ -209,6 +213,22 @@ pub fn status(args: StatusArgs) -> anyhow::Result<i32> {
     );
     println!();
     println!("{}", services_table(&v.services));
+    // What stands between a service and its desired state, in a line each.
+    let problems: Vec<&ServiceView> = v
+        .services
+        .iter()
+        .filter(|s| s.last_error.is_some())
+        .collect();
+    if !problems.is_empty() {
+        println!();
+        for s in problems {
+            println!(
+                "{}: {}",
+                s.name,
+                s.last_error.as_deref().unwrap_or_default()
+            );
+        }
+    }
     Ok(0)
 }
 

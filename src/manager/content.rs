@@ -54,18 +54,16 @@ impl ContentSource for MirrorContent {
             .ok_or_else(|| format!("{}: no revision applied yet", object.name))?;
         let tree = GitTree::open(&self.repo, &revision, &self.path)
             .map_err(|e| format!("{}: {e:#}", object.name))?;
-        let bytes = match source.as_str() {
-            path => tree
-                .read(path)
-                .map_err(|e| format!("{}: {e:#}", object.name))?
-                .ok_or_else(|| {
-                    format!(
-                        "{}: {path} is not in commit {}",
-                        object.name,
-                        &revision[..7.min(revision.len())]
-                    )
-                })?,
-        };
+        let bytes = tree
+            .read(source)
+            .map_err(|e| format!("{}: {e:#}", object.name))?
+            .ok_or_else(|| {
+                format!(
+                    "{}: {source} is not in commit {}",
+                    object.name,
+                    &revision[..7.min(revision.len())]
+                )
+            })?;
         if content_version(&bytes) != object.version {
             return Err(format!(
                 "{}: the content in the applied commit is not the version this task was made for",

@@ -31,6 +31,22 @@ const RECIPE_LABEL: &str = "org.reconciler.test.recipe";
 const RECIPE: &str = "2";
 const BUSYBOX_PATH: &str = "/bin/busybox";
 
+/// A fresh machine has no busybox: install Debian's package (tests run as root here), so the
+/// README's test command needs nothing else. Failure is reported by the caller's check.
+fn install_busybox() {
+    eprintln!("installing busybox-static for the test images (apt-get)");
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !apt(&["install", "-y", "-qq", "busybox-static"]) {
+        let _ = apt(&["update", "-qq"]) && apt(&["install", "-y", "-qq", "busybox-static"]);
+    }
+}
+
 /// `reconciler-test/busybox:<tag>`.
 pub fn busybox(tag: u32) -> String {
     format!("{BUSYBOX}:{tag}")
@@ -157,6 +173,9 @@ async fn import(
 }
 
 fn read_busybox() -> anyhow::Result<Vec<u8>> {
+    if !Path::new(BUSYBOX_PATH).exists() {
+        install_busybox();
+    }
     if !Path::new(BUSYBOX_PATH).exists() {
         bail!(
             "{BUSYBOX_PATH} is missing: the test images are built from Debian's static busybox; \
