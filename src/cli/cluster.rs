@@ -108,13 +108,7 @@ fn replicas(s: &ServiceView) -> String {
 
 fn update(s: &ServiceView) -> String {
     let state = match s.update_state {
-        None => {
-            return if s.drift {
-                "rolled back by hand (drift from git)".into()
-            } else {
-                String::new()
-            }
-        }
+        None => "",
         Some(UpdateState::Updating) => "updating",
         Some(UpdateState::Paused) => "paused",
         Some(UpdateState::Completed) => "completed",
@@ -122,14 +116,21 @@ fn update(s: &ServiceView) -> String {
         Some(UpdateState::RollbackPaused) => "rollback paused",
         Some(UpdateState::RollbackCompleted) => "rolled back",
     };
-    match s.update_state {
+    let mut text = match s.update_state {
         Some(
             UpdateState::Paused | UpdateState::RollbackPaused | UpdateState::RollbackCompleted,
         ) => {
             format!("{state}: {}", s.update_message)
         }
         _ => state.to_string(),
+    };
+    if s.drift {
+        if !text.is_empty() {
+            text.push_str("; ");
+        }
+        text.push_str("rolled back by hand (drift from git)");
     }
+    text
 }
 
 fn services_table(services: &[ServiceView]) -> Table {

@@ -697,3 +697,129 @@ async fn an_unreachable_docker_engine_is_reported_not_a_crash() {
         "git still works without Docker"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_wait_follows_a_commit_to_convergence_or_failure() {
+    if !images().await {
+        return;
+    }
+    let stack = stack_name("sync");
+    let port = free_port();
+    let update = "        failure_action: rollback\n";
+    let repo = GitRepo::new();
+    repo.write(&[(
+        &compose(&stack),
+        Some(&web(&testing::images::busybox(1), 2, port, update)),
+    )]);
+    let c1 = repo.commit("v1");
+    let up = Up::start(repo, &[&stack], &[]);
+    up.converged(&c1, T).await;
+    let dir = up.repo.path().to_path_buf();
+    let sync = || {
+        crate::support::reconciler(
+            &dir,
+            &["sync", "--wait", "--timeout", "60s", "--server", &up.api],
+        )
+    };
+
+    up.commit(
+        &[(
+            &compose(&stack),
+            Some(&web(&testing::images::busybox(2), 2, port, update)),
+        )],
+        "v2",
+    );
+    let out = sync();
+    let text = crate::support::stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        crate::support::stderr(&out)
+    );
+    assert!(
+        text.contains("overall progress: 2 out of 2 tasks"),
+        "{text}"
+    );
+    assert!(text.contains("verify: Service converged"), "{text}");
+
+    up.commit(
+        &[(
+            &compose(&stack),
+            Some(&web(testing::EXITS, 2, port, update)),
+        )],
+        "broken image",
+    );
+    let out = sync();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        crate::support::stdout(&out)
+    );
+    let err = crate::support::stderr(&out);
+    assert!(err.contains("did not converge"), "{err}");
+    assert!(err.contains(&format!("{stack}_web")), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manual_rollback_is_drift_until_the_next_commit_changes_the_service() {
+    if !images().await {
+        return;
+    }
+    let stack = stack_name("manual");
+    let port = free_port();
+    let repo = GitRepo::new();
+    repo.write(&[(
+        &compose(&stack),
+        Some(&web(&testing::images::busybox(1), 1, port, "")),
+    )]);
+    let c1 = repo.commit("v1");
+    let up = Up::start(repo, &[&stack], &[]);
+    up.converged(&c1, T).await;
+    let c2 = up.commit(
+        &[(
+            &compose(&stack),
+            Some(&web(&testing::images::busybox(2), 1, port, "")),
+        )],
+        "v2",
+    );
+    up.converged(&c2, T).await;
+    let name = format!("{stack}_web");
+    let dir = up.repo.path().to_path_buf();
+    let out =
+        crate::support::reconciler(&dir, &["service", "rollback", &name, "--server", &up.api]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        crate::support::stderr(&out)
+    );
+    up.wait_for("the previous image back", T, |s| {
+        s.converged
+            && s.services
+                .iter()
+                .any(|v| v.name == name && v.image == testing::images::busybox(1) && v.drift)
+    })
+    .await;
+    let out = crate::support::reconciler(&dir, &["status", "--server", &up.api]);
+    assert!(
+        crate::support::stdout(&out).contains("drift from git"),
+        "{}",
+        crate::support::stdout(&out)
+    );
+    // A commit that changes the service ends the drift.
+    let c3 = up.commit(
+        &[(
+            &compose(&stack),
+            Some(&web(&testing::images::busybox(3), 1, port, "")),
+        )],
+        "v3",
+    );
+    let st = up.converged(&c3, T).await;
+    let svc = st.services.iter().find(|v| v.name == name).unwrap();
+    assert_eq!(
+        (svc.image.as_str(), svc.drift),
+        (testing::images::busybox(3).as_str(), false)
+    );
+}
