@@ -558,13 +558,16 @@ fn benches<M: Measurement>(c: &mut Criterion<M>) {
     }
 }
 
-/// On-CPU time of the calling thread, from `/proc/thread-self/schedstat` (nanoseconds; the
-/// kernel updates it at least every scheduler tick, so a sample of 50 ms or more is exact to a
-/// few percent). Time spent waiting for a CPU that other processes hold is not counted.
+/// On-CPU time of the calling thread, from `/proc/thread-self/schedstat` (nanoseconds). Time
+/// spent waiting for a CPU that other processes hold is not counted.
 struct OnCpu;
 
 impl OnCpu {
     fn now() -> u64 {
+        // The kernel brings the running thread's figure up to date only at a scheduler tick or
+        // when the thread enters the scheduler: yielding makes it exact instead of up to a tick
+        // (milliseconds) behind.
+        std::thread::yield_now();
         let text = std::fs::read_to_string("/proc/thread-self/schedstat")
             .expect("PLAN_BENCH_CLOCK=cpu needs Linux's /proc/thread-self/schedstat");
         text.split_whitespace()
