@@ -132,7 +132,8 @@ pub struct Step {
 }
 
 impl Step {
-    fn wake(&mut self, at: Millis) {
+    /// Ask to be stepped again at `at` at the latest.
+    pub(crate) fn wake(&mut self, at: Millis) {
         self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
     }
 }

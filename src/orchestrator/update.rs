@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::{is_dirty, new_task, slot_key, IdGen, SlotKey};
+use super::{is_dirty, new_task, slot_key, IdGen, SlotKey, Step};
 use crate::spec::model::{FailureAction, UpdateConfig, UpdateOrder};
 use crate::store::{Command, Millis, State, Task, TaskId, TaskState, UpdateState, UpdateStatus};
 
@@ -55,19 +55,6 @@ struct SlotUpdate {
     new: TaskId,
     started: Millis,
     promoted: bool,
-}
-
-/// What a step asks for: commands to apply, and when to step again at the latest.
-#[derive(Debug, Default)]
-pub struct Step {
-    pub commands: Vec<Command>,
-    pub wake_at: Option<Millis>,
-}
-
-impl Step {
-    fn wake(&mut self, at: Millis) {
-        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
-    }
 }
 
 impl Updater {

@@ -192,76 +192,41 @@ fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// `docker <args>` printing ids, one per line.
+fn docker_ids(args: &[&str]) -> Vec<String> {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl Drop for Up {
     fn drop(&mut self) {
         self.kill();
         // Remove what the test's stacks created, by Docker's own stack label.
         for stack in &self.stacks {
-            let ids = Command::new("docker")
-                .args([
-                    "ps",
-                    "-aq",
-                    "--filter",
-                    &format!("label=com.docker.stack.namespace={stack}"),
-                ])
-                .output()
-                .map(|o| {
-                    String::from_utf8_lossy(&o.stdout)
-                        .split_whitespace()
-                        .map(str::to_string)
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default();
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .arg("rm")
-                    .arg("-f")
-                    .args(&ids)
-                    .output();
-            }
-            let nets = Command::new("docker")
-                .args([
-                    "network",
-                    "ls",
-                    "-q",
-                    "--filter",
-                    &format!("label=com.docker.stack.namespace={stack}"),
-                ])
-                .output()
-                .map(|o| {
-                    String::from_utf8_lossy(&o.stdout)
-                        .split_whitespace()
-                        .map(str::to_string)
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default();
-            if !nets.is_empty() {
-                let _ = Command::new("docker")
-                    .args(["network", "rm"])
-                    .args(&nets)
-                    .output();
-            }
-            let vols = Command::new("docker")
-                .args([
-                    "volume",
-                    "ls",
-                    "-q",
-                    "--filter",
-                    &format!("label=com.docker.stack.namespace={stack}"),
-                ])
-                .output()
-                .map(|o| {
-                    String::from_utf8_lossy(&o.stdout)
-                        .split_whitespace()
-                        .map(str::to_string)
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default();
-            if !vols.is_empty() {
-                let _ = Command::new("docker")
-                    .args(["volume", "rm", "-f"])
-                    .args(&vols)
-                    .output();
+            let filter = format!("label=com.docker.stack.namespace={stack}");
+            for (list, remove) in [
+                (vec!["ps", "-aq", "--filter", &filter], vec!["rm", "-f"]),
+                (
+                    vec!["network", "ls", "-q", "--filter", &filter],
+                    vec!["network", "rm"],
+                ),
+                (
+                    vec!["volume", "ls", "-q", "--filter", &filter],
+                    vec!["volume", "rm", "-f"],
+                ),
+            ] {
+                let ids = docker_ids(&list);
+                if !ids.is_empty() {
+                    let _ = Command::new("docker").args(&remove).args(&ids).output();
+                }
             }
         }
     }
