@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use futures::future::{BoxFuture, FutureExt};
 use futures::StreamExt;
 
 use super::runtime::{
@@ -23,6 +24,8 @@ pub trait ContentSource: Send + Sync {
 
 /// Tasks stepped at once.
 const TASK_CONCURRENCY: usize = 8;
+
+type StepResult = (String, Result<Option<TaskStatus>, RuntimeError>);
 
 pub struct Executor<R: Runtime> {
     runtime: R,
@@ -107,43 +110,35 @@ impl<R: Runtime> Executor<R> {
         // One step per task, several tasks at once: Docker serves requests in parallel, and
         // creating or starting 20 containers one after the other would be needlessly slow.
         let this = &*self;
-        let steps: Vec<_> = mine
+        let steps: Vec<BoxFuture<'_, StepResult>> = mine
             .iter()
             .map(|task| {
                 let container = by_task.get(&task.id);
-                Box::pin(async move {
+                async move {
                     (
                         task.id.clone(),
                         this.step_task(state, task, container, now).await,
                     )
-                })
-                    as std::pin::Pin<
-                        Box<
-                            dyn std::future::Future<
-                                    Output = (String, Result<Option<TaskStatus>, RuntimeError>),
-                                > + Send
-                                + '_,
-                        >,
-                    >
+                }
+                .boxed()
             })
             .collect();
-        let results: Vec<(String, Result<Option<TaskStatus>, RuntimeError>)> =
-            futures::stream::iter(steps)
-                .buffer_unordered(TASK_CONCURRENCY)
-                .collect()
-                .await;
+        let results: Vec<StepResult> = futures::stream::iter(steps)
+            .buffer_unordered(TASK_CONCURRENCY)
+            .collect()
+            .await;
+        // Keep every report, even when some step found the engine gone: what did happen must
+        // reach the store, or the next pass would not know about it.
         for (id, result) in results {
             match result {
                 Ok(Some(status)) => out.commands.push(Command::UpdateTaskStatus { id, status }),
                 Ok(None) => {}
-                Err(e) if e.is_transient() => {
-                    out.engine_down = Some(e.to_string());
-                    return out;
-                }
-                Err(e) => {
-                    tracing::warn!(task = %id, error = %e, "task step failed");
-                }
+                Err(e) if e.is_transient() => out.engine_down = Some(e.to_string()),
+                Err(e) => tracing::warn!(task = %id, error = %e, "task step failed"),
             }
+        }
+        if out.engine_down.is_some() {
+            return out;
         }
         // Containers of tasks the store no longer knows on this node: orphans from a previous
         // life or another manager's decision. Remove them, so nothing runs that git does not ask for.
@@ -243,6 +238,15 @@ impl<R: Runtime> Executor<R> {
                 Ok(Some(report(TaskState::Starting, "starting")))
             }
             (TaskState::Ready, Some(_)) => Ok(None),
+            (s, Some(c)) if s < TaskState::Ready && c.state == ContainerState::Created => {
+                // Created by a pass whose report was lost (a crash, an engine hiccup): adopt it.
+                Ok(Some(TaskStatus {
+                    state: TaskState::Ready,
+                    message: "created".into(),
+                    container_id: Some(c.id.0.clone()),
+                    ..report(TaskState::Ready, "created")
+                }))
+            }
             (_, Some(c)) => Ok(self.observe(task, c, now)),
         }
     }
