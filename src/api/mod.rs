@@ -50,7 +50,7 @@ pub fn status_view(shared: &Shared) -> StatusView {
             node: shared.node_id.clone(),
             revision: s.revision.clone(),
             git,
-            converged: engine_error.is_none() && converged(s, &services),
+            converged: engine_error.is_none() && converged(&services),
             engine_error,
             ingress_backend: shared.ingress_backend.to_string(),
             uptime_seconds: shared.started.elapsed().as_secs(),

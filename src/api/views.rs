@@ -213,8 +213,7 @@ pub fn tasks(state: &State, service: Option<&str>) -> Vec<TaskView> {
 
 /// Converged: every replicated service runs its replicas on the current spec, global services
 /// have no dirty or missing task, and no update is rolling.
-pub fn converged(state: &State, services: &[ServiceView]) -> bool {
-    let _ = state;
+pub fn converged(services: &[ServiceView]) -> bool {
     services.iter().all(|s| {
         let rolling = matches!(
             s.update_state,

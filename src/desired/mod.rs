@@ -38,7 +38,8 @@ pub struct DesiredState {
 pub struct LoadOptions<'a> {
     /// When given, every age-encrypted secret is decrypted once to prove the key works.
     pub identities: Option<&'a Identities>,
-    /// Extra variables for interpolation, over `.env` and the process environment.
+    /// Interpolate from the process environment too (over `.env`), as `docker stack deploy`
+    /// does; off for reproducible loads (tests, benchmarks).
     pub process_env: bool,
 }
 
@@ -111,7 +112,7 @@ pub fn load(tree: &dyn Tree, options: &LoadOptions<'_>) -> anyhow::Result<Loaded
         }
         load_one(tree, &dir, file, bytes, options, &mut out)?;
     }
-    check_across_stacks(&mut out);
+    check_across_stacks(tree, &mut out);
     Ok(out)
 }
 
@@ -248,7 +249,7 @@ fn load_one_named(
 }
 
 /// Ingress ports are cluster-wide: two stacks cannot publish the same one.
-fn check_across_stacks(out: &mut Loaded) {
+fn check_across_stacks(tree: &dyn Tree, out: &mut Loaded) {
     let mut seen: BTreeMap<(u16, spec::model::Protocol), String> = BTreeMap::new();
     let mut clashes = Vec::new();
     for stack in out.state.stacks.values() {
@@ -275,11 +276,24 @@ fn check_across_stacks(out: &mut Loaded) {
         }
     }
     for (file, stack, svc, port, other) in clashes {
+        // Point at the service's `ports:` in its file, like every other diagnostic.
+        let short = svc
+            .strip_prefix(&format!("{stack}_"))
+            .unwrap_or(&svc)
+            .to_string();
+        let path = ["services", short.as_str(), "ports"];
+        let span = tree
+            .read(&file)
+            .ok()
+            .flatten()
+            .and_then(|b| spec::yaml::parse(&String::from_utf8_lossy(&b)).ok())
+            .map(|root| root.locate(path))
+            .unwrap_or_default();
         out.diagnostics.push(Diagnostic::error(
             &file,
-            spec::yaml::Span::default(),
-            "",
-            format!("service {svc} publishes port {port}, which service {other} of another stack already publishes"),
+            span,
+            path.join("."),
+            format!("port {port} is already published by service {other} of another stack (ingress ports are cluster-wide)"),
         ));
         out.state.stacks.remove(&stack);
         out.failed.push(stack);

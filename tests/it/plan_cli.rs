@@ -369,3 +369,25 @@ fn the_checked_in_schema_matches_the_types() {
     let out = reconciler(&project_dir(), &["schema"]);
     assert_eq!(stdout(&out), generated);
 }
+
+#[test]
+fn a_port_published_by_two_stacks_names_the_file_line_and_field() {
+    let repo = GitRepo::new();
+    repo.write(&[
+        (
+            "stacks/a/compose.yml",
+            Some("services:\n  web:\n    image: x\n    ports: [\"8080:80\"]\n"),
+        ),
+        (
+            "stacks/b/compose.yml",
+            Some("services:\n  api:\n    image: y\n    ports:\n      - \"8080:80\"\n"),
+        ),
+    ]);
+    let out = reconciler(repo.path(), &["validate", "stacks"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("stacks/b/compose.yml:5:7: services.api.ports: port 8080 is already published by service a_web of another stack"),
+        "{}",
+        stderr(&out)
+    );
+}
