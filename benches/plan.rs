@@ -534,12 +534,9 @@ fn benches<M: Measurement>(c: &mut Criterion<M>) {
         g.finish();
     }
     {
-        // As `reconciler plan --ref HEAD --against-ref HEAD~1` does it: process environment
-        // on, the desired state checked for errors, the plan rendered as text.
-        let options = LoadOptions {
-            identities: None,
-            process_env: true,
-        };
+        // As `reconciler plan --ref HEAD --against-ref HEAD~1` does it: the desired state
+        // checked for errors, the plan rendered as text.
+        let options = LoadOptions::default();
         let mut g = c.benchmark_group("end_to_end");
         g.sample_size(10)
             .sampling_mode(SamplingMode::Flat)

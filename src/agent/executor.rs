@@ -13,13 +13,19 @@ use super::runtime::{
     RuntimeError, TaskRef,
 };
 use crate::secrets::SecretBytes;
-use crate::spec::model::FileObjectSpec;
-use crate::store::{Command, Millis, State, Task, TaskState, TaskStatus};
+use crate::spec::model::{FileMount, Mount};
+use crate::store::{Command, ContentRef, Millis, State, Task, TaskState, TaskStatus};
 
-/// Where secret and config content comes from (the git mirror, decrypted with the cluster's
-/// identity). Errors name the object, never the content.
+/// Where secret, config and repo-file content comes from (the git mirror, decrypted with the
+/// cluster's identity), always by the version the task names. Errors name the object, never
+/// the content.
 pub trait ContentSource: Send + Sync {
-    fn read(&self, object: &FileObjectSpec) -> Result<SecretBytes, String>;
+    /// The content of `name` (a secret or config) at `version`.
+    fn read(&self, name: &str, version: &str, at: &ContentRef) -> Result<SecretBytes, String>;
+    /// A read-only copy on this node of a repo file or directory at `version`: its host path.
+    fn materialise(&self, version: &str, at: &ContentRef) -> Result<std::path::PathBuf, String>;
+    /// A stack's own persistent directory on this node (created if missing): its host path.
+    fn stack_dir(&self, stack: &str, path: &str) -> Result<std::path::PathBuf, String>;
 }
 
 /// Tasks stepped at once.
@@ -317,33 +323,52 @@ impl<R: Runtime> Executor<R> {
             slot: task.slot,
             node_id: self.node_id.clone(),
         };
-        let mut request = ContainerRequest::new(task_ref, task.spec.clone(), task.endpoint.clone());
-        for m in &task.spec.container.secrets {
-            match state.secrets.get(&m.object) {
-                Some(o) => match self.content.read(&o.spec) {
-                    Ok(bytes) => request = request.with_secret(m.clone(), bytes),
+        let mut spec = task.spec.clone();
+        // Repo files and stack directories become plain binds of this node's paths.
+        for m in &mut spec.container.mounts {
+            let bind = match m {
+                Mount::Repo {
+                    version, target, ..
+                } => match state.contents.get(version.as_str()) {
+                    Some(at) => match self.content.materialise(version, at) {
+                        Ok(path) => (path, target.clone(), true),
+                        Err(e) => return Ok(rejected(e)),
+                    },
+                    None => {
+                        return Ok(rejected(format!(
+                            "the repo file for {target} (version {version}) is not known to the cluster"
+                        )))
+                    }
+                },
+                Mount::StackDir {
+                    stack,
+                    path,
+                    target,
+                    read_only,
+                } => match self.content.stack_dir(stack, path) {
+                    Ok(host) => (host, target.clone(), *read_only),
                     Err(e) => return Ok(rejected(e)),
                 },
-                None => {
-                    return Ok(rejected(format!(
-                        "secret {} is not in the cluster",
-                        m.object
-                    )))
-                }
+                _ => continue,
+            };
+            *m = Mount::Bind {
+                source: bind.0.display().to_string(),
+                target: bind.1,
+                read_only: bind.2,
+                propagation: None,
+            };
+        }
+        let mut request = ContainerRequest::new(task_ref, spec, task.endpoint.clone());
+        for m in &task.spec.container.secrets {
+            match self.file_content(state, m, "secret") {
+                Ok(bytes) => request = request.with_secret(m.clone(), bytes),
+                Err(e) => return Ok(rejected(e)),
             }
         }
         for m in &task.spec.container.configs {
-            match state.configs.get(&m.object) {
-                Some(o) => match self.content.read(&o.spec) {
-                    Ok(bytes) => request = request.with_config(m.clone(), bytes.expose().to_vec()),
-                    Err(e) => return Ok(rejected(e)),
-                },
-                None => {
-                    return Ok(rejected(format!(
-                        "config {} is not in the cluster",
-                        m.object
-                    )))
-                }
+            match self.file_content(state, m, "config") {
+                Ok(bytes) => request = request.with_config(m.clone(), bytes.expose().to_vec()),
+                Err(e) => return Ok(rejected(e)),
             }
         }
         match self.runtime.create(&request).await {
@@ -368,6 +393,34 @@ impl<R: Runtime> Executor<R> {
                 running_since: None,
             }),
             Err(e) => Ok(rejected(e.to_string())),
+        }
+    }
+
+    /// The content of a secret or config mount: the version the task was made for, never
+    /// simply the current one (a rolled-back task gets the old secret).
+    fn file_content(
+        &self,
+        state: &State,
+        m: &FileMount,
+        kind: &str,
+    ) -> Result<SecretBytes, String> {
+        let objects = if kind == "secret" {
+            &state.secrets
+        } else {
+            &state.configs
+        };
+        if objects.get(&m.object).is_some_and(|o| o.spec.external) {
+            return Err(format!(
+                "{kind} {} is external: external secrets and configs are not supported on this node",
+                m.object
+            ));
+        }
+        match state.contents.get(&m.version) {
+            Some(at) => self.content.read(&m.object, &m.version, at),
+            None => Err(format!(
+                "{kind} {} version {} is not known to the cluster",
+                m.object, m.version
+            )),
         }
     }
 

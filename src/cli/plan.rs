@@ -4,18 +4,15 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use super::source::{self, IdentityArgs};
+use super::source::{IdentityArgs, SourceArgs};
 use crate::desired::DesiredState;
 use crate::plan::{self, render, state_file};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The stacks directory (in a git repository when --ref or --against-ref are used).
-    #[arg(default_value = ".")]
-    path: PathBuf,
-    /// Desired state from this git revision instead of the work tree.
-    #[arg(long = "ref", value_name = "REF")]
-    reference: Option<String>,
+    /// Desired state (in a git repository when --ref or --against-ref are used).
+    #[command(flatten)]
+    source: SourceArgs,
     /// Observed state: what the cluster runs once it has synced this git revision.
     #[arg(long, value_name = "REF", conflicts_with = "against_state")]
     against_ref: Option<String>,
@@ -34,14 +31,23 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let identities = args.identity.load()?;
-    let desired = source::load(&args.path, args.reference.as_deref(), identities.as_ref())?;
-    if desired.has_errors() {
-        for d in &desired.diagnostics {
+    let desired = args.source.load(identities.as_ref())?;
+    if desired.has_errors() || !desired.blocked.is_empty() {
+        for d in desired.all_diagnostics() {
             eprintln!("{d}");
+        }
+        let failed: Vec<&str> = desired
+            .failed
+            .iter()
+            .chain(desired.blocked.keys())
+            .map(String::as_str)
+            .collect();
+        if failed.is_empty() {
+            anyhow::bail!("the desired state is invalid: nothing planned");
         }
         anyhow::bail!(
             "the desired state is invalid ({} failed): nothing planned",
-            desired.failed.join(", ")
+            failed.join(", ")
         );
     }
     for d in &desired.diagnostics {
@@ -59,7 +65,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 
 fn observed(args: &Args) -> anyhow::Result<DesiredState> {
     if let Some(r) = &args.against_ref {
-        let loaded = source::load(&args.path, Some(r), None)?;
+        let loaded = args.source.load_at(Some(r), None)?;
         for name in &loaded.failed {
             tracing::warn!(stack = %name, reference = %r, "stack is invalid at the observed revision; planning as if it were absent");
         }

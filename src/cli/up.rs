@@ -52,6 +52,8 @@ pub struct Args {
     /// Address published ports listen on.
     #[arg(long, default_value = "0.0.0.0")]
     ingress_bind: std::net::IpAddr,
+    #[command(flatten)]
+    env: super::source::EnvArgs,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -98,6 +100,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         webhook_secret: args.webhook_secret.clone(),
         identity,
         ingress_bind: args.ingress_bind,
+        variables: args.env.variables()?,
     };
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {

@@ -1,20 +1,14 @@
 //! `reconciler validate [PATH]`: check a stacks directory or a single compose file.
 
-use std::path::PathBuf;
-
 use serde::Serialize;
 
-use super::source::{self, IdentityArgs};
+use super::source::{IdentityArgs, SourceArgs};
 use crate::spec::Diagnostic;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A stacks directory (each sub-directory with a compose file is a stack) or one file.
-    #[arg(default_value = ".")]
-    path: PathBuf,
-    /// Read the stacks from this git revision instead of the work tree.
-    #[arg(long = "ref", value_name = "REF")]
-    reference: Option<String>,
+    #[command(flatten)]
+    source: SourceArgs,
     #[command(flatten)]
     identity: IdentityArgs,
     /// Print the result as JSON.
@@ -26,34 +20,43 @@ pub struct Args {
 struct Output<'a> {
     valid: bool,
     stacks: Vec<&'a str>,
-    failed: &'a [String],
-    diagnostics: &'a [Diagnostic],
+    failed: Vec<&'a str>,
+    diagnostics: Vec<&'a Diagnostic>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let identities = args.identity.load()?;
-    let loaded = source::load(&args.path, args.reference.as_deref(), identities.as_ref())?;
-    let valid = !loaded.has_errors();
+    let loaded = args.source.load(identities.as_ref())?;
+    // A stack whose secrets do not decrypt is an error here: CI should say so before the
+    // cluster does.
+    let valid = !loaded.has_errors() && loaded.blocked.is_empty();
+    let diagnostics = loaded.all_diagnostics();
+    let failed: Vec<&str> = loaded
+        .failed
+        .iter()
+        .chain(loaded.blocked.keys())
+        .map(String::as_str)
+        .collect();
+    let path = args.source.path.display();
     if args.json {
         let out = Output {
             valid,
             stacks: loaded.state.stacks.keys().map(String::as_str).collect(),
-            failed: &loaded.failed,
-            diagnostics: &loaded.diagnostics,
+            failed,
+            diagnostics,
         };
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        for d in &loaded.diagnostics {
+        for d in &diagnostics {
             eprintln!("{d}");
         }
         let stacks = loaded.state.stacks.len();
         let services: usize = loaded.state.stacks.values().map(|s| s.services.len()).sum();
-        let errors = loaded.diagnostics.iter().filter(|d| d.is_error()).count();
-        let warnings = loaded.diagnostics.len() - errors;
+        let errors = diagnostics.iter().filter(|d| d.is_error()).count();
+        let warnings = diagnostics.len() - errors;
         if valid {
             println!(
-                "{}: {stacks} {}, {services} {}: valid{}",
-                args.path.display(),
+                "{path}: {stacks} {}, {services} {}: valid{}",
                 plural(stacks, "stack"),
                 plural(services, "service"),
                 if warnings > 0 {
@@ -62,13 +65,14 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     String::new()
                 }
             );
+        } else if failed.is_empty() {
+            println!("{path}: {errors} {}", plural(errors, "error"));
         } else {
             println!(
-                "{}: {errors} {} in {} {}",
-                args.path.display(),
+                "{path}: {errors} {} in {} {}",
                 plural(errors, "error"),
-                loaded.failed.len(),
-                plural(loaded.failed.len(), "stack")
+                failed.len(),
+                plural(failed.len(), "stack")
             );
         }
     }

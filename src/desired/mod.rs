@@ -11,19 +11,30 @@ pub mod tree;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 
 use crate::secrets::{self, Identities};
 use crate::spec::{self, Diagnostic, StackSpec, Variables};
 pub use tree::{GitTree, Tree, WorkTree};
 
-/// File names that make a directory a stack, in order of preference.
-pub const STACK_FILE_NAMES: [&str; 5] = [
-    "compose.yml",
-    "compose.yaml",
-    "docker-compose.yml",
-    "docker-compose.yaml",
+/// File names that make a directory a stack, in order of preference: the names swarm stacks
+/// use first (`docker-stack.yml` is the most common in public repositories), then Compose's
+/// own names in the order `docker compose` prefers them. A directory that holds several is
+/// read from the first, with a warning naming the others (a repo often keeps a
+/// `docker-compose.yml` for local development beside its `docker-stack.yml`).
+pub const STACK_FILE_NAMES: [&str; 7] = [
+    "docker-stack.yml",
+    "docker-stack.yaml",
     "stack.yml",
+    "compose.yaml",
+    "compose.yml",
+    "docker-compose.yaml",
+    "docker-compose.yml",
 ];
+
+/// A file at the stacks root that says "no stacks, on purpose": without it, a path with no
+/// stack is refused (a wrong `--path` must not remove everything).
+pub const KEEP_FILE: &str = ".keep";
 
 /// What the repo asks for: every stack, keyed by name.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -36,11 +47,13 @@ pub struct DesiredState {
 
 #[derive(Debug, Default)]
 pub struct LoadOptions<'a> {
-    /// When given, every age-encrypted secret is decrypted once to prove the key works.
+    /// When given, every age-encrypted secret is decrypted once to prove the key works; a
+    /// stack whose secrets do not decrypt is [`Loaded::blocked`].
     pub identities: Option<&'a Identities>,
-    /// Interpolate from the process environment too (over `.env`), as `docker stack deploy`
-    /// does; off for reproducible loads (tests, benchmarks).
-    pub process_env: bool,
+    /// Variables the operator passed explicitly (`--env-file`, `--env NAME`). They win over
+    /// the stacks' `.env` files, as the environment does for `docker compose`; nothing else
+    /// of the process environment is ever read.
+    pub variables: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default)]
@@ -49,11 +62,36 @@ pub struct Loaded {
     pub diagnostics: Vec<Diagnostic>,
     /// Stacks that were found but had errors (and so are not in `state`).
     pub failed: Vec<String>,
+    /// Valid stacks whose secrets cannot be decrypted with the identities given, with why.
+    /// They are not in `state`; `up` keeps what runs of them, and applies the others.
+    pub blocked: BTreeMap<String, Vec<Diagnostic>>,
+    /// The path holds no stack at all (and no `.keep`): set with an error diagnostic.
+    pub no_stacks: Option<NoStacks>,
+}
+
+/// Why a path gave no stacks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NoStacks {
+    /// The stacks directory is not there at all.
+    Missing,
+    /// It is there, with no stack in it or under it.
+    Empty,
 }
 
 impl Loaded {
     pub fn has_errors(&self) -> bool {
         self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+
+    /// Every diagnostic, including those of blocked stacks, in file order.
+    pub fn all_diagnostics(&self) -> Vec<&Diagnostic> {
+        let mut all: Vec<&Diagnostic> = self
+            .diagnostics
+            .iter()
+            .chain(self.blocked.values().flatten())
+            .collect();
+        all.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
+        all
     }
 }
 
@@ -71,9 +109,118 @@ impl spec::StackFiles for StackDir<'_> {
     fn display(&self, relative: &str) -> String {
         tree::join_inside(self.dir, relative).unwrap_or_else(|_| relative.to_string())
     }
+    fn entry(&self, relative: &str) -> Result<Option<spec::PathEntry>, String> {
+        let path = tree::join_inside(self.dir, relative)?;
+        repo_entry(self.tree, &path)
+    }
 }
 
-/// Read every stack of the tree.
+/// A directory mounted from the repo holds at most this many files...
+pub const MAX_MOUNT_FILES: usize = 10_000;
+/// ...and at most this many bytes (a repo file mount is copied onto every node that runs it).
+pub const MAX_MOUNT_BYTES: u64 = 64 << 20;
+
+/// What `path` (relative to the stacks root) names in the tree, with its content version. A
+/// directory's version covers every file's path, mode and content, so it changes exactly when
+/// what a container would see changes; the same content gives the same version in a work tree
+/// and in git.
+pub fn repo_entry(tree: &dyn Tree, path: &str) -> Result<Option<spec::PathEntry>, String> {
+    let err = |e: anyhow::Error| format!("{e:#}");
+    if let Some(files) = tree.walk(path).map_err(err)? {
+        if files.len() > MAX_MOUNT_FILES {
+            return Err(format!(
+                "{path}/ holds {} files; a directory mounted from the repo may hold at most {MAX_MOUNT_FILES}",
+                files.len()
+            ));
+        }
+        let mut hash = sha2::Sha256::new();
+        let mut total: u64 = 0;
+        for f in &files {
+            let full = join(path, &f.path);
+            if f.link {
+                return Err(format!(
+                    "{full} is a symbolic link (or not a regular file): a directory mounted from the repo may hold only files and directories"
+                ));
+            }
+            let bytes = tree.read(&full).map_err(err)?.unwrap_or_default();
+            total = total.saturating_add(bytes.len() as u64);
+            if total > MAX_MOUNT_BYTES {
+                return Err(format!(
+                    "{path}/ holds more than {} MiB; a directory mounted from the repo may hold at most that",
+                    MAX_MOUNT_BYTES >> 20
+                ));
+            }
+            hash.update(f.path.as_bytes());
+            hash.update(if f.executable { b"\0x\0" } else { b"\0-\0" });
+            hash.update(spec::normalise::content_version(&bytes).as_bytes());
+            hash.update(b"\n");
+        }
+        return Ok(Some(spec::PathEntry {
+            path: path.to_string(),
+            dir: true,
+            version: format!("d{}", hex::encode(&hash.finalize()[..8])),
+        }));
+    }
+    match tree.read(path).map_err(err)? {
+        Some(bytes) if bytes.len() as u64 > MAX_MOUNT_BYTES => Err(format!(
+            "{path} is larger than {} MiB, the most a file mounted from the repo may be",
+            MAX_MOUNT_BYTES >> 20
+        )),
+        Some(bytes) => Ok(Some(spec::PathEntry {
+            path: path.to_string(),
+            dir: false,
+            version: spec::normalise::content_version(&bytes),
+        })),
+        None => Ok(None),
+    }
+}
+
+/// A directory's stack file: its path, its bytes, and a warning when there were several.
+type StackFile = (String, Vec<u8>, Option<Diagnostic>);
+
+/// The stack file of a directory, if it has one; with a warning when it has several.
+fn stack_file(tree: &dyn Tree, dir: &str) -> anyhow::Result<Option<StackFile>> {
+    let mut found: Vec<(String, Vec<u8>)> = Vec::new();
+    for name in STACK_FILE_NAMES {
+        let path = join(dir, name);
+        if let Some(bytes) = tree.read(&path)? {
+            found.push((path, bytes));
+        }
+    }
+    let mut found = found.into_iter();
+    let Some((file, bytes)) = found.next() else {
+        return Ok(None);
+    };
+    let base = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
+    let others: Vec<String> = found.map(|(p, _)| base(&p)).collect();
+    let warning = (!others.is_empty()).then(|| {
+        Diagnostic::warning(
+            &file,
+            spec::yaml::Span::default(),
+            "",
+            format!(
+                "this directory also holds {}: only {} is read (the first of {})",
+                others.join(", "),
+                base(&file),
+                STACK_FILE_NAMES.join(", ")
+            ),
+        )
+    });
+    Ok(Some((file, bytes, warning)))
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// Read every stack of the tree. A tree whose root holds a stack file is one stack, named after
+/// the directory (so `reconciler validate` works inside a stack directory); otherwise each
+/// sub-directory holding one is a stack. Problems with one stack (its file, its `.env`, a link
+/// out of the repo) are that stack's diagnostics; only a tree that cannot be read is an `Err`.
 pub fn load(tree: &dyn Tree, options: &LoadOptions<'_>) -> anyhow::Result<Loaded> {
     let mut out = Loaded {
         state: DesiredState {
@@ -82,42 +229,100 @@ pub fn load(tree: &dyn Tree, options: &LoadOptions<'_>) -> anyhow::Result<Loaded
         },
         ..Default::default()
     };
+    if !tree.is_dir("")? {
+        out.no_stacks = Some(NoStacks::Missing);
+        out.diagnostics.push(Diagnostic::error(
+            "",
+            spec::yaml::Span::default(),
+            "",
+            format!(
+                "{}: no such directory: there are no stacks to read",
+                tree.describe()
+            ),
+        ));
+        return Ok(out);
+    }
+    let root_env = read_dotenv(tree, ".env");
+    match stack_file(tree, "") {
+        Ok(Some((file, bytes, warning))) => {
+            out.diagnostics.extend(warning);
+            let stack = tree.name();
+            load_one(
+                tree, &stack, "", &file, &bytes, &root_env, options, &mut out,
+            );
+            return Ok(out);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            out.diagnostics.push(Diagnostic::error(
+                "",
+                spec::yaml::Span::default(),
+                "",
+                format!("{e:#}"),
+            ));
+            out.failed.push(tree.name());
+            return Ok(out);
+        }
+    }
     for dir in tree.subdirs("")? {
         if dir.starts_with('.') {
             continue; // .git, .github and friends
         }
-        let mut found = Vec::new();
-        for name in STACK_FILE_NAMES {
-            let path = format!("{dir}/{name}");
-            if let Some(bytes) = tree.read(&path)? {
-                found.push((path, bytes));
+        match stack_file(tree, &dir) {
+            Ok(Some((file, bytes, warning))) => {
+                out.diagnostics.extend(warning);
+                load_one(
+                    tree, &dir, &dir, &file, &bytes, &root_env, options, &mut out,
+                );
+            }
+            Ok(None) => {}
+            Err(e) => {
+                out.diagnostics.push(Diagnostic::error(
+                    &dir,
+                    spec::yaml::Span::default(),
+                    "",
+                    format!("{e:#}"),
+                ));
+                out.failed.push(dir.clone());
             }
         }
-        let Some((file, bytes)) = found.first() else {
-            continue;
-        };
-        if found.len() > 1 {
-            let names: Vec<&str> = found.iter().map(|(p, _)| p.as_str()).collect();
-            out.diagnostics.push(Diagnostic::error(
-                file,
-                spec::yaml::Span::default(),
-                "",
-                format!(
-                    "{dir} holds more than one stack file ({}): keep one",
-                    names.join(", ")
-                ),
-            ));
-            out.failed.push(dir.clone());
-            continue;
-        }
-        load_one(tree, &dir, file, bytes, options, &mut out)?;
+    }
+    let found = out.state.stacks.len() + out.failed.len() + out.blocked.len();
+    if found == 0 && !matches!(tree.read(KEEP_FILE), Ok(Some(_))) {
+        out.no_stacks = Some(NoStacks::Empty);
+        out.diagnostics.push(Diagnostic::error(
+            "",
+            spec::yaml::Span::default(),
+            "",
+            format!(
+                "{}: no stack here: looked for {} in this directory and in each directory under it (commit an empty {KEEP_FILE} here to mean no stacks on purpose)",
+                tree.describe(),
+                STACK_FILE_NAMES.join(", ")
+            ),
+        ));
     }
     check_across_stacks(tree, &mut out);
     Ok(out)
 }
 
+/// A `.env` file: its variables, or the diagnostic that says why it cannot be read.
+fn read_dotenv(tree: &dyn Tree, path: &str) -> Result<BTreeMap<String, String>, Diagnostic> {
+    let at_line = |line, message: String| {
+        Diagnostic::error(path, spec::yaml::Span { line, col: 1 }, "", message)
+    };
+    match tree.read(path) {
+        Ok(Some(b)) => {
+            let text = std::str::from_utf8(&b)
+                .map_err(|_| at_line(0, "the file is not UTF-8 text".into()))?;
+            spec::dotenv::parse_map(text).map_err(|e| at_line(e.line, e.message))
+        }
+        Ok(None) => Ok(BTreeMap::new()),
+        Err(e) => Err(at_line(0, format!("{e:#}"))),
+    }
+}
+
 /// Read a single compose file that is not part of a stacks directory layout (for
-/// `reconciler validate FILE`): the stack is named after the file's directory.
+/// `reconciler validate FILE`): the stack is named `stack`.
 pub fn load_file(
     tree: &dyn Tree,
     dir: &str,
@@ -133,30 +338,30 @@ pub fn load_file(
     } else {
         dir.rsplit('/').next().unwrap_or(dir)
     };
-    load_one_named(tree, stack, dir, file, &bytes, options, &mut out)?;
+    load_one(
+        tree,
+        stack,
+        dir,
+        file,
+        &bytes,
+        &Ok(BTreeMap::new()),
+        options,
+        &mut out,
+    );
     Ok(out)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn load_one(
-    tree: &dyn Tree,
-    dir: &str,
-    file: &str,
-    bytes: &[u8],
-    options: &LoadOptions<'_>,
-    out: &mut Loaded,
-) -> anyhow::Result<()> {
-    load_one_named(tree, dir, dir, file, bytes, options, out)
-}
-
-fn load_one_named(
     tree: &dyn Tree,
     stack: &str,
     dir: &str,
     file: &str,
     bytes: &[u8],
+    root_env: &Result<BTreeMap<String, String>, Diagnostic>,
     options: &LoadOptions<'_>,
     out: &mut Loaded,
-) -> anyhow::Result<()> {
+) {
     let fail = |out: &mut Loaded, message: String| {
         out.diagnostics.push(Diagnostic::error(
             file,
@@ -171,50 +376,42 @@ fn load_one_named(
             out,
             format!("{stack:?} is not a valid stack name: use letters, digits, '-' and '_', starting with a letter or digit"),
         );
-        return Ok(());
+        return;
     }
     let Ok(text) = std::str::from_utf8(bytes) else {
         fail(out, "the file is not UTF-8 text".into());
-        return Ok(());
+        return;
     };
-    let dotenv_path = if dir.is_empty() {
-        ".env".to_string()
-    } else {
-        format!("{dir}/.env")
+    // Variables: the repo's .env, then the stack's, then what the operator passed.
+    let mut vars = match root_env {
+        Ok(m) => m.clone(),
+        Err(d) => {
+            out.diagnostics.push(d.clone());
+            out.failed.push(stack.to_string());
+            return;
+        }
     };
-    let dotenv = match tree.read(&dotenv_path)? {
-        Some(b) => match spec::dotenv::parse_map(&String::from_utf8_lossy(&b)) {
-            Ok(m) => m,
-            Err(e) => {
-                out.diagnostics.push(Diagnostic::error(
-                    &dotenv_path,
-                    spec::yaml::Span {
-                        line: e.line,
-                        col: 1,
-                    },
-                    "",
-                    e.message,
-                ));
+    if !dir.is_empty() {
+        match read_dotenv(tree, &join(dir, ".env")) {
+            Ok(m) => vars.extend(m),
+            Err(d) => {
+                out.diagnostics.push(d);
                 out.failed.push(stack.to_string());
-                return Ok(());
+                return;
             }
-        },
-        None => BTreeMap::new(),
-    };
-    let vars = if options.process_env {
-        Variables::from_dotenv_and_process(dotenv)
-    } else {
-        Variables::new(dotenv)
-    };
+        }
+    }
+    vars.extend(options.variables.clone());
+    let vars = Variables::new(vars);
     let files = StackDir { tree, dir };
     let loaded = spec::load_stack(stack, file, text, &files, &vars);
     out.diagnostics.extend(loaded.diagnostics);
     let Some(spec) = loaded.spec else {
         out.failed.push(stack.to_string());
-        return Ok(());
+        return;
     };
     if let Some(ids) = options.identities {
-        let mut ok = true;
+        let mut undecryptable = Vec::new();
         for (key, secret) in &spec.secrets {
             if !secret.encrypted {
                 continue;
@@ -222,30 +419,28 @@ fn load_one_named(
             let Some(source) = &secret.source else {
                 continue;
             };
-            let Some(ciphertext) = tree.read(source)? else {
-                continue;
+            let Ok(Some(ciphertext)) = tree.read(source) else {
+                continue; // reading it worked a moment ago in spec; nothing new to say
             };
             if let Err(e) = secrets::decrypt(&secret.name, &ciphertext, ids) {
                 let root = spec::yaml::parse(text).ok();
                 let span = root
                     .map(|r| r.locate(["secrets", key.as_str(), "file"]))
                     .unwrap_or_default();
-                out.diagnostics.push(Diagnostic::error(
+                undecryptable.push(Diagnostic::error(
                     file,
                     span,
                     format!("secrets.{key}.file"),
                     e.to_string(),
                 ));
-                ok = false;
             }
         }
-        if !ok {
-            out.failed.push(stack.to_string());
-            return Ok(());
+        if !undecryptable.is_empty() {
+            out.blocked.insert(stack.to_string(), undecryptable);
+            return;
         }
     }
     out.state.stacks.insert(stack.to_string(), spec);
-    Ok(())
 }
 
 /// Ingress ports are cluster-wide: two stacks cannot publish the same one.

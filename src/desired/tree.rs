@@ -13,10 +13,27 @@ pub trait Tree {
     fn read(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>>;
     /// A short description for messages: a path, or `repo@abc1234`.
     fn describe(&self) -> String;
+    /// Is there a directory at `path` ("" for the root)?
+    fn is_dir(&self, path: &str) -> anyhow::Result<bool>;
+    /// The root directory's own name: a stack read from the root is named after it.
+    fn name(&self) -> String;
     /// The commit this tree comes from, if any.
     fn revision(&self) -> Option<String> {
         None
     }
+    /// Every file under the directory `dir`, recursively, sorted by path (relative to `dir`);
+    /// None when `dir` is not a directory.
+    fn walk(&self, dir: &str) -> anyhow::Result<Option<Vec<TreeFile>>>;
+}
+
+/// A file found by [`Tree::walk`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeFile {
+    /// Relative to the directory walked, `/`-separated.
+    pub path: String,
+    pub executable: bool,
+    /// A symbolic link (never followed: it could point anywhere on the host).
+    pub link: bool,
 }
 
 /// Resolve `relative` (written in a file under `base_dir`) to a path inside the tree, refusing
@@ -72,6 +89,17 @@ impl Tree for WorkTree {
         Ok(out)
     }
 
+    fn is_dir(&self, path: &str) -> anyhow::Result<bool> {
+        Ok(self.root.join(path).is_dir())
+    }
+
+    fn name(&self) -> String {
+        std::fs::canonicalize(&self.root)
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "stack".into())
+    }
+
     fn read(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
         let full = self.root.join(path);
         // Symlinks could point anywhere on the host; only follow those that stay in the repo.
@@ -81,8 +109,11 @@ impl Tree for WorkTree {
                 if !real.starts_with(&root) {
                     bail!("{path} is a link to a file outside the stacks repo");
                 }
-                if !real.is_file() {
+                if real.is_dir() {
                     return Ok(None);
+                }
+                if !real.is_file() {
+                    bail!("{path} is not a regular file (a FIFO, socket or device): only files are read");
                 }
                 Ok(Some(
                     std::fs::read(&real).with_context(|| format!("reading {path}"))?,
@@ -96,6 +127,44 @@ impl Tree for WorkTree {
     fn describe(&self) -> String {
         self.root.display().to_string()
     }
+
+    fn walk(&self, dir: &str) -> anyhow::Result<Option<Vec<TreeFile>>> {
+        use std::os::unix::fs::PermissionsExt;
+        let base = self.root.join(dir);
+        if !std::fs::symlink_metadata(&base).is_ok_and(|m| m.is_dir()) {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        let mut pending = vec![String::new()];
+        while let Some(rel) = pending.pop() {
+            let path = base.join(&rel);
+            for entry in
+                std::fs::read_dir(&path).with_context(|| format!("reading {}", path.display()))?
+            {
+                let entry = entry?;
+                let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                    bail!("{}: a file name that is not UTF-8", path.display());
+                };
+                let child = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
+                let meta = std::fs::symlink_metadata(entry.path())?;
+                if meta.is_dir() {
+                    pending.push(child);
+                } else {
+                    out.push(TreeFile {
+                        path: child,
+                        executable: meta.permissions().mode() & 0o111 != 0,
+                        link: meta.file_type().is_symlink() || !meta.is_file(),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(Some(out))
+    }
 }
 
 /// A commit of a git repository, read through git2 without touching any work tree.
@@ -106,6 +175,7 @@ pub struct GitTree {
     /// Sub-directory of the repository holding the stacks ("" for the root).
     prefix: String,
     label: String,
+    name: Option<String>,
 }
 
 impl GitTree {
@@ -138,7 +208,15 @@ impl GitTree {
             label: format!("{reference} ({short})"),
             repo,
             prefix,
+            name: None,
         })
+    }
+
+    /// Name the root (for a stack read from the root of a bare mirror, whose own directory
+    /// name means nothing to the user).
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
     }
 
     fn full(&self, path: &str) -> String {
@@ -198,11 +276,56 @@ impl Tree for GitTree {
     }
 
     fn describe(&self) -> String {
-        self.label.clone()
+        if self.prefix.is_empty() {
+            self.label.clone()
+        } else {
+            format!("{}/ at {}", self.prefix, self.label)
+        }
+    }
+
+    fn is_dir(&self, path: &str) -> anyhow::Result<bool> {
+        Ok(self.subtree(path)?.is_some())
+    }
+
+    fn name(&self) -> String {
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        if let Some(last) = self.prefix.rsplit('/').next().filter(|l| !l.is_empty()) {
+            return last.to_string();
+        }
+        let dir = self.repo.workdir().unwrap_or_else(|| self.repo.path());
+        std::fs::canonicalize(dir)
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .map(|n| n.trim_end_matches(".git").to_string())
+            .unwrap_or_else(|| "stack".into())
     }
 
     fn revision(&self) -> Option<String> {
         Some(self.commit.to_string())
+    }
+
+    fn walk(&self, dir: &str) -> anyhow::Result<Option<Vec<TreeFile>>> {
+        let Some(tree) = self.subtree(dir)? else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        tree.walk(git2::TreeWalkMode::PreOrder, |parent, entry| {
+            if entry.kind() == Some(git2::ObjectType::Blob) {
+                if let Ok(name) = entry.name() {
+                    let mode = entry.filemode();
+                    out.push(TreeFile {
+                        path: format!("{parent}{name}"),
+                        executable: mode == 0o100755,
+                        link: mode == 0o120000,
+                    });
+                }
+            }
+            git2::TreeWalkResult::Ok
+        })?;
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(Some(out))
     }
 }
 

@@ -22,19 +22,34 @@ pub type Addresses = Arc<RwLock<HashMap<String, IpAddr>>>;
 pub struct Ingress {
     bind: IpAddr,
     listeners: BTreeMap<u16, Listener>,
+    /// Ports that could not be bound, with why.
+    failures: BTreeMap<u16, String>,
+    /// The same, for status.
+    status: PortFailures,
 }
+
+/// Published ports that cannot be bound, with the error, for status.
+pub type PortFailures = Arc<RwLock<BTreeMap<u16, String>>>;
 
 struct Listener {
     service: String,
+    /// The address it is bound to (a port's host IP, or the node's ingress address).
+    ip: IpAddr,
     backends: Arc<RwLock<Vec<SocketAddr>>>,
     stop: CancellationToken,
 }
 
+/// A published port as the ingress serves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    pub service: String,
+    /// The host IP the stack file gave (`127.0.0.1:8080:80`): the port listens there only.
+    pub host_ip: Option<IpAddr>,
+    pub backends: Vec<SocketAddr>,
+}
+
 /// The published TCP ports the state asks for, with their backends.
-pub fn wanted(
-    state: &State,
-    addresses: &HashMap<String, IpAddr>,
-) -> BTreeMap<u16, (String, Vec<SocketAddr>)> {
+pub fn wanted(state: &State, addresses: &HashMap<String, IpAddr>) -> BTreeMap<u16, Published> {
     let mut out = BTreeMap::new();
     for svc in state.services.values() {
         for p in &svc.spec.endpoint.ports {
@@ -62,7 +77,18 @@ pub fn wanted(
                 })
                 .collect();
             backends.sort();
-            out.insert(published, (svc.spec.name.clone(), backends));
+            let host_ip = p
+                .host_ip
+                .as_deref()
+                .and_then(|ip| ip.trim_matches(['[', ']']).parse().ok());
+            out.insert(
+                published,
+                Published {
+                    service: svc.spec.name.clone(),
+                    host_ip,
+                    backends,
+                },
+            );
         }
     }
     out
@@ -73,7 +99,14 @@ impl Ingress {
         Ingress {
             bind,
             listeners: BTreeMap::new(),
+            failures: BTreeMap::new(),
+            status: Default::default(),
         }
+    }
+
+    /// A handle on the ports that cannot be bound, for status.
+    pub fn failures(&self) -> PortFailures {
+        self.status.clone()
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -99,35 +132,48 @@ impl Ingress {
         }
     }
 
-    async fn reconcile(&mut self, want: BTreeMap<u16, (String, Vec<SocketAddr>)>) {
+    async fn reconcile(&mut self, want: BTreeMap<u16, Published>) {
+        let bind = self.bind;
         self.listeners.retain(|port, l| {
-            let keep = want.get(port).is_some_and(|(svc, _)| *svc == l.service);
+            let keep = want
+                .get(port)
+                .is_some_and(|p| p.service == l.service && p.host_ip.unwrap_or(bind) == l.ip);
             if !keep {
                 l.stop.cancel();
             }
             keep
         });
-        for (port, (service, backends)) in want {
+        self.failures.retain(|port, _| want.contains_key(port));
+        for (port, p) in want {
             if let Some(l) = self.listeners.get(&port) {
-                *l.backends.write().expect("lock") = backends;
+                *l.backends.write().expect("lock") = p.backends;
                 continue;
             }
-            match TcpListener::bind((self.bind, port)).await {
+            let ip = p.host_ip.unwrap_or(self.bind);
+            match TcpListener::bind((ip, port)).await {
                 Ok(listener) => {
-                    tracing::info!(port, service = %service, "publishing port");
+                    tracing::info!(port, %ip, service = %p.service, "publishing port");
+                    self.failures.remove(&port);
                     let l = Listener {
-                        service,
-                        backends: Arc::new(RwLock::new(backends)),
+                        service: p.service,
+                        ip,
+                        backends: Arc::new(RwLock::new(p.backends)),
                         stop: CancellationToken::new(),
                     };
                     tokio::spawn(serve(listener, l.backends.clone(), l.stop.clone()));
                     self.listeners.insert(port, l);
                 }
                 Err(e) => {
-                    tracing::warn!(port, service = %service, error = %e, "cannot publish port");
+                    // Said once per port and reason, not on every pass (it is retried).
+                    let why = e.to_string();
+                    if self.failures.get(&port) != Some(&why) {
+                        tracing::warn!(port, %ip, service = %p.service, error = %why, "cannot publish port; retrying");
+                        self.failures.insert(port, why);
+                    }
                 }
             }
         }
+        *self.status.write().expect("lock") = self.failures.clone();
     }
 }
 

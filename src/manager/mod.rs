@@ -42,6 +42,8 @@ pub struct UpConfig {
     pub identity: Option<PathBuf>,
     /// Address the ingress proxy binds published ports on.
     pub ingress_bind: std::net::IpAddr,
+    /// Variables passed to the stacks' interpolation (`--env-file`, `--env`), over `.env`.
+    pub variables: std::collections::BTreeMap<String, String>,
 }
 
 /// What every loop shares: the store and a change counter to wake on.
@@ -150,11 +152,8 @@ pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Resul
         mirror.path().to_path_buf(),
         config.path.clone(),
         identities.clone(),
+        &config.data_dir,
     ));
-    // After a restart, secrets are read at the revision the store last applied.
-    if let Some(applied) = shared.with_state(|s| s.revision.applied.clone()) {
-        content.set_revision(&applied.commit);
-    }
     let runtime = DockerRuntime::connect_local().with_node_filter(node_id.clone());
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -168,10 +167,12 @@ pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Resul
         shared.clone(),
         updates_rx,
         mirror.clone(),
-        config.path.clone(),
-        identities,
-        config.prune,
-        content.clone(),
+        GitLoopConfig {
+            path: config.path.clone(),
+            identities,
+            prune: config.prune,
+            variables: config.variables.clone(),
+        },
         shutdown.clone(),
     ));
     tasks.spawn(orchestrator_loop(shared.clone(), shutdown.clone()));
@@ -250,75 +251,145 @@ fn local_node(id: &str) -> Node {
     }
 }
 
+struct GitLoopConfig {
+    path: String,
+    identities: Option<Identities>,
+    prune: bool,
+    variables: std::collections::BTreeMap<String, String>,
+}
+
 /// New heads of the branch become the desired state, or are refused with their errors.
-#[allow(clippy::too_many_arguments)]
 async fn git_loop(
     shared: Arc<Shared>,
     mut updates: mpsc::Receiver<gitops::Update>,
     mirror: Arc<Mirror>,
-    path: String,
-    identities: Option<Identities>,
-    prune: bool,
-    content: Arc<MirrorContent>,
+    config: GitLoopConfig,
     shutdown: CancellationToken,
 ) {
+    let config = Arc::new(config);
+    // A stack read from the repository root is named after the repository.
+    let root_name = repo_name(mirror.display_url());
     loop {
         let update = tokio::select! {
             _ = shutdown.cancelled() => return,
             u = updates.recv() => match u { Some(u) => u, None => return },
         };
         let commit = update.commit.id.clone();
-        let (repo, path2, ids) = (
+        let short = update.commit.short_id();
+        let (repo, cfg, commit2, name) = (
             mirror.path().to_path_buf(),
-            path.clone(),
-            identities.clone(),
+            config.clone(),
+            commit.clone(),
+            root_name.clone(),
         );
-        let commit2 = commit.clone();
         let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<desired::Loaded> {
-            let tree = GitTree::open(&repo, &commit2, &path2)?;
+            let tree = GitTree::open(&repo, &commit2, &cfg.path)?.with_name(name);
             desired::load(
                 &tree,
                 &LoadOptions {
-                    identities: ids.as_ref(),
-                    process_env: true,
+                    identities: cfg.identities.as_ref(),
+                    variables: cfg.variables.clone(),
                 },
             )
         })
         .await;
         let at = now_ms();
+        let refuse = |errors: Vec<String>| {
+            tracing::warn!(commit = %short, errors = %errors.join("; "), "refusing commit; the last good revision keeps running");
+            Command::RefuseRevision {
+                commit: commit.clone(),
+                errors,
+                at,
+            }
+        };
         let command = match loaded {
+            Ok(Ok(l)) if l.no_stacks.is_some() => {
+                let running = shared.with_state(|s| {
+                    s.services
+                        .values()
+                        .map(|v| v.spec.stack.as_str())
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .len()
+                });
+                refuse(vec![no_stacks_message(
+                    &config.path,
+                    short,
+                    l.no_stacks.as_ref(),
+                    running,
+                )])
+            }
             Ok(Ok(l)) if !l.has_errors() => {
-                tracing::info!(commit = %update.commit.short_id(), summary = %update.commit.summary, trigger = ?update.trigger, "applying commit");
-                content.set_revision(&commit);
+                let blocked: std::collections::BTreeMap<String, Vec<String>> = l
+                    .blocked
+                    .iter()
+                    .map(|(stack, ds)| (stack.clone(), ds.iter().map(|d| d.to_string()).collect()))
+                    .collect();
+                for (stack, why) in &blocked {
+                    tracing::warn!(commit = %short, stack = %stack, errors = %why.join("; "), "stack blocked: its secrets cannot be decrypted here; what runs of it stays as it was");
+                }
+                tracing::info!(commit = %short, summary = %update.commit.summary, trigger = ?update.trigger, "applying commit");
                 Command::ApplyRevision {
-                    commit,
+                    commit: commit.clone(),
                     desired: l.state,
-                    prune,
+                    prune: config.prune,
                     at,
+                    blocked,
                 }
             }
-            Ok(Ok(l)) => {
-                let errors: Vec<String> = l
-                    .diagnostics
+            Ok(Ok(l)) => refuse(
+                l.diagnostics
                     .iter()
                     .filter(|d| d.is_error())
                     .map(|d| d.to_string())
-                    .collect();
-                tracing::warn!(commit = %update.commit.short_id(), errors = errors.len(), "refusing invalid commit; the last good revision keeps running");
-                Command::RefuseRevision { commit, errors, at }
-            }
-            Ok(Err(e)) => Command::RefuseRevision {
-                commit,
-                errors: vec![format!("{e:#}")],
-                at,
-            },
-            Err(e) => Command::RefuseRevision {
-                commit,
-                errors: vec![format!("loading the commit failed: {e}")],
-                at,
-            },
+                    .collect(),
+            ),
+            Ok(Err(e)) => refuse(vec![format!("{e:#}")]),
+            Err(e) => refuse(vec![format!("loading the commit failed: {e}")]),
         };
         shared.apply(vec![command]);
+    }
+}
+
+/// Why a commit with no stacks under the path is refused, and the documented way out.
+fn no_stacks_message(
+    path: &str,
+    commit: &str,
+    why: Option<&desired::NoStacks>,
+    running: usize,
+) -> String {
+    let (shown, keep) = if path.is_empty() {
+        (
+            "the repository root".to_string(),
+            desired::KEEP_FILE.to_string(),
+        )
+    } else {
+        let p = path.trim_matches('/');
+        (format!("path {p}/"), format!("{p}/{}", desired::KEEP_FILE))
+    };
+    let state = match why {
+        Some(desired::NoStacks::Missing) => "is missing",
+        _ => "holds no stack",
+    };
+    let consequence = match running {
+        0 => "nothing to run (check --path)".to_string(),
+        1 => "refusing to remove the 1 stack that runs".to_string(),
+        n => format!("refusing to remove all {n} stacks"),
+    };
+    format!("{shown} {state} at commit {commit}: {consequence}; commit an empty {keep} to remove them on purpose")
+}
+
+/// The repository's name from its URL or path (`git@host:team/stacks.git` → `stacks`).
+fn repo_name(url: &str) -> String {
+    let last = url
+        .trim_end_matches('/')
+        .rsplit(['/', ':'])
+        .next()
+        .unwrap_or("stack");
+    let name = last.strip_suffix(".git").unwrap_or(last);
+    if desired::is_valid_stack_name(name) {
+        name.to_string()
+    } else {
+        "stack".to_string()
     }
 }
 
@@ -349,7 +420,7 @@ async fn agent_loop(
     content: Arc<MirrorContent>,
     shutdown: CancellationToken,
 ) {
-    let mut executor = Executor::new(runtime, shared.node_id.clone(), content);
+    let mut executor = Executor::new(runtime, shared.node_id.clone(), content.clone());
     let mut changes = shared.subscribe();
     let mut backoff = gitops::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let mut last_prune = std::time::Instant::now();
@@ -385,6 +456,16 @@ async fn agent_loop(
             // Secret files of containers removed behind our back (docker rm -f).
             if let Err(e) = executor.runtime().prune_task_files().await {
                 tracing::debug!(error = %e, "task files prune");
+            }
+            // Copies of repo files that no task of this node mounts any more.
+            let keep: std::collections::BTreeSet<&str> = state
+                .tasks
+                .values()
+                .filter(|t| t.node == shared.node_id)
+                .flat_map(|t| t.spec.content_versions())
+                .collect();
+            if let Err(e) = content.prune_files(&keep) {
+                tracing::warn!(error = %e, "removing old copies of repo files");
             }
         }
         tokio::select! {

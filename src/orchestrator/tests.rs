@@ -74,6 +74,7 @@ impl Sim {
         desired.stacks.insert("app".into(), loaded.spec.unwrap());
         self.state
             .apply(Command::ApplyRevision {
+                blocked: Default::default(),
                 commit: commit.into(),
                 desired,
                 prune: true,
@@ -501,6 +502,7 @@ fn a_removed_stack_leaves_nothing_behind() {
     sim.run(2_000);
     sim.state
         .apply(Command::ApplyRevision {
+            blocked: Default::default(),
             commit: "c2".into(),
             desired: DesiredState::default(),
             prune: true,

@@ -62,11 +62,13 @@ impl Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file)?;
-        if self.line > 0 {
-            write!(f, ":{}:{}", self.line, self.col)?;
+        if !self.file.is_empty() {
+            write!(f, "{}", self.file)?;
+            if self.line > 0 {
+                write!(f, ":{}:{}", self.line, self.col)?;
+            }
+            f.write_str(": ")?;
         }
-        f.write_str(": ")?;
         if self.severity == Severity::Warning {
             f.write_str("warning: ")?;
         }
@@ -130,6 +132,12 @@ pub struct Report<'a> {
     /// List items dropped before the semantic checks, in order: the list's path and the item's
     /// index at the time. Paths reported afterwards count the items without them.
     removed_items: Vec<(Vec<String>, usize)>,
+    /// Definitions in the value of a duplicate key, which the tree left out (the duplicate is
+    /// reported): top-level section → names. "network x is not defined" would be an echo.
+    dropped_definitions: Vec<(String, String)>,
+    /// Values built by interpolation from variables that were unset or empty, with a note that
+    /// names them: an error about such a value says where it came from.
+    interpolated: std::collections::HashMap<Vec<String>, String>,
 }
 
 impl<'a> Report<'a> {
@@ -142,7 +150,30 @@ impl<'a> Report<'a> {
             known_bad: Vec::new(),
             incomplete: Vec::new(),
             removed_items: Vec::new(),
+            dropped_definitions: Vec::new(),
+            interpolated: Default::default(),
         }
+    }
+
+    /// Note that the value of a duplicate key at `path` was left out, with the keys it held.
+    pub fn dropped(&mut self, path: &[String], keys: &[String]) {
+        if let [section] = path {
+            for k in keys {
+                self.dropped_definitions.push((section.clone(), k.clone()));
+            }
+        }
+    }
+
+    /// Was `name` defined in a top-level `section` block that was dropped as a duplicate key?
+    pub fn defined_in_dropped(&self, section: &str, name: &str) -> bool {
+        self.dropped_definitions
+            .iter()
+            .any(|(s, n)| s == section && n == name)
+    }
+
+    /// Note that the value at `path` was interpolated from unset or empty variables.
+    pub fn interpolated(&mut self, path: Vec<String>, note: String) {
+        self.interpolated.insert(path, note);
     }
 
     /// Note that the item at `index` of the list at `list` was dropped from the document.
@@ -232,8 +263,21 @@ impl<'a> Report<'a> {
             locate()
         };
         let p = display_path(self.root, path);
+        let message = match self.interpolated.get(path) {
+            Some(note) => format!("{message} ({note})"),
+            None => message,
+        };
         self.items
             .push(Diagnostic::error(self.file, span, p, message));
+    }
+
+    /// A warning about the value at `path`.
+    pub fn warning<S: AsRef<str>>(&mut self, path: &[S], message: impl Into<String>) {
+        let path = &self.original(path);
+        let span = self.root.locate(path.iter().map(String::as_str));
+        let p = display_path(self.root, path);
+        self.items
+            .push(Diagnostic::warning(self.file, span, p, message));
     }
 
     pub fn key_warning<S: AsRef<str>>(&mut self, path: &[S], message: impl Into<String>) {

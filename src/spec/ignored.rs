@@ -28,7 +28,7 @@ pub const SERVICE_KEYS: &[(&str, &str)] = &[
     ("cpuset", ""),
     (
         "depends_on",
-        "services start independently in swarm mode; use healthchecks and retries",
+        "services start independently; use healthchecks and retries",
     ),
     ("develop", ""),
     ("device_cgroup_rules", ""),

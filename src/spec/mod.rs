@@ -32,13 +32,33 @@ pub use diagnostic::{Diagnostic, Severity};
 pub use interpolate::Variables;
 pub use model::StackSpec;
 
-/// Access to the files of a stack directory, for `env_file`, secrets and configs.
+/// Access to the files of a stack directory, for `env_file`, secrets, configs and relative
+/// bind mounts.
 pub trait StackFiles {
     /// Read a file named relative to the stack directory. `Ok(None)` if it does not exist;
     /// `Err` with a message for paths that leave the stacks root or cannot be read.
     fn read(&self, relative: &str) -> Result<Option<Vec<u8>>, String>;
     /// The path as people should see it (relative to the stacks root).
     fn display(&self, relative: &str) -> String;
+    /// What a path relative to the stack directory names in the repo: a file, a directory
+    /// (with a version over everything in it), or nothing git tracks.
+    fn entry(&self, relative: &str) -> Result<Option<PathEntry>, String> {
+        Ok(self.read(relative)?.map(|bytes| PathEntry {
+            path: self.display(relative),
+            dir: false,
+            version: normalise::content_version(&bytes),
+        }))
+    }
+}
+
+/// A file or directory of the stacks repo.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathEntry {
+    /// Relative to the stacks root.
+    pub path: String,
+    pub dir: bool,
+    /// Content hash: of the bytes of a file; of every path, mode and content of a directory.
+    pub version: String,
 }
 
 /// No files at all: for parsing a lone document (tests, fuzzing, `schema` checks).
@@ -104,12 +124,43 @@ pub fn load_stack(
         );
     }
 
-    let mut interpolation_errors = Vec::new();
-    interpolate::interpolate_tree(&mut root, vars, &mut interpolation_errors);
+    let interpolated = interpolate::interpolate_tree(&mut root, vars);
     for path in TEXT_VALUES {
         keep_text(&mut root, path);
     }
     let mut report = diagnostic::Report::new(file, &root);
+    for d in &parsed.dropped {
+        report.dropped(&d.path, &d.keys);
+    }
+    let mut warned = std::collections::HashSet::new();
+    for u in &interpolated.unset {
+        // Once per variable and line, as docker compose warns once per variable.
+        if warned.insert((u.name.clone(), u.span.line)) {
+            report.warning(
+                &u.path,
+                format!(
+                    "variable {} is not set: substituting an empty string (set it in .env or pass it with --env; write ${{{}:-}} if empty is meant)",
+                    u.name, u.name
+                ),
+            );
+        }
+    }
+    for (path, names, whole) in interpolated.blank {
+        let names: Vec<String> = names.iter().map(|n| format!("${{{n}}}")).collect();
+        let verb = if names.len() == 1 { "is" } else { "are" };
+        let note = if whole {
+            format!(
+                "the value comes from {}, which {verb} unset or empty",
+                names.join(" and ")
+            )
+        } else {
+            format!(
+                "{} in this value {verb} unset or empty",
+                names.join(" and ")
+            )
+        };
+        report.interpolated(path, note);
+    }
     for e in parsed.errors {
         let path = diagnostic::display_path(&root, &e.path);
         report
@@ -121,7 +172,7 @@ pub fn load_stack(
         }
     }
 
-    for e in interpolation_errors {
+    for e in interpolated.errors {
         let path = diagnostic::display_path(&root, &e.path);
         report
             .items
@@ -222,6 +273,15 @@ fn deserialise(
                 (None, Some(v)) => format!("expected a whole number, found {}", schema::found(v)),
                 (None, None) => message,
             }
+        } else if message.starts_with("data did not match any variant") {
+            // serde's words for "none of the forms fit"; the schema's words are better, but
+            // when it let the value through, say at least what was found.
+            let written = report
+                .root
+                .at(&report.original(&path))
+                .map(|n| schema::found(&n.to_json()))
+                .unwrap_or_else(|| "this value".into());
+            format!("{written} has none of the forms this field takes")
         } else {
             message
         };

@@ -148,6 +148,26 @@ pub enum Mount {
         #[serde(skip_serializing_if = "Option::is_none")]
         mode: Option<u32>,
     },
+    /// A relative bind mount of a file or directory that git tracks (`./nginx.conf:/etc/...`):
+    /// the node mounts its own read-only copy of exactly this version, so a change in git is a
+    /// new version and rolls the service, like a config.
+    Repo {
+        /// Relative to the stacks root.
+        path: String,
+        dir: bool,
+        /// Content hash (of the file, or of every file under the directory).
+        version: String,
+        target: String,
+    },
+    /// A relative bind mount of a path git does not track (`./data:/var/lib/x`): a directory
+    /// of the stack's own under the node's data dir, kept across commits like a volume.
+    StackDir {
+        stack: String,
+        /// Relative to the stack directory, normalised (`data`, `conf/certs`).
+        path: String,
+        target: String,
+        read_only: bool,
+    },
 }
 
 impl Mount {
@@ -155,8 +175,25 @@ impl Mount {
         match self {
             Mount::Volume { target, .. }
             | Mount::Bind { target, .. }
-            | Mount::Tmpfs { target, .. } => target,
+            | Mount::Tmpfs { target, .. }
+            | Mount::Repo { target, .. }
+            | Mount::StackDir { target, .. } => target,
         }
+    }
+}
+
+impl TaskSpec {
+    /// Every content version the task's containers need: its secrets, configs and repo files.
+    pub fn content_versions(&self) -> impl Iterator<Item = &str> {
+        let c = &self.container;
+        c.secrets
+            .iter()
+            .chain(&c.configs)
+            .map(|m| m.version.as_str())
+            .chain(c.mounts.iter().filter_map(|m| match m {
+                Mount::Repo { version, .. } => Some(version.as_str()),
+                _ => None,
+            }))
     }
 }
 

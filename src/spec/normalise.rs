@@ -35,11 +35,19 @@ pub fn normalise(file: raw::ComposeFile, cx: &Context<'_>, report: &mut Report<'
             .external
             .as_ref()
             .is_some_and(raw::External::is_external);
+        check_name(
+            report,
+            "networks",
+            key,
+            def.name.as_deref(),
+            def.external.as_ref(),
+        );
         let name = object_name(stack, key, def.name.as_deref(), def.external.as_ref());
-        if external && (def.driver.is_some() || def.ipam.is_some()) {
-            report.error(
+        // Real stacks often say how the external network was made; that is harmless.
+        if external && (def.driver.is_some() || def.ipam.is_some() || def.driver_opts.is_some()) {
+            report.key_warning(
                 &["networks", key, "external"],
-                "an external network is created outside the stack: remove driver and ipam",
+                "an external network is created outside the stack: its driver, driver_opts and ipam here are ignored",
             );
         }
         let subnets = def
@@ -83,14 +91,21 @@ pub fn normalise(file: raw::ComposeFile, cx: &Context<'_>, report: &mut Report<'
 
     for (key, def) in &file.volumes {
         let def = def.clone().unwrap_or_default();
+        check_name(
+            report,
+            "volumes",
+            key,
+            def.name.as_deref(),
+            def.external.as_ref(),
+        );
         let external = def
             .external
             .as_ref()
             .is_some_and(raw::External::is_external);
         if external && (def.driver.is_some() || def.driver_opts.is_some()) {
-            report.error(
+            report.key_warning(
                 &["volumes", key, "external"],
-                "an external volume is created outside the stack: remove driver and driver_opts",
+                "an external volume is created outside the stack: its driver and driver_opts here are ignored",
             );
         }
         spec.volumes.insert(
@@ -177,6 +192,24 @@ pub fn normalise(file: raw::ComposeFile, cx: &Context<'_>, report: &mut Report<'
     spec
 }
 
+/// A `name:` (or `external: {name:}`) that came out empty, usually from an unset variable.
+fn check_name(
+    report: &mut Report<'_>,
+    section: &str,
+    key: &str,
+    name: Option<&str>,
+    external: Option<&raw::External>,
+) {
+    if name.is_some_and(|n| n.trim().is_empty()) {
+        report.error(&[section, key, "name"], "the name is empty");
+    }
+    if let Some(raw::External::Named { name: Some(n) }) = external {
+        if n.trim().is_empty() {
+            report.error(&[section, key, "external", "name"], "the name is empty");
+        }
+    }
+}
+
 fn object_name(
     stack: &str,
     key: &str,
@@ -208,6 +241,7 @@ fn file_object(
     def: FileObjectDef<'_>,
 ) -> FileObjectSpec {
     let kind = &section[..section.len() - 1];
+    check_name(report, section, key, def.name, def.external);
     let external = def.external.is_some_and(raw::External::is_external);
     let sources = [def.file.is_some(), def.content.is_some(), external]
         .iter()
@@ -291,7 +325,13 @@ fn service(
         );
     }
     let image = match &svc.image {
-        Some(i) if !i.trim().is_empty() => i.trim().to_string(),
+        Some(i) if !i.trim().is_empty() => {
+            let image = i.trim().to_string();
+            if let Err(why) = check_image_reference(&image) {
+                report.error(&at(&["image"]), why);
+            }
+            image
+        }
         Some(_) => {
             report.error(&at(&["image"]), "the image is empty");
             String::new()
@@ -341,7 +381,7 @@ fn service(
     let mut mounts: Vec<(Mount, Vec<String>)> = Vec::new();
     for (i, v) in svc.volumes.iter().flatten().enumerate() {
         let path = at(&["volumes", &i.to_string()]);
-        if let Some(m) = volume_mount(v, cx.stack, stack, &path, report) {
+        if let Some(m) = volume_mount(v, cx, stack, &path, report) {
             mounts.push((m, path));
         }
     }
@@ -780,7 +820,7 @@ fn tmpfs_mount(spec: &str) -> Result<Mount, String> {
 
 fn volume_mount(
     v: &raw::VolumeEntry,
-    stack_name: &str,
+    cx: &Context<'_>,
     stack: &StackSpec,
     path: &[String],
     report: &mut Report<'_>,
@@ -862,6 +902,7 @@ fn volume_mount(
                 None => None,
                 Some(name) => match stack.volumes.get(&name) {
                     Some(v) => Some(v.name.clone()),
+                    None if report.defined_in_dropped("volumes", &name) => return None,
                     None => {
                         report.error(
                             path,
@@ -874,7 +915,7 @@ fn volume_mount(
                     }
                 },
             };
-            if source.is_none() && stack_name.is_empty() {
+            if source.is_none() && cx.stack.is_empty() {
                 return None;
             }
             Some(Mount::Volume {
@@ -889,21 +930,24 @@ fn volume_mount(
                 report.missing(path, &["source"], "a bind mount needs a source path");
                 return None;
             };
-            if !source.starts_with('/') {
+            if source.starts_with('~') {
                 report.error(
                     path,
                     format!(
-                        "relative bind mount {source:?} has no meaning on cluster nodes: use an absolute host path, a named volume, or a config (configs: {{name: {{file: {source}}}}})"
+                        "{source:?}: ~ is the home directory of whoever runs the deploy, and a commit deployed from git has no such person: use an absolute host path, a named volume, or a path inside the stack directory (./...)"
                     ),
                 );
                 return None;
             }
-            Some(Mount::Bind {
-                source,
-                target,
-                read_only,
-                propagation,
-            })
+            if source.starts_with('/') {
+                return Some(Mount::Bind {
+                    source,
+                    target,
+                    read_only,
+                    propagation,
+                });
+            }
+            repo_mount(&source, target, read_only, cx, path, report)
         }
         raw::VolumeType::Tmpfs => Some(Mount::Tmpfs {
             target,
@@ -915,6 +959,80 @@ fn volume_mount(
                 path,
                 "npipe mounts are for Windows nodes, which are not supported",
             );
+            None
+        }
+    }
+}
+
+/// A relative bind mount gets a meaning on cluster nodes: what git tracks is mounted from the
+/// node's read-only copy of that version; what it does not becomes a directory of the stack's
+/// own, kept across commits. Either way the user is told which, once per mount.
+fn repo_mount(
+    source: &str,
+    target: String,
+    read_only: bool,
+    cx: &Context<'_>,
+    path: &[String],
+    report: &mut Report<'_>,
+) -> Option<Mount> {
+    match cx.files.entry(source) {
+        Ok(Some(entry)) => {
+            let what = if entry.dir { "directory" } else { "file" };
+            report.warning(
+                path,
+                format!(
+                    "{source} is a {what} in git: each node mounts its own read-only copy of this commit's version (a change in git rolls the service, as a config does)"
+                ),
+            );
+            Some(Mount::Repo {
+                path: entry.path,
+                dir: entry.dir,
+                version: entry.version,
+                target,
+            })
+        }
+        Ok(None) => {
+            // Not in git: only a place of the stack's own can be meant, so it must stay inside
+            // the stack directory.
+            let mut parts: Vec<&str> = Vec::new();
+            for c in source.split('/') {
+                match c {
+                    "" | "." => {}
+                    ".." if parts.pop().is_some() => {}
+                    ".." => {
+                        report.error(
+                            path,
+                            format!("{source} is not in git and lies outside the stack directory: a path git does not track becomes a directory of this stack, so it must be inside it (or use a named volume)"),
+                        );
+                        return None;
+                    }
+                    c => parts.push(c),
+                }
+            }
+            if parts.is_empty() {
+                report.error(
+                    path,
+                    format!("{source} names the stack directory, which is not in git"),
+                );
+                return None;
+            }
+            let rel = parts.join("/");
+            report.warning(
+                path,
+                format!(
+                    "{source} is not in git: it becomes a directory of stack {stack} on each node (under the node's data dir, at stacks/{stack}/{rel}), kept across commits like a volume",
+                    stack = cx.stack
+                ),
+            );
+            Some(Mount::StackDir {
+                stack: cx.stack.to_string(),
+                path: rel,
+                target,
+                read_only,
+            })
+        }
+        Err(e) => {
+            report.error(path, e);
             None
         }
     }
@@ -965,6 +1083,9 @@ fn file_mounts(
             ),
         };
         let Some(obj) = defined.get(&source) else {
+            if report.defined_in_dropped(section, &source) {
+                continue; // the duplicate key that dropped it is reported
+            }
             let kind = &section[..section.len() - 1];
             report.error(
                 &path,
@@ -975,25 +1096,38 @@ fn file_mounts(
             );
             continue;
         };
+        // An error about the target points at `target:` when it is written.
+        let target_path = if target.is_some() {
+            at(&[section, &i.to_string(), "target"])
+        } else {
+            path.clone()
+        };
         let target = match target {
             Some(t) => t,
             None if section == "configs" => format!("/{source}"),
             None => source.clone(),
         };
-        if section == "secrets"
-            && (target.contains("..")
-                || target.starts_with('/') && !target.starts_with("/run/secrets/"))
-        {
+        // As the engine does: an absolute target is used as given; a relative one goes under
+        // /run/secrets/ (secrets) or / (configs). `..` could only climb out of that place.
+        if target.is_empty() || target.split('/').any(|c| c == "..") {
             report.error(
-                &path,
-                format!("secret target {target:?} must be a file name under /run/secrets/"),
+                &target_path,
+                format!("{kind} target {target:?} must be a file name or an absolute path without \"..\"", kind = &section[..section.len() - 1]),
             );
             continue;
         }
-        if out.iter().any(|m| m.target == target) {
+        let effective = |t: &str| match (t.starts_with('/'), section) {
+            (true, _) => t.to_string(),
+            (false, "secrets") => format!("/run/secrets/{t}"),
+            (false, _) => format!("/{t}"),
+        };
+        if out
+            .iter()
+            .any(|m| effective(&m.target) == effective(&target))
+        {
             report.error(
-                &path,
-                format!("two {section} use the same target {target:?}"),
+                &target_path,
+                format!("two {section} use the same target {:?}", effective(&target)),
             );
             continue;
         }
@@ -1058,6 +1192,7 @@ fn service_networks(
                 *uses_default = true;
                 format!("{}_default", stack.name)
             }
+            None if report.defined_in_dropped("networks", &name) => continue,
             None => {
                 report.error(
                     &path,
@@ -1069,7 +1204,8 @@ fn service_networks(
                 continue;
             }
         };
-        if out.iter().any(|a| a.network == full) {
+        // Two empty names are one error already reported at the names.
+        if !full.is_empty() && out.iter().any(|a| a.network == full) {
             report.error(&path, format!("network {name:?} is listed twice"));
             continue;
         }
@@ -1201,6 +1337,16 @@ fn resources(r: Option<&raw::Resources>, path: &[String], report: &mut Report<'_
     };
     let limits = r.limits.clone().unwrap_or_default();
     let reservations = r.reservations.clone().unwrap_or_default();
+    #[allow(deprecated)] // read only to say it is ignored
+    let devices = reservations.devices.is_some();
+    if devices {
+        let mut at = path.to_vec();
+        at.extend(["reservations".to_string(), "devices".to_string()]);
+        report.key_warning(
+            &at,
+            "ignored in swarm mode (docker stack deploy does not pass devices to services); reserve GPUs with generic_resources, which the nodes advertise as node-generic-resources",
+        );
+    }
     let at = |rest: [&str; 2]| -> Vec<String> {
         let mut p = path.to_vec();
         p.extend(rest.iter().map(|s| s.to_string()));
@@ -1532,6 +1678,60 @@ fn suggestion<'a>(word: &str, known: impl Iterator<Item = &'a String>) -> String
     }
 }
 
+/// Check an image reference with the grammar docker uses (distribution/reference), saying what
+/// is wrong and where: `ghcr.io//app` has an empty name component, `app:` an empty tag.
+pub fn check_image_reference(image: &str) -> Result<(), String> {
+    use container_image_dist_ref::{err::Kind, ImgRef};
+    let e = match ImgRef::new(image) {
+        Ok(_) => return Ok(()),
+        Err(e) => e,
+    };
+    let at = usize::from(e.index()).min(image.len());
+    let ch = image[at..].chars().next();
+    let what = match e.kind() {
+        Kind::RefMissing => "the reference is empty".to_string(),
+        Kind::HostOrPathMissing | Kind::PathMissing | Kind::HostMissing => {
+            "a part of the name is empty (two \"/\" in a row, or a \"/\" at either end)".into()
+        }
+        Kind::HostOrPathInvalidChar | Kind::PathInvalidChar | Kind::HostInvalidChar => match ch {
+            Some(c) if c.is_ascii_uppercase() => "repository names must be lowercase".into(),
+            Some(c) => format!("{c:?} cannot appear in an image name (lowercase letters, digits, \".\", \"_\", \"-\" and \"/\")"),
+            None => "the name ends too early".into(),
+        },
+        Kind::HostOrPathInvalidComponentEnd
+        | Kind::PathComponentInvalidEnd
+        | Kind::HostComponentInvalidEnd => {
+            "a part of the name starts or ends with a separator (\".\", \"_\" or \"-\"), or has two in a row".into()
+        }
+        Kind::PortOrTagMissing | Kind::TagMissing => {
+            "the tag after \":\" is empty: write name:tag, or leave out \":\" for latest".into()
+        }
+        Kind::PortOrTagInvalidChar | Kind::TagInvalidChar => match ch {
+            Some(c) => format!("{c:?} cannot appear in a tag (letters, digits, \"_\", \".\" and \"-\", not starting with \".\" or \"-\")"),
+            None => "the tag ends too early".into(),
+        },
+        Kind::TagTooLong => "the tag is longer than 128 characters".into(),
+        Kind::NameTooLong | Kind::HostOrPathTooLong | Kind::PathTooLong | Kind::HostTooLong => {
+            "the name is longer than 255 characters".into()
+        }
+        Kind::Port | Kind::PortInvalidChar | Kind::PortTooLong | Kind::PortMissing => {
+            "the registry's port is not a number".into()
+        }
+        Kind::Ipv6InvalidChar
+        | Kind::Ipv6TooLong
+        | Kind::Ipv6BadColon
+        | Kind::Ipv6TooManyHexDigits
+        | Kind::Ipv6TooManyGroups
+        | Kind::Ipv6TooFewGroups
+        | Kind::Ipv6MissingClosingBracket => "the registry's IPv6 address is malformed".into(),
+        _ => "the digest is malformed: expected @sha256: and 64 hex digits".into(),
+    };
+    Err(format!(
+        "invalid image reference {image:?}: {what} (at character {})",
+        at + 1
+    ))
+}
+
 fn is_cidr(s: &str) -> bool {
     let Some((ip, bits)) = s.split_once('/') else {
         return false;
@@ -1586,6 +1786,36 @@ mod tests {
         ] {
             assert!(parse_short_port(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn image_references_follow_dockers_grammar() {
+        for ok in [
+            "nginx",
+            "nginx:1.27",
+            "library/nginx:latest",
+            "ghcr.io/owner/app:v1.2.3",
+            "registry.example.com:5000/team/app:2024.01",
+            "localhost:5000/app",
+            "127.0.0.1:5000/a/b/c:tag_1",
+            "nginx@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "nginx:1.27@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "my_app__x.y-z",
+        ] {
+            assert_eq!(check_image_reference(ok), Ok(()), "{ok}");
+        }
+        let why = |s: &str| check_image_reference(s).unwrap_err();
+        assert!(
+            why("ghcr.io//app:latest").contains("a part of the name is empty"),
+            "{}",
+            why("ghcr.io//app:latest")
+        );
+        assert!(why("app:").contains("the tag after \":\" is empty"));
+        assert!(why("MyApp").contains("lowercase"));
+        assert!(why("app:v1 2").contains("cannot appear in a tag"));
+        assert!(why("app@sha256:abc").contains("digest"));
+        assert!(why("app/").contains("empty"));
+        assert!(why("-app").contains("(at character 1)"), "{}", why("-app"));
     }
 
     #[test]

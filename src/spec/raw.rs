@@ -323,8 +323,13 @@ pub struct Healthcheck {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum Ulimit {
-    Single(i64),
-    SoftHard { soft: i64, hard: i64 },
+    Single(#[schemars(range(min = -1, max = 1e18))] i64),
+    SoftHard {
+        #[schemars(range(min = -1, max = 1e18))]
+        soft: i64,
+        #[schemars(range(min = -1, max = 1e18))]
+        hard: i64,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -339,8 +344,8 @@ pub struct Logging {
 pub struct Deploy {
     /// `replicated` (the default: `replicas` tasks) or `global` (one task per node).
     pub mode: Option<DeployMode>,
-    /// Number of tasks for a replicated service (default 1).
-    #[schemars(range(min = 0))]
+    /// Number of tasks for a replicated service (default 1, at most 10000).
+    #[schemars(range(min = 0, max = 10000))]
     pub replicas: Option<u64>,
     /// `vip` (one virtual IP, the default) or `dnsrr` (DNS round robin over the tasks).
     pub endpoint_mode: Option<EndpointMode>,
@@ -377,7 +382,7 @@ pub struct Placement {
     /// Spread tasks evenly over the values of a node label: `- spread: node.labels.zone`.
     pub preferences: Option<Vec<PlacementPreference>>,
     /// At most this many tasks of the service on one node (0 = no limit).
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 10000))]
     pub max_replicas_per_node: Option<u64>,
 }
 
@@ -409,6 +414,10 @@ pub struct Reservations {
     pub cpus: Option<NanoCpus>,
     pub memory: Option<Bytes>,
     pub generic_resources: Option<Vec<GenericResource>>,
+    /// Ignored in swarm mode (`docker stack deploy` does not pass devices to services): use
+    /// `generic_resources` with the nodes' `node-generic-resources`.
+    #[deprecated = "ignored in swarm mode"]
+    pub devices: Option<Vec<serde_json::Value>>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

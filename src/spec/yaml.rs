@@ -6,7 +6,7 @@
 //! Compose) define them. Scalars keep their source text and style; typing happens later
 //! ([`Node::to_json`]), after interpolation.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use yaml_rust2::parser::{Event, Parser};
@@ -14,8 +14,12 @@ use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 /// Deeper nesting than this is refused rather than risking the stack.
 const MAX_DEPTH: usize = 128;
-/// Alias expansion is capped so that a "billion laughs" file is an error, not an OOM.
+/// Alias expansion is capped so that a "billion laughs" file is an error, not an OOM: by
+/// nodes, and by the bytes the aliases repeat (one alias of a 1 MB scalar is one node).
 const MAX_NODES: usize = 1_000_000;
+pub const MAX_ALIAS_BYTES: usize = 2 << 20;
+/// A stack file larger than this is refused before it is parsed.
+pub const MAX_FILE_BYTES: usize = 4 << 20;
 
 /// A 1-based line and column in a file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -276,14 +280,40 @@ pub struct Parsed {
     pub errors: Vec<SyntaxError>,
     /// The document holds nothing but comments and whitespace.
     pub empty: bool,
+    /// Values of duplicate keys, left out of the tree (and reported in `errors`).
+    pub dropped: Vec<Dropped>,
+}
+
+/// The value of a duplicate key, which the tree leaves out.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dropped {
+    /// Where the duplicate key is: map keys and list indexes from the root.
+    pub path: Vec<String>,
+    /// The keys of the dropped value, if it was a mapping (what it would have defined).
+    pub keys: Vec<String>,
 }
 
 /// Parse a single YAML document into a [`Node`]. An empty document is an empty map. Errors that
 /// leave the tree readable are returned in [`Parsed::errors`]; only what stops the parser is an
 /// `Err`.
 pub fn parse_document(text: &str) -> Result<Parsed, SyntaxError> {
+    if text.len() > MAX_FILE_BYTES {
+        return Err(SyntaxError::new(
+            Span { line: 1, col: 1 },
+            format!(
+                "the file is {} bytes; stack files are at most {} MiB",
+                text.len(),
+                MAX_FILE_BYTES >> 20
+            ),
+        ));
+    }
     // Editors on Windows write a byte order mark; YAML allows it, yaml-rust2 reads it as text.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    // The parser stops at a NUL as if the file ended there: everything after it would be
+    // silently lost. YAML allows no control characters but tab and line breaks.
+    if let Some(e) = control_character(text) {
+        return Err(e);
+    }
     let mut builder = Builder {
         parser: Parser::new_from_str(text),
         text,
@@ -292,8 +322,10 @@ pub fn parse_document(text: &str) -> Result<Parsed, SyntaxError> {
             .collect(),
         anchors: HashMap::new(),
         nodes: 0,
+        alias_bytes: 0,
         open_flows: Vec::new(),
         errors: Vec::new(),
+        dropped: Vec::new(),
         path: Vec::new(),
     };
     let (root, empty) = builder.document()?;
@@ -301,6 +333,7 @@ pub fn parse_document(text: &str) -> Result<Parsed, SyntaxError> {
         root,
         errors: builder.errors,
         empty,
+        dropped: builder.dropped,
     })
 }
 
@@ -313,6 +346,32 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     }
 }
 
+/// The first character YAML does not allow in a document (C0 and C1 controls other than tab,
+/// line feed, carriage return and NEL; DEL), with where it is.
+fn control_character(text: &str) -> Option<SyntaxError> {
+    let (i, c) = text.char_indices().find(|(_, c)| {
+        let c = *c as u32;
+        (c < 0x20 && !matches!(c, 0x09 | 0x0A | 0x0D))
+            || c == 0x7F
+            || ((0x80..=0x9F).contains(&c) && c != 0x85)
+    })?;
+    let before = &text[..i];
+    let line = before.matches('\n').count() as u32 + 1;
+    let col = before[before.rfind('\n').map_or(0, |n| n + 1)..]
+        .chars()
+        .count() as u32
+        + 1;
+    let name = if c == '\0' {
+        "a NUL byte".to_string()
+    } else {
+        format!("the control character U+{:04X}", c as u32)
+    };
+    Some(SyntaxError::new(
+        Span { line, col },
+        format!("{name}: a stack file is text, and YAML allows no control characters but tabs and line breaks"),
+    ))
+}
+
 struct Builder<'a> {
     parser: Parser<std::str::Chars<'a>>,
     text: &'a str,
@@ -320,10 +379,13 @@ struct Builder<'a> {
     line_starts: Vec<usize>,
     anchors: HashMap<usize, Node>,
     nodes: usize,
+    /// Bytes of text (scalars and keys) that aliases repeated so far.
+    alias_bytes: usize,
     /// Flow collections (`[` or `{`) being read, innermost last: a syntax error inside one is
     /// most often a missing closing bracket, and saying where it opened is the useful part.
     open_flows: Vec<(Span, char)>,
     errors: Vec<SyntaxError>,
+    dropped: Vec<Dropped>,
     /// Where the builder is: map keys and list indexes from the root.
     path: Vec<String>,
 }
@@ -359,7 +421,10 @@ impl Builder<'_> {
     fn explain(&self, mut span: Span, info: &str) -> SyntaxError {
         let line_text = self.line(span.line);
         let indent_col = line_text.len() - line_text.trim_start_matches(' ').len() + 1;
-        let message = if info.contains("tab") {
+        let message = if info.contains("recursion limit") {
+            // The scanner's own limit on open "[" and "{" (255), met before ours.
+            format!("nesting deeper than {MAX_DEPTH} levels")
+        } else if info.contains("tab") {
             if let Some(i) = line_text.find('\t') {
                 span.col = line_text[..i].chars().count() as u32 + 1;
             }
@@ -554,18 +619,37 @@ impl Builder<'_> {
     fn count_tree(&mut self, node: &Node, span: Span) -> Result<(), SyntaxError> {
         self.count(span)?;
         match &node.value {
-            Value::Scalar(_) => Ok(()),
+            Value::Scalar(s) => self.count_alias_bytes(s.text.len(), span),
             Value::Seq(items) => items.iter().try_for_each(|n| self.count_tree(n, span)),
-            Value::Map(entries) => entries
-                .iter()
-                .try_for_each(|e| self.count_tree(&e.value, span)),
+            Value::Map(entries) => entries.iter().try_for_each(|e| {
+                self.count_alias_bytes(e.key.len(), span)?;
+                self.count_tree(&e.value, span)
+            }),
         }
+    }
+
+    fn count_alias_bytes(&mut self, n: usize, span: Span) -> Result<(), SyntaxError> {
+        self.alias_bytes += n;
+        if self.alias_bytes > MAX_ALIAS_BYTES {
+            return Err(SyntaxError::new(
+                span,
+                format!(
+                    "aliases repeat more than {} MiB of text (alias bomb?): aliases may expand a file by at most that much",
+                    MAX_ALIAS_BYTES >> 20
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn mapping(&mut self, span: Span, depth: usize) -> Result<Node, SyntaxError> {
         let mut entries: Vec<Entry> = Vec::new();
+        // Where each key is in `entries`: duplicate keys are found in constant time, so a
+        // mapping of 100,000 keys costs what its size says, not its square.
+        let mut index: HashMap<String, usize> = HashMap::new();
         // Merged entries are kept apart: explicit keys win over merged ones wherever they are.
         let mut merged: Vec<Entry> = Vec::new();
+        let mut merged_keys: HashSet<String> = HashSet::new();
         loop {
             let (ev, key_span) = self.next()?;
             if ev == Event::MappingEnd {
@@ -590,26 +674,44 @@ impl Builder<'_> {
             let here = |b: &Self| [b.path.as_slice(), std::slice::from_ref(&key)].concat();
             if key == "<<" {
                 // `vspan` is where the merge is written; an alias's own span is its anchor's.
-                if let Err(mut e) = merge_into(&mut merged, value, vspan) {
+                if let Err(mut e) = merge_into(&mut merged, &mut merged_keys, value, vspan) {
                     e.path = here(self);
                     self.errors.push(e);
                 }
                 continue;
             }
             // Compose refuses duplicate keys; report each one and keep reading with the first
-            // value, so that the rest of the file is still checked.
-            if let Some(prev) = entries.iter().find(|e| e.key == key) {
+            // value, so that the rest of the file is still checked. What the second value
+            // defines is named, so that nothing it held is lost without a word.
+            if let Some(&first) = index.get(&key) {
+                let prev = &entries[first];
                 let path = here(self);
+                let defined: Vec<String> = value
+                    .as_map()
+                    .map(|m| m.iter().map(|e| e.key.clone()).collect())
+                    .unwrap_or_default();
+                let ignored = match defined.len() {
+                    0 => "this value is ignored".to_string(),
+                    _ => format!(
+                        "this block is ignored, with what it defines ({}): merge it into the first",
+                        list_some(&defined)
+                    ),
+                };
                 self.errors.push(SyntaxError {
                     span: key_span,
-                    path,
+                    path: path.clone(),
                     message: format!(
-                        "duplicate key: first defined at line {}, column {}",
+                        "duplicate key {key:?}: first defined at line {}, column {}; {ignored}",
                         prev.key_span.line, prev.key_span.col
                     ),
                 });
+                self.dropped.push(Dropped {
+                    path,
+                    keys: defined,
+                });
                 continue;
             }
+            index.insert(key.clone(), entries.len());
             entries.push(Entry {
                 key,
                 key_span,
@@ -617,7 +719,7 @@ impl Builder<'_> {
             });
         }
         for m in merged {
-            if !entries.iter().any(|e| e.key == m.key) {
+            if !index.contains_key(&m.key) {
                 entries.push(m);
             }
         }
@@ -628,6 +730,15 @@ impl Builder<'_> {
             value: Value::Map(entries),
             span,
         })
+    }
+}
+
+/// Up to five names, then how many more.
+fn list_some(names: &[String]) -> String {
+    let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
+    match names.len() {
+        n if n > 5 => format!("{} and {} more", shown.join(", "), n - 5),
+        _ => shown.join(", "),
     }
 }
 
@@ -648,7 +759,12 @@ fn anchor_names(text: &str) -> Vec<String> {
 
 /// Apply a `<<` value (one map, or a list of maps; earlier maps win) to the merged set. Errors
 /// point at `at`, where the merge is written.
-fn merge_into(merged: &mut Vec<Entry>, value: Node, at: Span) -> Result<(), SyntaxError> {
+fn merge_into(
+    merged: &mut Vec<Entry>,
+    keys: &mut HashSet<String>,
+    value: Node,
+    at: Span,
+) -> Result<(), SyntaxError> {
     let wrong = |what: &str| {
         SyntaxError::new(
             at,
@@ -669,7 +785,7 @@ fn merge_into(merged: &mut Vec<Entry>, value: Node, at: Span) -> Result<(), Synt
     };
     for source in sources {
         for entry in source {
-            if !merged.iter().any(|e| e.key == entry.key) {
+            if keys.insert(entry.key.clone()) {
                 merged.push(entry);
             }
         }

@@ -2,6 +2,8 @@
 //! update status; one-shot tasks with a desired state (written by managers) and an observed
 //! status (written by agents); the git revision being applied.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::spec::model::{EndpointSpec, ServiceSpec, TaskSpec};
@@ -164,6 +166,29 @@ pub struct RevisionStatus {
 pub struct AppliedRevision {
     pub commit: String,
     pub at: Millis,
+    /// Stacks this commit could not change (their secrets do not decrypt here), with why:
+    /// what runs of them stays as it was.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub blocked: BTreeMap<String, Vec<String>>,
+}
+
+/// Where the content of one version of a secret, config or repo file lives: tasks name the
+/// version they were made for, and get exactly that content (a rolled-back task gets the old
+/// secret), wherever the current spec has moved on to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum ContentRef {
+    /// A file (or, for `dir: true`, a directory) at `path` under the stacks root in `commit`.
+    Git {
+        commit: String,
+        path: String,
+        #[serde(default)]
+        encrypted: bool,
+        #[serde(default)]
+        dir: bool,
+    },
+    /// Written in the stack file itself (`configs: {x: {content: ...}}`).
+    Inline { content: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -22,6 +22,10 @@ pub struct State {
     pub secrets: BTreeMap<String, Owned<FileObjectSpec>>,
     pub configs: BTreeMap<String, Owned<FileObjectSpec>>,
     pub revision: RevisionStatus,
+    /// Content by version, for every version a service spec (current or previous) or a task
+    /// still names.
+    #[serde(default)]
+    pub contents: BTreeMap<String, ContentRef>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,6 +46,9 @@ pub enum Command {
         desired: DesiredState,
         prune: bool,
         at: Millis,
+        /// Stacks left as they are (not updated, not pruned), with why.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        blocked: BTreeMap<String, Vec<String>>,
     },
     /// A commit that failed validation: recorded for status, nothing else changes.
     RefuseRevision {
@@ -159,7 +166,8 @@ impl State {
                 desired,
                 prune,
                 at,
-            } => Ok(self.apply_revision(commit, desired, prune, at)),
+                blocked,
+            } => Ok(self.apply_revision(commit, desired, prune, at, blocked)),
             Command::RefuseRevision { commit, errors, at } => {
                 self.revision.refused = Some(RefusedRevision { commit, at, errors });
                 Ok(vec![Event::RevisionChanged])
@@ -258,15 +266,25 @@ impl State {
         desired: DesiredState,
         prune: bool,
         at: Millis,
+        blocked: BTreeMap<String, Vec<String>>,
     ) -> Vec<Event> {
         let mut events = vec![Event::RevisionChanged, Event::ObjectsChanged];
         let mut wanted: BTreeMap<String, ServiceSpec> = BTreeMap::new();
-        for stack in desired.stacks.values() {
+        for stack in desired
+            .stacks
+            .values()
+            .filter(|s| !blocked.contains_key(&s.name))
+        {
             for n in stack.networks.values() {
                 self.networks.insert(n.name.clone(), owned(&stack.name, n));
             }
             for v in stack.volumes.values() {
                 self.volumes.insert(v.name.clone(), owned(&stack.name, v));
+            }
+            for s in stack.secrets.values().chain(stack.configs.values()) {
+                if let Some(content) = content_ref(&commit, s) {
+                    self.contents.insert(s.version.clone(), content);
+                }
             }
             for s in stack.secrets.values() {
                 self.secrets.insert(s.name.clone(), owned(&stack.name, s));
@@ -275,6 +293,22 @@ impl State {
                 self.configs.insert(c.name.clone(), owned(&stack.name, c));
             }
             for svc in stack.services.values() {
+                for m in &svc.task.container.mounts {
+                    if let crate::spec::model::Mount::Repo {
+                        path, dir, version, ..
+                    } = m
+                    {
+                        self.contents.insert(
+                            version.clone(),
+                            ContentRef::Git {
+                                commit: commit.clone(),
+                                path: path.clone(),
+                                encrypted: false,
+                                dir: *dir,
+                            },
+                        );
+                    }
+                }
                 wanted.insert(svc.name.clone(), svc.clone());
             }
         }
@@ -309,14 +343,16 @@ impl State {
             }
         }
         if prune {
+            // What a blocked stack has stays: this commit could not say what it should be.
             let gone: Vec<String> = self
                 .services
                 .iter()
                 .filter(|(name, s)| {
-                    !desired
-                        .stacks
-                        .get(&s.spec.stack)
-                        .is_some_and(|st| st.services.contains_key(*name))
+                    !blocked.contains_key(&s.spec.stack)
+                        && !desired
+                            .stacks
+                            .get(&s.spec.stack)
+                            .is_some_and(|st| st.services.contains_key(*name))
                 })
                 .map(|(n, _)| n.clone())
                 .collect();
@@ -329,24 +365,45 @@ impl State {
                 }
                 events.push(Event::ServiceRemoved(name));
             }
-            let wanted_names = |kind: fn(&crate::spec::StackSpec) -> Vec<&str>| -> std::collections::BTreeSet<String> {
-                desired
-                    .stacks
-                    .values()
-                    .flat_map(|s| kind(s).into_iter().map(str::to_string))
-                    .collect()
+            let in_desired = |name: &str, stack: &str, kind: Kind| {
+                blocked.contains_key(stack)
+                    || desired
+                        .stacks
+                        .get(stack)
+                        .is_some_and(|s| kind.of(s).any(|n| n == name))
             };
-            let nets = wanted_names(|s| s.networks.values().map(|n| n.name.as_str()).collect());
-            self.networks.retain(|n, _| nets.contains(n));
-            let vols = wanted_names(|s| s.volumes.values().map(|n| n.name.as_str()).collect());
-            self.volumes.retain(|n, _| vols.contains(n));
-            let secs = wanted_names(|s| s.secrets.values().map(|n| n.name.as_str()).collect());
-            self.secrets.retain(|n, _| secs.contains(n));
-            let cfgs = wanted_names(|s| s.configs.values().map(|n| n.name.as_str()).collect());
-            self.configs.retain(|n, _| cfgs.contains(n));
+            self.networks
+                .retain(|n, o| in_desired(n, &o.stack, Kind::Network));
+            self.volumes
+                .retain(|n, o| in_desired(n, &o.stack, Kind::Volume));
+            self.secrets
+                .retain(|n, o| in_desired(n, &o.stack, Kind::Secret));
+            self.configs
+                .retain(|n, o| in_desired(n, &o.stack, Kind::Config));
         }
-        self.revision.applied = Some(AppliedRevision { commit, at });
+        self.gc_contents();
+        self.revision.applied = Some(AppliedRevision {
+            commit,
+            at,
+            blocked,
+        });
         events
+    }
+
+    /// Forget content versions that no service spec (current or previous) and no task names.
+    fn gc_contents(&mut self) {
+        let mut named = std::collections::BTreeSet::new();
+        let specs = self
+            .services
+            .values()
+            .flat_map(|s| {
+                std::iter::once(&s.spec.task).chain(s.previous_spec.as_ref().map(|p| &p.task))
+            })
+            .chain(self.tasks.values().map(|t| &t.spec));
+        for task in specs {
+            named.extend(task.content_versions());
+        }
+        self.contents.retain(|v, _| named.contains(v.as_str()));
     }
 
     /// Tasks of a service, in slot order.
@@ -361,6 +418,45 @@ impl Service {
     fn revision_spec_unchanged(&self, incoming: &ServiceSpec) -> bool {
         self.previous_spec.as_ref() == Some(incoming)
     }
+}
+
+/// The four kinds of stack objects besides services, to treat them alike.
+#[derive(Clone, Copy)]
+enum Kind {
+    Network,
+    Volume,
+    Secret,
+    Config,
+}
+
+impl Kind {
+    /// The full names of this kind's objects in a stack.
+    fn of(self, s: &crate::spec::StackSpec) -> Box<dyn Iterator<Item = &str> + '_> {
+        match self {
+            Kind::Network => Box::new(s.networks.values().map(|n| n.name.as_str())),
+            Kind::Volume => Box::new(s.volumes.values().map(|n| n.name.as_str())),
+            Kind::Secret => Box::new(s.secrets.values().map(|n| n.name.as_str())),
+            Kind::Config => Box::new(s.configs.values().map(|n| n.name.as_str())),
+        }
+    }
+}
+
+/// Where a secret's or config's content is, for the index of versions.
+fn content_ref(commit: &str, s: &FileObjectSpec) -> Option<ContentRef> {
+    if s.external || s.version.is_empty() {
+        return None;
+    }
+    if let Some(content) = &s.inline {
+        return Some(ContentRef::Inline {
+            content: content.clone(),
+        });
+    }
+    s.source.as_ref().map(|path| ContentRef::Git {
+        commit: commit.to_string(),
+        path: path.clone(),
+        encrypted: s.encrypted,
+        dir: false,
+    })
 }
 
 fn owned<T: Clone>(stack: &str, spec: &T) -> Owned<T> {

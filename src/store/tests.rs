@@ -19,6 +19,7 @@ fn desired(stacks: &[(&str, &str)]) -> DesiredState {
 
 fn apply_rev(commit: &str, d: DesiredState, prune: bool) -> Command {
     Command::ApplyRevision {
+        blocked: Default::default(),
         commit: commit.into(),
         desired: d,
         prune,

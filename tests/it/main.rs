@@ -6,5 +6,6 @@ mod gitops;
 mod plan_cli;
 mod secrets;
 mod spec_corpus;
+mod stacks_repo;
 mod support;
 mod up;

@@ -279,7 +279,7 @@ fn an_invalid_desired_state_is_an_error_not_a_plan() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
-        err.contains("stacks/cache/compose.yml:5:17: services.redis.deploy.replicas: expected a non-negative integer, found -1"),
+        err.contains("stacks/cache/compose.yml:5:17: services.redis.deploy.replicas: expected an integer from 0 to 10000, found -1"),
         "{err}"
     );
     assert!(
@@ -300,7 +300,7 @@ fn validate_reports_file_line_column_and_path() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains(
-            "stacks/web/compose.yml:7:17: services.web.deploy.replicas: expected a non-negative integer, found \"three\""
+            "stacks/web/compose.yml:7:17: services.web.deploy.replicas: expected an integer from 0 to 10000, found \"three\""
         ),
         "{}",
         stderr(&out)

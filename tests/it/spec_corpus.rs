@@ -146,6 +146,52 @@ fn invalid_files_fail_with_every_error_named() {
     });
 }
 
+/// The repository around a real-world file is not part of the corpus: every file it names
+/// inside the repository is there (with stand-in content), every path it bind-mounts is one
+/// git does not track, and paths that leave the repository are refused as `desired` refuses
+/// them.
+struct StandIns;
+
+impl StackFiles for StandIns {
+    fn read(&self, relative: &str) -> Result<Option<Vec<u8>>, String> {
+        reconciler::desired::tree::join_inside("stack", relative)
+            .map(|_| Some(b"# stand-in for a file of the stack's repository\n".to_vec()))
+    }
+    fn display(&self, relative: &str) -> String {
+        reconciler::desired::tree::join_inside("stack", relative)
+            .unwrap_or_else(|_| relative.to_string())
+    }
+    fn entry(&self, relative: &str) -> Result<Option<spec::PathEntry>, String> {
+        reconciler::desired::tree::join_inside("stack", relative).map(|_| None)
+    }
+}
+
+/// Public Swarm stack files as their authors wrote them (tests/fixtures/spec/real/SOURCES.md
+/// says where each comes from). With no variables set, as a fresh clone of their repository
+/// sees them: every diagnostic is in one snapshot, read line by line when it changes. Most of
+/// these files deploy with `docker stack deploy`; where this reader refuses one, the snapshot
+/// shows why, and each refusal is a decision (see the note at the end of SOURCES.md).
+#[test]
+fn real_world_files_are_read_with_their_warnings_and_errors() {
+    let files = fixtures("real");
+    assert!(files.len() >= 40, "the real-world corpus shrank");
+    let mut out = String::new();
+    let mut valid = 0;
+    for path in &files {
+        let text = std::fs::read_to_string(path).expect("fixture is UTF-8");
+        let name = path.file_name().unwrap().to_string_lossy();
+        let stack = name.trim_end_matches(".yml").replace(['.'], "-");
+        let loaded = spec::load_stack(&stack, &name, &text, &StandIns, &Variables::default());
+        for d in &loaded.diagnostics {
+            assert!(d.line >= 1, "{name}: no position: {d}");
+        }
+        valid += usize::from(loaded.spec.is_some());
+        out.push_str(&render(&loaded));
+    }
+    out.push_str(&format!("{valid} of {} files valid\n", files.len()));
+    insta::assert_snapshot!("real__diagnostics", out);
+}
+
 /// Whatever the input, the loader answers with diagnostics that point into the file: it never
 /// panics, never gives a spec together with errors, and never an error without a position.
 fn check_never_panics(text: &str) {

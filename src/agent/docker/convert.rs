@@ -197,6 +197,12 @@ fn mount(m: &Mount, stack: &str) -> Result<DockerMount, String> {
             }),
             ..Default::default()
         },
+        // The executor turns these into binds of this node's paths before creating.
+        Mount::Repo { target, .. } | Mount::StackDir { target, .. } => {
+            return Err(format!(
+                "the relative bind mount at {target} was not resolved to a path on this node"
+            ))
+        }
     })
 }
 
