@@ -88,7 +88,7 @@ impl DockerRuntime {
         DockerRuntime {
             connect,
             docker: Arc::new(OnceCell::new()),
-            files: TaskFiles::choose(),
+            files: TaskFiles::choose("node"),
             node_filter: None,
             pull_timeout: DEFAULT_PULL_TIMEOUT,
         }
@@ -102,8 +102,12 @@ impl DockerRuntime {
 
     /// Only see containers of this node: several agents may share one engine (multi-node
     /// tests on one machine), and each must adopt only its own.
+    /// Its task files go under the node's own directory too, so that pruning them never
+    /// touches another node's.
     pub fn with_node_filter(mut self, node_id: impl Into<String>) -> Self {
-        self.node_filter = Some(node_id.into());
+        let node_id = node_id.into();
+        self.files = TaskFiles::choose(&node_id);
+        self.node_filter = Some(node_id);
         self
     }
 
@@ -285,6 +289,40 @@ impl DockerRuntime {
                 }
             }
         }
+    }
+
+    /// The names of every container this project manages on the engine, whichever node's,
+    /// by node id (from list summaries: no inspect). Finds what nothing adopts any more.
+    pub async fn containers_by_node(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, Vec<String>>, RuntimeError> {
+        let filters = std::collections::HashMap::from([("label", vec![labels::managed_filter()])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let summaries = self
+            .client()
+            .await?
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| classify("list containers", e))?;
+        let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for c in summaries {
+            let node = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(labels::NODE))
+                .cloned()
+                .unwrap_or_default();
+            let name = c
+                .names
+                .and_then(|n| n.into_iter().next())
+                .map(|n| n.trim_start_matches('/').to_string())
+                .unwrap_or_default();
+            out.entry(node).or_default().push(name);
+        }
+        Ok(out)
     }
 
     async fn list_ids(&self) -> Result<Vec<String>, RuntimeError> {

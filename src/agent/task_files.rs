@@ -14,8 +14,10 @@ use std::path::{Path, PathBuf};
 use crate::secrets::SecretBytes;
 use crate::spec::model::FileMount;
 
-/// Where task directories go, in order of preference; the first on a tmpfs wins.
-const TMPFS_CANDIDATES: [&str; 2] = ["/run/reconciler/tasks", "/dev/shm/reconciler/tasks"];
+/// Where task directories go, in order of preference; the first on a tmpfs wins. Each node has
+/// its own directory under it (several nodes may share a machine, and each prunes only its
+/// own).
+const TMPFS_CANDIDATES: [&str; 2] = ["/run/reconciler", "/dev/shm/reconciler"];
 
 /// The root under which each task gets a directory named by its task id.
 #[derive(Clone, Debug)]
@@ -32,16 +34,22 @@ pub struct FileBind {
 }
 
 impl TaskFiles {
-    /// The first candidate root on a tmpfs, or a directory under the system temp dir (with a
-    /// warning: secrets would then touch a disk).
-    pub fn choose() -> Self {
+    /// The node's directory under the first candidate root on a tmpfs, or under the system
+    /// temp dir (with a warning: secrets would then touch a disk).
+    pub fn choose(node_id: &str) -> Self {
+        let node = if valid_task_id(node_id) {
+            node_id
+        } else {
+            "node"
+        };
         for candidate in TMPFS_CANDIDATES {
-            let path = Path::new(candidate);
-            if is_on_tmpfs(path) && fs::create_dir_all(path).is_ok() {
-                return TaskFiles::at(path, true);
+            let base = Path::new(candidate);
+            let path = base.join(node).join("tasks");
+            if is_on_tmpfs(base) && fs::create_dir_all(&path).is_ok() {
+                return TaskFiles::at(&path, true);
             }
         }
-        let fallback = std::env::temp_dir().join("reconciler-tasks");
+        let fallback = std::env::temp_dir().join("reconciler-tasks").join(node);
         tracing::warn!(
             dir = %fallback.display(),
             "no writable tmpfs found at /run or /dev/shm: secret and config files go to disk"

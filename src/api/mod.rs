@@ -1,28 +1,76 @@
-//! The HTTP API of a running `reconciler up`: JSON for the CLI and machines, a status page for
-//! people, `/metrics` for Prometheus. The webhook receiver lives in `gitops` and is merged in.
+//! The HTTP API of a running node: JSON for the CLI and machines, a status page for people,
+//! `/metrics` for Prometheus. The webhook receiver lives in `gitops` and is merged in by the
+//! manager.
+//!
+//! The API sees the cluster only through [`Cluster`]: what it may read and the commands it
+//! may propose. It knows nothing of the manager's loops, so either can change alone (and the
+//! cluster issue can put Raft behind the same handle).
 
+mod metrics;
+mod page;
+pub mod security;
+pub mod serve;
 pub mod views;
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::{Path, State as AxState};
 use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::future::BoxFuture;
 
 use crate::desired::DesiredState;
-use crate::manager::Shared;
 use crate::plan::state_file::StateFile;
 use crate::spec::StackSpec;
-use crate::store::{Command, State};
+use crate::store::{ApplyError, Command, State};
 use views::*;
 
-pub fn router(shared: Arc<Shared>) -> Router {
+/// Why a proposed command did not apply.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// The state machine refused it (its precondition does not hold).
+    #[error(transparent)]
+    Refused(#[from] ApplyError),
+    /// It could not be made durable.
+    #[error("the store failed: {0}")]
+    Store(String),
+}
+
+/// What the API may do with the cluster: read it, propose commands, ask for a fetch.
+pub trait Cluster: Send + Sync + 'static {
+    /// Call `f` with the current state (under the store's lock: keep it short).
+    fn read_state(&self, f: &mut dyn FnMut(&State));
+    /// Apply `commands` in order, atomically with the checks: one answer per command.
+    fn propose(&self, commands: Vec<Command>) -> Vec<Result<(), ProposeError>>;
+    /// This node's own report: engine, ports, loops.
+    fn node(&self) -> NodeReport;
+    /// The git watcher's status (JSON).
+    fn git(&self) -> serde_json::Value;
+    /// Fetch now; the answer is the head commit (JSON) or why the fetch failed.
+    fn sync_now(&self) -> BoxFuture<'static, Result<serde_json::Value, String>>;
+}
+
+/// Read the state through the handle.
+pub fn read<T>(cluster: &dyn Cluster, f: impl FnOnce(&State) -> T) -> T {
+    let mut f = Some(f);
+    let mut out = None;
+    cluster.read_state(&mut |s| {
+        if let Some(f) = f.take() {
+            out = Some(f(s));
+        }
+    });
+    out.expect("read_state calls back once")
+}
+
+type Ctx = AxState<Arc<dyn Cluster>>;
+
+/// The API's routes, behind the security layer (Host, Origin, token).
+pub fn router(cluster: Arc<dyn Cluster>, security: security::Security) -> Router {
     Router::new()
-        .route("/", get(page))
-        .route("/metrics", get(metrics))
+        .route("/", get(page::page))
+        .route("/metrics", get(metrics::metrics))
         .route("/api/v1/status", get(status))
         .route("/api/v1/services", get(list_services))
         .route("/api/v1/services/{name}", get(inspect_service))
@@ -32,88 +80,104 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/tasks", get(all_tasks))
         .route("/api/v1/state", get(export_state))
         .route("/api/v1/sync", post(sync))
-        .with_state(shared)
+        .with_state(cluster)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(security),
+            security::check,
+        ))
 }
-
-type Ctx = AxState<Arc<Shared>>;
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
-pub fn status_view(shared: &Shared) -> StatusView {
-    let git = serde_json::to_value(shared.watcher.status()).unwrap_or_default();
-    shared.with_state(|s| {
+pub fn status_view(cluster: &dyn Cluster) -> StatusView {
+    let git = cluster.git();
+    let node = cluster.node();
+    read(cluster, |s| {
         let services = services(s);
-        let engine_error = shared.engine.read().expect("lock").clone();
         StatusView {
-            node: shared.node_id.clone(),
+            node: node.node.clone(),
             revision: s.revision.clone(),
             git,
-            converged: engine_error.is_none() && converged(&services),
-            engine_error,
-            ingress_backend: shared.ingress_backend.to_string(),
-            uptime_seconds: shared.started.elapsed().as_secs(),
+            converged: node.engine_error.is_none() && converged(&services),
+            engine_error: node.engine_error.clone(),
+            ingress_backend: node.ingress_backend.clone(),
+            uptime_seconds: node.uptime_seconds,
             stacks: stacks(s),
             services,
+            port_failures: node.port_failures.clone(),
+            stale_containers: node.stale_containers.clone(),
+            loop_failures: node.loop_failures.clone(),
         }
     })
 }
 
-async fn status(AxState(shared): Ctx) -> Json<StatusView> {
-    Json(status_view(&shared))
+async fn status(AxState(cluster): Ctx) -> Json<StatusView> {
+    Json(status_view(&*cluster))
 }
 
-async fn list_services(AxState(shared): Ctx) -> Json<Vec<ServiceView>> {
-    Json(shared.with_state(services))
+async fn list_services(AxState(cluster): Ctx) -> Json<Vec<ServiceView>> {
+    Json(read(&*cluster, services))
 }
 
-async fn list_stacks(AxState(shared): Ctx) -> Json<Vec<StackView>> {
-    Json(shared.with_state(stacks))
+async fn list_stacks(AxState(cluster): Ctx) -> Json<Vec<StackView>> {
+    Json(read(&*cluster, stacks))
 }
 
-async fn all_tasks(AxState(shared): Ctx) -> Json<Vec<TaskView>> {
-    Json(shared.with_state(|s| tasks(s, None)))
+async fn all_tasks(AxState(cluster): Ctx) -> Json<Vec<TaskView>> {
+    Json(read(&*cluster, |s| tasks(s, None)))
 }
 
-async fn inspect_service(AxState(shared): Ctx, Path(name): Path<String>) -> Response {
-    match shared.with_state(|s| s.services.get(&name).cloned()) {
+async fn inspect_service(AxState(cluster): Ctx, Path(name): Path<String>) -> Response {
+    match read(&*cluster, |s| s.services.get(&name).cloned()) {
         Some(svc) => Json(svc).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no service {name}")),
     }
 }
 
-async fn service_tasks(AxState(shared): Ctx, Path(name): Path<String>) -> Response {
-    let found = shared.with_state(|s| s.services.contains_key(&name));
-    if !found {
-        return error(StatusCode::NOT_FOUND, format!("no service {name}"));
+async fn service_tasks(AxState(cluster): Ctx, Path(name): Path<String>) -> Response {
+    let found = read(&*cluster, |s| {
+        s.services
+            .contains_key(&name)
+            .then(|| tasks(s, Some(&name)))
+    });
+    match found {
+        Some(t) => Json(t).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no service {name}")),
     }
-    Json(shared.with_state(|s| tasks(s, Some(&name)))).into_response()
 }
 
-async fn rollback(AxState(shared): Ctx, Path(name): Path<String>) -> Response {
-    let check = shared.with_state(|s| {
-        s.check(&Command::RollbackService {
+/// Swap a service back to its previous spec. Checked and applied as one proposal, so the
+/// answer says what really happened.
+async fn rollback(AxState(cluster): Ctx, Path(name): Path<String>) -> Response {
+    let answer = cluster
+        .propose(vec![Command::RollbackService {
             service: name.clone(),
             manual: true,
-            at: 0,
-        })
-    });
-    if let Err(e) = check {
-        return error(StatusCode::CONFLICT, e.to_string());
+            at: crate::store::now_ms(),
+        }])
+        .pop();
+    match answer {
+        Some(Ok(())) => {
+            Json(serde_json::json!({ "service": name, "rolled_back": true })).into_response()
+        }
+        Some(Err(ProposeError::Refused(e @ ApplyError::NoService(_)))) => {
+            error(StatusCode::NOT_FOUND, e.to_string())
+        }
+        Some(Err(ProposeError::Refused(e))) => error(StatusCode::CONFLICT, e.to_string()),
+        Some(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        None => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no answer from the store",
+        ),
     }
-    shared.apply(vec![Command::RollbackService {
-        service: name.clone(),
-        manual: true,
-        at: crate::manager::now_ms(),
-    }]);
-    Json(serde_json::json!({ "service": name, "rolled_back": true })).into_response()
 }
 
-async fn sync(AxState(shared): Ctx) -> Response {
-    match shared.watcher.sync_now().await {
+async fn sync(AxState(cluster): Ctx) -> Response {
+    match cluster.sync_now().await {
         Ok(commit) => Json(commit).into_response(),
-        Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+        Err(e) => error(StatusCode::BAD_GATEWAY, e),
     }
 }
 
@@ -129,26 +193,20 @@ pub fn running_state(s: &State) -> DesiredState {
             .insert(svc.spec.name.clone(), svc.spec.clone());
     }
     // Objects are keyed by their short name in a stack file; the full name is unique too.
-    for (name, o) in &s.networks {
-        entry(&mut out, &o.stack)
-            .networks
-            .insert(short(&o.stack, name), o.spec.clone());
+    fn place<T: Clone>(
+        out: &mut DesiredState,
+        objects: &std::collections::BTreeMap<String, crate::store::Owned<T>>,
+        section: fn(&mut StackSpec) -> &mut std::collections::BTreeMap<String, T>,
+    ) {
+        for (name, o) in objects {
+            let key = short(&o.stack, name);
+            section(entry(out, &o.stack)).insert(key, o.spec.clone());
+        }
     }
-    for (name, o) in &s.volumes {
-        entry(&mut out, &o.stack)
-            .volumes
-            .insert(short(&o.stack, name), o.spec.clone());
-    }
-    for (name, o) in &s.secrets {
-        entry(&mut out, &o.stack)
-            .secrets
-            .insert(short(&o.stack, name), o.spec.clone());
-    }
-    for (name, o) in &s.configs {
-        entry(&mut out, &o.stack)
-            .configs
-            .insert(short(&o.stack, name), o.spec.clone());
-    }
+    place(&mut out, &s.networks, |st| &mut st.networks);
+    place(&mut out, &s.volumes, |st| &mut st.volumes);
+    place(&mut out, &s.secrets, |st| &mut st.secrets);
+    place(&mut out, &s.configs, |st| &mut st.configs);
     out
 }
 
@@ -167,121 +225,6 @@ fn short(stack: &str, full: &str) -> String {
         .to_string()
 }
 
-async fn export_state(AxState(shared): Ctx) -> Json<StateFile> {
-    Json(StateFile::new(shared.with_state(running_state)))
-}
-
-async fn metrics(AxState(shared): Ctx) -> impl IntoResponse {
-    let view = status_view(&shared);
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP reconciler_service_replicas_running Running tasks per service."
-    );
-    let _ = writeln!(out, "# TYPE reconciler_service_replicas_running gauge");
-    for s in &view.services {
-        let _ = writeln!(
-            out,
-            "reconciler_service_replicas_running{{service=\"{}\",stack=\"{}\"}} {}",
-            s.name, s.stack, s.running
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP reconciler_service_replicas_desired Desired tasks per replicated service."
-    );
-    let _ = writeln!(out, "# TYPE reconciler_service_replicas_desired gauge");
-    for s in &view.services {
-        if let Some(d) = s.desired {
-            let _ = writeln!(
-                out,
-                "reconciler_service_replicas_desired{{service=\"{}\",stack=\"{}\"}} {d}",
-                s.name, s.stack
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP reconciler_converged 1 when every service runs its desired spec."
-    );
-    let _ = writeln!(out, "# TYPE reconciler_converged gauge");
-    let _ = writeln!(out, "reconciler_converged {}", u8::from(view.converged));
-    let _ = writeln!(
-        out,
-        "# HELP reconciler_engine_up 1 while the Docker Engine answers."
-    );
-    let _ = writeln!(out, "# TYPE reconciler_engine_up gauge");
-    let _ = writeln!(
-        out,
-        "reconciler_engine_up {}",
-        u8::from(view.engine_error.is_none())
-    );
-    let _ = writeln!(
-        out,
-        "# HELP reconciler_revision_refused 1 while the newest commit is refused."
-    );
-    let _ = writeln!(out, "# TYPE reconciler_revision_refused gauge");
-    let refused = match (&view.revision.refused, &view.revision.applied) {
-        (Some(r), Some(a)) => r.at > a.at,
-        (Some(_), None) => true,
-        _ => false,
-    };
-    let _ = writeln!(out, "reconciler_revision_refused {}", u8::from(refused));
-    ([("content-type", "text/plain; version=0.0.4")], out)
-}
-
-async fn page(AxState(shared): Ctx) -> Html<String> {
-    let v = status_view(&shared);
-    let esc = |s: &str| {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-    };
-    let mut rows = String::new();
-    for s in &v.services {
-        let replicas = match s.desired {
-            Some(d) => format!("{}/{d}", s.running),
-            None => format!("{} (global)", s.running),
-        };
-        let _ = write!(
-            rows,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&s.name),
-            esc(&s.mode),
-            replicas,
-            esc(&s.image),
-            esc(&s.ports.join(", ")),
-            esc(&s.update_state.map(|u| format!("{u:?}")).unwrap_or_default()),
-        );
-    }
-    let applied = v
-        .revision
-        .applied
-        .as_ref()
-        .map(|a| a.commit.clone())
-        .unwrap_or_else(|| "none yet".into());
-    let refused = v
-        .revision
-        .refused
-        .as_ref()
-        .map(|r| {
-            format!(
-                "<p class=bad>Refused commit {}: {}</p>",
-                esc(&r.commit),
-                esc(&r.errors.join("; "))
-            )
-        })
-        .unwrap_or_default();
-    Html(format!(
-        "<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=2><title>reconciler</title>\
-         <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}.bad{{color:#b00}}</style>\
-         <h1>reconciler</h1><p>Live commit <code>{}</code> · {} · ingress: {}</p>{}{}\
-         <table><tr><th>SERVICE</th><th>MODE</th><th>REPLICAS</th><th>IMAGE</th><th>PORTS</th><th>UPDATE</th></tr>{}</table>",
-        esc(&applied),
-        if v.converged { "converged" } else { "converging" },
-        esc(&v.ingress_backend),
-        refused,
-        v.engine_error.as_ref().map(|e| format!("<p class=bad>Docker Engine: {}</p>", esc(e))).unwrap_or_default(),
-        rows
-    ))
+async fn export_state(AxState(cluster): Ctx) -> Json<StateFile> {
+    Json(StateFile::new(read(&*cluster, running_state)))
 }

@@ -1,8 +1,31 @@
 //! What the API returns, shared by the server and the CLI client (serde both ways).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Millis, RevisionStatus, State, TaskState, UpdateState};
+
+/// What a node knows about itself that is not in the store: its engine, its ports, its loops.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub node: String,
+    /// Set while the Docker Engine cannot be reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_error: Option<String>,
+    pub ingress_backend: String,
+    pub uptime_seconds: u64,
+    /// Published ports that cannot be bound, with why.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub port_failures: BTreeMap<u16, String>,
+    /// Containers with this project's labels whose node is not in the cluster (a data dir
+    /// deleted, a node gone), by node id: nothing adopts or removes them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stale_containers: BTreeMap<String, Vec<String>>,
+    /// Loops that panicked and were restarted, with the last panic.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub loop_failures: BTreeMap<String, String>,
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StatusView {
@@ -19,6 +42,12 @@ pub struct StatusView {
     /// True when every service runs its desired replicas with its current spec and no update is
     /// in progress.
     pub converged: bool,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub port_failures: BTreeMap<u16, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stale_containers: BTreeMap<String, Vec<String>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub loop_failures: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

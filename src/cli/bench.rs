@@ -96,6 +96,7 @@ async fn reconciler_run(args: &Args) -> anyhow::Result<(Duration, Duration)> {
         identity: None,
         ingress_bind: "127.0.0.1".parse()?,
         variables: Default::default(),
+        security: Default::default(),
     };
     // An empty first commit so the watcher is running before the timed ones.
     std::fs::write(repo_dir.join("README"), "bench\n")?;

@@ -10,10 +10,14 @@ pub struct ServerArgs {
     /// The API of a running `reconciler up`.
     #[arg(long, env = "RECONCILER_SERVER", default_value_t = format!("http://{DEFAULT_LISTEN}"))]
     pub server: String,
+    /// The API token, for calls that change the cluster (rollback, sync).
+    #[arg(long, env = "RECONCILER_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
 }
 
 pub struct Client {
     base: String,
+    token: Option<String>,
     http: reqwest::Client,
     rt: tokio::runtime::Runtime,
 }
@@ -22,6 +26,7 @@ impl Client {
     pub fn new(args: &ServerArgs) -> anyhow::Result<Self> {
         Ok(Client {
             base: args.server.trim_end_matches('/').to_string(),
+            token: args.api_token.clone().filter(|t| !t.is_empty()),
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(30))
                 .build()?,
@@ -36,7 +41,11 @@ impl Client {
     }
 
     pub fn post<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.send(self.http.post(format!("{}{path}", self.base)))
+        let mut req = self.http.post(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        self.send(req)
     }
 
     fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {

@@ -190,26 +190,62 @@ pub fn status(args: StatusArgs) -> anyhow::Result<i32> {
         let newer = v.revision.applied.as_ref().is_none_or(|a| r.at > a.at);
         if newer {
             println!(
-                "Refused commit: {} ({} errors; the live commit keeps running)",
+                "Refused commit: {} ({} {}; the live commit keeps running)",
                 short(&r.commit),
-                r.errors.len()
+                r.errors.len(),
+                super::validate::plural(r.errors.len(), "error")
             );
             for e in r.errors.iter().take(10) {
                 println!("  {e}");
             }
         }
     }
+    if let Some(blocked) = v.revision.applied.as_ref().map(|a| &a.blocked) {
+        for (stack, why) in blocked {
+            println!("Blocked stack:  {stack} (what runs of it stays as it was)");
+            for e in why.iter().take(5) {
+                println!("  {e}");
+            }
+        }
+    }
+    let git_error = v.git.get("last_error").and_then(|e| e.as_str());
+    match git_error {
+        Some(e) => {
+            let failures = v.git.get("failures").and_then(|f| f.as_u64()).unwrap_or(1);
+            let fetches = if failures == 1 { "fetch" } else { "fetches" };
+            println!("Git:            failing ({failures} {fetches} in a row, retrying): {e}");
+        }
+        None => println!("Git:            ok"),
+    }
     match &v.engine_error {
         Some(e) => println!("Docker Engine:  unreachable: {e}"),
         None => println!("Docker Engine:  ok"),
     }
+    for (port, e) in &v.port_failures {
+        println!("Port {port}:      cannot be published: {e}");
+    }
+    for (name, panic) in &v.loop_failures {
+        println!("Loop {name}:  panicked and was restarted: {panic}");
+    }
+    for (node, names) in &v.stale_containers {
+        let node_shown = if node.is_empty() {
+            "(no node label)"
+        } else {
+            node.as_str()
+        };
+        println!(
+            "Stale:          {} {} of node {node_shown}, which is not in this cluster, still there; remove with:\n                  docker rm -f $(docker ps -aq --filter label=org.reconciler.node={node})",
+            names.len(),
+            super::validate::plural(names.len(), "container")
+        );
+    }
     println!("Ingress:        {}", v.ingress_backend);
     println!(
         "State:          {}",
-        if v.converged {
-            "converged"
-        } else {
-            "converging"
+        match (v.converged, git_error.is_some()) {
+            (true, false) => "converged",
+            (true, true) => "converged on the last commit fetched (git is failing)",
+            (false, _) => "converging",
         }
     );
     println!();

@@ -79,6 +79,12 @@ pub fn main() -> i32 {
             return if e.use_stderr() { 1 } else { 0 };
         }
     };
+    // A command whose output goes into `| head` must stop quietly when the pipe closes, as
+    // Unix tools do; not the servers (`up`, and `bench`, which runs one), whose sockets would
+    // then kill them on a client hanging up.
+    if !matches!(cli.command, Command::Up(_) | Command::Bench(_)) {
+        sigpipe::reset();
+    }
     // `up` is a server: its progress is worth seeing by default.
     let level = if matches!(cli.command, Command::Up(_)) {
         "info"

@@ -74,6 +74,7 @@ fn observed(args: &Args) -> anyhow::Result<DesiredState> {
     if let Some(server) = &args.server {
         let client = super::client::Client::new(&super::client::ServerArgs {
             server: server.clone(),
+            api_token: None,
         })?;
         let export: serde_json::Value = client.get("/api/v1/state")?;
         return state_file::parse(&export.to_string(), server);

@@ -54,6 +54,33 @@ pub struct Args {
     ingress_bind: std::net::IpAddr,
     #[command(flatten)]
     env: super::source::EnvArgs,
+    /// Token that every state-changing API call (rollback, sync) must carry as
+    /// `Authorization: Bearer TOKEN`. Required to listen beyond loopback.
+    #[arg(long, env = "RECONCILER_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// Read the API token from this file (first line).
+    #[arg(long, value_name = "FILE", conflicts_with = "api_token")]
+    api_token_file: Option<PathBuf>,
+    /// A host name the API answers to besides IP addresses, localhost and this machine's
+    /// hostname (repeatable): requests for any other name are refused (DNS rebinding).
+    #[arg(long = "api-host", value_name = "NAME")]
+    api_hosts: Vec<String>,
+}
+
+/// The API token from the flags, if any.
+fn api_token(args: &Args) -> anyhow::Result<Option<String>> {
+    if let Some(file) = &args.api_token_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading the API token from {}", file.display()))?;
+        let token = text.lines().next().unwrap_or("").trim().to_string();
+        anyhow::ensure!(
+            !token.is_empty(),
+            "{}: the API token file is empty",
+            file.display()
+        );
+        return Ok(Some(token));
+    }
+    Ok(args.api_token.clone().filter(|t| !t.is_empty()))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -61,6 +88,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
+    let token = api_token(&args)?;
+    if token.is_none() && !args.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to serve the API on {} without --api-token (or --api-token-file): anyone who can reach it could roll back services or trigger syncs; give a token, or listen on 127.0.0.1",
+            args.listen
+        );
+    }
     let embedded = args.repo.is_none();
     let repo = match &args.repo {
         Some(r) => r.clone(),
@@ -101,6 +135,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         identity,
         ingress_bind: args.ingress_bind,
         variables: args.env.variables()?,
+        security: crate::api::security::Security::new(token, args.api_hosts.clone()),
     };
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {

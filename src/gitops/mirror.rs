@@ -261,8 +261,22 @@ impl Mirror {
         Ok(describe(&commit, &branch))
     }
 
+    /// The bare repository; made again, empty, if it has gone (its data dir was deleted
+    /// under a running node): the next fetch clones afresh instead of failing forever.
     fn open_repo(&self) -> Result<Repository, GitError> {
-        Repository::open_bare(&self.path).map_err(|e| self.mirror_err(e))
+        match Repository::open_bare(&self.path) {
+            Err(e) if e.code() == ErrorCode::NotFound => {
+                tracing::warn!(path = %self.path.display(), "the git mirror is gone; making it again");
+                if let Some(parent) = self.path.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| GitError::Mirror {
+                        path: self.path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                }
+                Repository::init_bare(&self.path).map_err(|e| self.mirror_err(e))
+            }
+            other => other.map_err(|e| self.mirror_err(e)),
+        }
     }
 
     fn mirror_err(&self, e: git2::Error) -> GitError {

@@ -282,7 +282,13 @@ impl Watcher {
                     let delay = backoff.next_delay();
                     failing = true;
                     next_poll = Instant::now() + delay;
-                    tracing::warn!(?trigger, error = %err, retry_in = ?delay, "git fetch failed");
+                    // Said once per distinct error; the retries that follow are debug.
+                    let news = self.status.borrow().last_error.as_deref() != Some(&err.to_string());
+                    if news {
+                        tracing::warn!(?trigger, error = %err, retry_in = ?delay, "git fetch failed; retrying with backoff");
+                    } else {
+                        tracing::debug!(?trigger, error = %err, retry_in = ?delay, "git fetch failed again");
+                    }
                     self.status.send_modify(|s| {
                         s.branch = self.mirror.branch();
                         s.fetches += 1;

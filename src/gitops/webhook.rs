@@ -227,6 +227,33 @@ pub fn decide(event: &Event, tracked: Option<&str>) -> Decision {
 struct Hook {
     config: WebhookConfig,
     handle: WatcherHandle,
+    refusals: RefusalLog,
+}
+
+/// Refused webhooks are logged at most once a minute (with how many were refused since):
+/// anyone can post to the endpoint, and each attempt must not become a line of the log.
+#[derive(Default)]
+struct RefusalLog {
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl RefusalLog {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+    fn refused(&self, why: &str) {
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        st.1 += 1;
+        let due = st.0.is_none_or(|t| t.elapsed() >= Self::EVERY);
+        if due {
+            tracing::warn!(refused = st.1, reason = %why, "webhook refused (logged at most once a minute; the count is since the last line)");
+            *st = (Some(std::time::Instant::now()), 0);
+        } else {
+            tracing::debug!(reason = %why, "webhook refused");
+        }
+    }
 }
 
 /// The webhook endpoint, ready to be merged into the API router or served alone.
@@ -235,12 +262,16 @@ pub fn webhook_router(config: WebhookConfig, handle: WatcherHandle) -> Router {
     Router::new()
         .route(WEBHOOK_PATH, post(receive))
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(Arc::new(Hook { config, handle }))
+        .with_state(Arc::new(Hook {
+            config,
+            handle,
+            refusals: RefusalLog::default(),
+        }))
 }
 
 async fn receive(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(secret) = hook.config.secret.as_deref().filter(|s| !s.is_empty()) else {
-        tracing::warn!("webhook refused: no webhook secret is configured");
+        hook.refusals.refused("no webhook secret is configured");
         return reply(
             StatusCode::FORBIDDEN,
             "refused",
@@ -250,7 +281,7 @@ async fn receive(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Bytes)
     let provider = match verify(&headers, &body, secret.as_bytes()) {
         Ok(p) => p,
         Err(e) => {
-            tracing::warn!(error = %e, "webhook refused: bad signature");
+            hook.refusals.refused(&format!("bad signature: {e}"));
             return reply(StatusCode::UNAUTHORIZED, "refused", &e.to_string());
         }
     };

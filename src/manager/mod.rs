@@ -22,7 +22,7 @@ use crate::desired::{self, GitTree, LoadOptions};
 use crate::gitops::{self, Mirror, Watcher, WatcherConfig, WatcherHandle};
 use crate::orchestrator::{IdGen, Orchestrator};
 use crate::secrets::Identities;
-use crate::store::{Availability, Command, Millis, Node, NodeRole, State, Store};
+use crate::store::{Availability, Command, Node, NodeRole, State, Store, StoreError};
 
 pub use content::MirrorContent;
 
@@ -44,6 +44,8 @@ pub struct UpConfig {
     pub ingress_bind: std::net::IpAddr,
     /// Variables passed to the stacks' interpolation (`--env-file`, `--env`), over `.env`.
     pub variables: std::collections::BTreeMap<String, String>,
+    /// The API's Host, Origin and token checks.
+    pub security: crate::api::security::Security,
 }
 
 /// What every loop shares: the store and a change counter to wake on.
@@ -58,38 +60,85 @@ pub struct Shared {
     pub ingress_backend: &'static str,
     /// Container addresses by task id, for the ingress proxy.
     pub addresses: ingress::Addresses,
+    /// Published ports that cannot be bound.
+    pub port_failures: ingress::PortFailures,
+    /// Containers of nodes this cluster does not know, by node.
+    pub stale: RwLock<std::collections::BTreeMap<String, Vec<String>>>,
+    /// Loops that panicked (and were restarted), with the last panic.
+    pub loop_failures: RwLock<std::collections::BTreeMap<String, String>>,
 }
 
 impl Shared {
-    /// Apply commands in order; refused ones are logged and skipped.
+    /// The store, even after a panic elsewhere while it was held: the store's own changes
+    /// cannot be half done (a panicking command is refused and the state rebuilt), and the
+    /// loops only read under the lock.
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Apply commands in order, in one batch; returns how many applied. Refusals are the
+    /// normal outcome of a precondition (a task deleted in between) and are debug; a store
+    /// failure is an error.
     pub fn apply(&self, commands: Vec<Command>) -> usize {
+        self.apply_answers(commands)
+            .iter()
+            .filter(|a| a.is_ok())
+            .count()
+    }
+
+    fn apply_answers(&self, commands: Vec<Command>) -> Vec<Result<(), crate::api::ProposeError>> {
         if commands.is_empty() {
-            return 0;
+            return Vec::new();
         }
-        let mut applied = 0;
-        {
-            let mut store = self.store.lock().expect("store lock");
-            for c in commands {
-                match store.apply(c) {
-                    Ok(_) => applied += 1,
-                    Err(e) => tracing::debug!(error = %e, "command refused"),
+        let failures: Vec<(String, String, String)> = commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::UpdateTaskStatus { id, status } => status
+                    .error
+                    .as_ref()
+                    .map(|e| (id.clone(), status.state.name().to_string(), e.clone())),
+                _ => None,
+            })
+            .collect();
+        let answers = self.store().apply_batch(commands);
+        let mut applied = false;
+        let answers: Vec<_> = answers
+            .into_iter()
+            .map(|a| match a {
+                Ok(_) => {
+                    applied = true;
+                    Ok(())
                 }
-            }
+                Err(StoreError::Apply(e)) => {
+                    tracing::debug!(error = %e, "command refused");
+                    Err(crate::api::ProposeError::Refused(e))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the store failed");
+                    Err(crate::api::ProposeError::Store(e.to_string()))
+                }
+            })
+            .collect();
+        // Every task error that status shows is logged once, when the task reports it.
+        for (id, state, error) in failures {
+            tracing::warn!(task = %id, state = %state, error = %error, "task error");
         }
-        if applied > 0 {
+        if applied {
             self.changed.send_modify(|v| *v += 1);
         }
-        applied
+        answers
     }
 
     /// A copy of the state for a loop to read without holding the lock.
     pub fn snapshot(&self) -> State {
-        self.store.lock().expect("store lock").state().clone()
+        self.store().state().clone()
     }
 
     /// Read the state under the lock (for cheap queries).
     pub fn with_state<T>(&self, f: impl FnOnce(&State) -> T) -> T {
-        f(self.store.lock().expect("store lock").state())
+        f(self.store().state())
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -97,11 +146,82 @@ impl Shared {
     }
 }
 
-pub fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
+impl crate::api::Cluster for Shared {
+    fn read_state(&self, f: &mut dyn FnMut(&State)) {
+        f(self.store().state())
+    }
+
+    fn propose(&self, commands: Vec<Command>) -> Vec<Result<(), crate::api::ProposeError>> {
+        self.apply_answers(commands)
+    }
+
+    fn node(&self) -> crate::api::views::NodeReport {
+        crate::api::views::NodeReport {
+            node: self.node_id.clone(),
+            engine_error: self.engine.read().expect("lock").clone(),
+            ingress_backend: self.ingress_backend.to_string(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            port_failures: self.port_failures.read().expect("lock").clone(),
+            stale_containers: self.stale.read().expect("lock").clone(),
+            loop_failures: self.loop_failures.read().expect("lock").clone(),
+        }
+    }
+
+    fn git(&self) -> serde_json::Value {
+        serde_json::to_value(self.watcher.status()).unwrap_or_default()
+    }
+
+    fn sync_now(&self) -> futures::future::BoxFuture<'static, Result<serde_json::Value, String>> {
+        let watcher = self.watcher.clone();
+        Box::pin(async move {
+            match watcher.sync_now().await {
+                Ok(commit) => Ok(serde_json::to_value(commit).unwrap_or_default()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+}
+
+pub use crate::store::now_ms;
+
+/// Run `make()`'s loop until it returns; when it panics, say so (log and status) and start it
+/// again after a backoff. One bad input must never take the whole node down, nor leave it up
+/// with a loop silently gone.
+async fn supervise<F, Fut>(
+    name: &'static str,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    make: F,
+) where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut backoff = gitops::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    loop {
+        match tokio::spawn(make()).await {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => {
+                let p = e.into_panic();
+                let message = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                let delay = backoff.next_delay();
+                tracing::error!(r#loop = name, panic = %message, restart_in = ?delay, "a loop panicked; restarting it");
+                shared
+                    .loop_failures
+                    .write()
+                    .expect("lock")
+                    .insert(name.to_string(), message);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 /// Run until `shutdown` is cancelled.
@@ -143,6 +263,9 @@ pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Resul
         started: std::time::Instant::now(),
         ingress_backend: ingress.backend_name(),
         addresses: Default::default(),
+        port_failures: ingress.failures(),
+        stale: Default::default(),
+        loop_failures: Default::default(),
     });
     shared.apply(vec![Command::UpsertNode {
         node: local_node(&node_id),
@@ -163,42 +286,49 @@ pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Resul
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(watcher.run(shutdown.clone()));
-    tasks.spawn(git_loop(
-        shared.clone(),
-        updates_rx,
-        mirror.clone(),
-        GitLoopConfig {
+    let git = Arc::new(GitLoop {
+        shared: shared.clone(),
+        updates: tokio::sync::Mutex::new(updates_rx),
+        mirror: mirror.clone(),
+        config: GitLoopConfig {
             path: config.path.clone(),
             identities,
             prune: config.prune,
             variables: config.variables.clone(),
         },
-        shutdown.clone(),
-    ));
-    tasks.spawn(orchestrator_loop(shared.clone(), shutdown.clone()));
-    tasks.spawn(agent_loop(
+        shutdown: shutdown.clone(),
+    });
+    tasks.spawn(supervise(
+        "git",
         shared.clone(),
-        runtime,
-        content,
         shutdown.clone(),
+        move || git.clone().run(),
+    ));
+    let (s, stop) = (shared.clone(), shutdown.clone());
+    tasks.spawn(supervise(
+        "orchestrator",
+        shared.clone(),
+        shutdown.clone(),
+        move || orchestrator_loop(s.clone(), stop.clone()),
+    ));
+    let (s, stop) = (shared.clone(), shutdown.clone());
+    tasks.spawn(supervise(
+        "agent",
+        shared.clone(),
+        shutdown.clone(),
+        move || agent_loop(s.clone(), runtime.clone(), content.clone(), stop.clone()),
     ));
     tasks.spawn(ingress.run(shared.clone(), shutdown.clone()));
-    let router = crate::api::router(shared.clone()).merge(gitops::webhook_router(
-        gitops::WebhookConfig {
-            secret: config.webhook_secret.clone(),
-            ..Default::default()
-        },
-        handle,
-    ));
-    let serve_shutdown = shutdown.clone();
-    tasks.spawn(async move {
-        if let Err(e) = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { serve_shutdown.cancelled().await })
-            .await
-        {
-            tracing::error!(error = %e, "API server failed");
-        }
-    });
+    let cluster: Arc<dyn crate::api::Cluster> = shared.clone();
+    let router =
+        crate::api::router(cluster, config.security.clone()).merge(gitops::webhook_router(
+            gitops::WebhookConfig {
+                secret: config.webhook_secret.clone(),
+                ..Default::default()
+            },
+            handle,
+        ));
+    tasks.spawn(crate::api::serve::serve(listener, router, shutdown.clone()));
     shutdown.cancelled().await;
     while tasks.join_next().await.is_some() {}
     Ok(())
@@ -258,15 +388,31 @@ struct GitLoopConfig {
     variables: std::collections::BTreeMap<String, String>,
 }
 
-/// New heads of the branch become the desired state, or are refused with their errors.
-async fn git_loop(
+/// The git loop's parts, kept across restarts after a panic (the watcher's channel above all).
+struct GitLoop {
     shared: Arc<Shared>,
-    mut updates: mpsc::Receiver<gitops::Update>,
+    updates: tokio::sync::Mutex<mpsc::Receiver<gitops::Update>>,
     mirror: Arc<Mirror>,
     config: GitLoopConfig,
     shutdown: CancellationToken,
-) {
-    let config = Arc::new(config);
+}
+
+impl GitLoop {
+    async fn run(self: Arc<Self>) {
+        let mut updates = self.updates.lock().await;
+        git_loop(&self, &mut updates).await
+    }
+}
+
+/// New heads of the branch become the desired state, or are refused with their errors.
+async fn git_loop(this: &GitLoop, updates: &mut mpsc::Receiver<gitops::Update>) {
+    let (shared, mirror, shutdown) = (&this.shared, &this.mirror, &this.shutdown);
+    let config = Arc::new(GitLoopConfig {
+        path: this.config.path.clone(),
+        identities: this.config.identities.clone(),
+        prune: this.config.prune,
+        variables: this.config.variables.clone(),
+    });
     // A stack read from the repository root is named after the repository.
     let root_name = repo_name(mirror.display_url());
     loop {
@@ -466,6 +612,21 @@ async fn agent_loop(
                 .collect();
             if let Err(e) = content.prune_files(&keep) {
                 tracing::warn!(error = %e, "removing old copies of repo files");
+            }
+            // Containers of nodes the cluster does not know (a data dir deleted, a node gone):
+            // nothing adopts or removes them, so status says so, once in the log too.
+            if let Ok(by_node) = executor.runtime().containers_by_node().await {
+                let stale: std::collections::BTreeMap<String, Vec<String>> = by_node
+                    .into_iter()
+                    .filter(|(node, _)| !state.nodes.contains_key(node))
+                    .collect();
+                let mut known = shared.stale.write().expect("lock");
+                for (node, names) in &stale {
+                    if !known.contains_key(node) {
+                        tracing::warn!(node = %node, containers = names.len(), "containers of a node that is not in this cluster are still there: remove them with `docker rm -f $(docker ps -aq --filter label=org.reconciler.node={node})`");
+                    }
+                }
+                *known = stale;
             }
         }
         tokio::select! {

@@ -4,7 +4,8 @@
 //! - the replicated and global orchestrators fill empty slots and shut down surplus tasks,
 //!   asking [`restart::restart_decision`] when a task died;
 //! - the rolling [`update::Updater`] replaces dirty slots by the service's update policy;
-//! - the scheduler ([`schedule::pick_node`]) places pending tasks;
+//! - the scheduler ([`schedule::Scheduler`]) places new and pending tasks, each placement of a
+//!   pass seeing the ones before it;
 //! - the task reaper keeps a bounded history per slot and deletes removed tasks.
 //!
 //! [`Orchestrator::step`] runs them all over a state and says when to look again. The I/O shell
@@ -20,6 +21,7 @@ mod tests;
 use std::collections::BTreeMap;
 
 use restart::Decision;
+use schedule::Scheduler;
 use update::{Outcome, Updater};
 
 use crate::spec::model::Mode;
@@ -158,18 +160,27 @@ impl Orchestrator {
     /// One pass over every service. The commands are meant to be applied in order.
     pub fn step(&mut self, state: &State, now: Millis) -> Step {
         let mut out = Step::default();
+        let mut sched = Scheduler::new(state.nodes.values(), state.tasks.values());
         self.updaters
             .retain(|name, _| state.services.contains_key(name));
         for (name, svc) in &state.services {
-            self.update(state, name, svc, now, &mut out);
-            fill_slots(state, svc, now, &mut self.ids, &mut out);
+            self.update(state, name, svc, now, &mut sched, &mut out);
+            fill_slots(state, svc, now, &mut self.ids, &mut sched, &mut out);
         }
-        schedule_pending(state, now, &mut out);
+        schedule_pending(state, now, &mut sched, &mut out);
         reap(state, self.history_limit, &mut out);
         out
     }
 
-    fn update(&mut self, state: &State, name: &str, svc: &Service, now: Millis, out: &mut Step) {
+    fn update(
+        &mut self,
+        state: &State,
+        name: &str,
+        svc: &Service,
+        now: Millis,
+        sched: &mut Scheduler<'_>,
+        out: &mut Step,
+    ) {
         let superseded = self
             .updaters
             .get(name)
@@ -226,7 +237,7 @@ impl Orchestrator {
         if updater.is_done() {
             return;
         }
-        let step = updater.step(state, now, &mut self.ids);
+        let step = updater.step(state, now, &mut self.ids, sched);
         out.commands.extend(step.commands);
         if let Some(at) = step.wake_at {
             out.wake(at);
@@ -238,8 +249,72 @@ impl Orchestrator {
     }
 }
 
+/// A new task of the service for `slot`, placed by the scheduler (replicated) or on its node
+/// (global); one that fits nowhere is created pending and says why.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn placed_task(
+    svc: &Service,
+    slot: Option<u64>,
+    global_node: Option<&str>,
+    now: Millis,
+    id: TaskId,
+    desired: TaskState,
+    restarts: Vec<Millis>,
+    sched: &mut Scheduler<'_>,
+) -> Task {
+    let placement = match global_node {
+        Some(node) => sched.fits(&svc.spec, node).map(|()| node.to_string()),
+        None => sched.pick(&svc.spec),
+    };
+    match placement {
+        Ok(node) => {
+            let task = new_task(svc, slot, node, now, id, desired, restarts);
+            sched.place(&task);
+            task
+        }
+        // A global task keeps its node (the node is its slot) and waits there, pending.
+        Err(why) => {
+            let mut task = new_task(svc, slot, String::new(), now, id, desired, restarts);
+            if let Some(node) = global_node {
+                task.node = node.to_string();
+                task.status.state = TaskState::Pending;
+                task.status.message = "pending".into();
+            }
+            task.status.error = Some(why);
+            task
+        }
+    }
+}
+
+/// The restart times a slot still needs: only those that can count towards max_attempts
+/// (within the window, and no more than max_attempts of them). Without this a crash-looping
+/// service would carry an ever longer list in every task, log entry and snapshot.
+pub(crate) fn restarts_to_keep(
+    policy: &crate::spec::model::RestartPolicy,
+    mut restarts: Vec<Millis>,
+    now: Millis,
+) -> Vec<Millis> {
+    if policy.max_attempts == 0 {
+        return Vec::new();
+    }
+    let window = policy.window.as_std().as_millis() as Millis;
+    if window > 0 {
+        restarts.retain(|t| t.saturating_add(window) >= now);
+    }
+    let excess = restarts.len().saturating_sub(policy.max_attempts as usize);
+    restarts.drain(..excess);
+    restarts
+}
+
 /// Replicated: slots 1..=replicas each hold one live task; global: one per eligible node.
-fn fill_slots(state: &State, svc: &Service, now: Millis, ids: &mut IdGen, out: &mut Step) {
+fn fill_slots(
+    state: &State,
+    svc: &Service,
+    now: Millis,
+    ids: &mut IdGen,
+    sched: &mut Scheduler<'_>,
+    out: &mut Step,
+) {
     let name = &svc.spec.name;
     let mut by_slot: BTreeMap<SlotKey, Vec<&Task>> = BTreeMap::new();
     for t in state.tasks_of(name) {
@@ -267,13 +342,15 @@ fn fill_slots(state: &State, svc: &Service, now: Millis, ids: &mut IdGen, out: &
             .iter()
             .filter(|t| t.desired_state <= TaskState::Running)
         {
+            if t.is_live() {
+                sched.release(t);
+            }
             out.commands.push(Command::SetTaskDesiredState {
                 id: t.id.clone(),
                 state: TaskState::Shutdown,
             });
         }
     }
-    let live: Vec<&Task> = state.tasks.values().filter(|t| t.is_live()).collect();
     for key in wanted {
         let tasks = by_slot.get(&key).map(Vec::as_slice).unwrap_or(&[]);
         if tasks.iter().any(|t| t.is_live()) {
@@ -299,23 +376,20 @@ fn fill_slots(state: &State, svc: &Service, now: Millis, ids: &mut IdGen, out: &
                     if is_restart {
                         restarts.push(now);
                     }
+                    restarts = restarts_to_keep(&svc.spec.task.restart_policy, restarts, now);
                 }
             }
         }
-        let node = match &key {
-            (None, node) => node.clone(),
-            (Some(_), _) => {
-                schedule::pick_node(&svc.spec, state.nodes.values(), &live).unwrap_or_default()
-            }
-        };
-        let task = new_task(
+        let global_node = key.0.is_none().then_some(key.1.as_str());
+        let task = placed_task(
             svc,
             key.0,
-            node,
+            global_node,
             now,
             ids.next_id(),
             TaskState::Running,
             restarts,
+            sched,
         );
         out.commands.push(Command::CreateTask {
             task: Box::new(task),
@@ -324,8 +398,7 @@ fn fill_slots(state: &State, svc: &Service, now: Millis, ids: &mut IdGen, out: &
 }
 
 /// Place tasks still waiting for a node; a task that fits nowhere says why.
-fn schedule_pending(state: &State, now: Millis, out: &mut Step) {
-    let live: Vec<&Task> = state.tasks.values().filter(|t| t.is_live()).collect();
+fn schedule_pending(state: &State, now: Millis, sched: &mut Scheduler<'_>, out: &mut Step) {
     for t in state
         .tasks
         .values()
@@ -334,12 +407,23 @@ fn schedule_pending(state: &State, now: Millis, out: &mut Step) {
         let Some(svc) = state.services.get(&t.service) else {
             continue;
         };
-        match schedule::pick_node(&svc.spec, state.nodes.values(), &live) {
-            Ok(node) => out.commands.push(Command::AssignTask {
-                id: t.id.clone(),
-                node,
-                at: now,
-            }),
+        // A global task waits on its own node; a replicated one goes where the scheduler says.
+        let placement = if t.slot.is_none() && !t.node.is_empty() {
+            sched.fits(&svc.spec, &t.node).map(|()| t.node.clone())
+        } else {
+            sched.pick(&svc.spec)
+        };
+        match placement {
+            Ok(node) => {
+                let mut placed = t.clone();
+                placed.node = node.clone();
+                sched.place(&placed);
+                out.commands.push(Command::AssignTask {
+                    id: t.id.clone(),
+                    node,
+                    at: now,
+                })
+            }
             Err(why) if t.status.error.as_deref() != Some(why.as_str()) => {
                 out.commands.push(Command::UpdateTaskStatus {
                     id: t.id.clone(),
@@ -359,7 +443,11 @@ fn schedule_pending(state: &State, now: Millis, out: &mut Step) {
 fn reap(state: &State, limit: usize, out: &mut Step) {
     let mut by_slot: BTreeMap<(&str, SlotKey), Vec<&Task>> = BTreeMap::new();
     for t in state.tasks.values() {
-        if t.status.state == TaskState::Remove {
+        // Removed by its agent, or never handed to one (still pending, or on a node that is
+        // not in the cluster): nothing on any node holds it any more.
+        let unplaced = t.status.state <= TaskState::Pending || !state.nodes.contains_key(&t.node);
+        if t.status.state == TaskState::Remove || (t.desired_state >= TaskState::Remove && unplaced)
+        {
             out.commands.push(Command::DeleteTask { id: t.id.clone() });
             continue;
         }

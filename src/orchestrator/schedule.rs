@@ -1,9 +1,15 @@
-//! The scheduler, as a pure function: which node runs a task. Filters in Swarm's order (the
-//! first that fails stops the check, and the counts explain a pending task), then spread.
+//! The scheduler, as a pure value over a snapshot: which node runs a task. Filters in Swarm's
+//! order (the first that fails stops the check, and the counts explain a pending task), then
+//! spread: placement preferences first, then the fewest tasks of the service, then the fewest
+//! tasks in all.
+//!
+//! A [`Scheduler`] is built once per orchestrator pass from the live tasks, and every placement
+//! of the pass is recorded in it ([`Scheduler::place`]), so that the second task of a pass sees
+//! the first: `max_replicas_per_node`, host ports and reservations hold within a pass too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::spec::model::{ConstraintKey, PublishMode, ServiceSpec};
+use crate::spec::model::{ConstraintKey, Protocol, PublishMode, ServiceSpec};
 use crate::store::{Availability, Node, NodeRole, Task};
 
 /// Does `node` satisfy every placement constraint of the service?
@@ -48,7 +54,7 @@ fn normalise_arch(a: &str) -> &str {
 
 /// Why a node was passed over, in Swarm's filter order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Filter {
+pub enum Filter {
     NotAvailable,
     Resources,
     Constraints,
@@ -58,102 +64,246 @@ enum Filter {
 
 impl Filter {
     fn describe(self, n: usize) -> String {
-        let nodes = if n == 1 {
-            "1 node"
+        let (count, plural) = if n == 1 {
+            ("1 node".to_string(), false)
         } else {
-            return format!("{n} nodes {}", self.words(true));
+            (format!("{n} nodes"), true)
         };
-        format!("{nodes} {}", self.words(false))
-    }
-    fn words(self, plural: bool) -> &'static str {
-        match (self, plural) {
+        let words = match (self, plural) {
             (Filter::NotAvailable, _) => "not available for new tasks",
-            (Filter::Resources, _) => "without enough free cpu or memory for the reservations",
+            (Filter::Resources, false) => "has not enough free cpu or memory for the reservations",
+            (Filter::Resources, true) => "have not enough free cpu or memory for the reservations",
             (Filter::Constraints, false) => "does not satisfy the placement constraints",
             (Filter::Constraints, true) => "do not satisfy the placement constraints",
             (Filter::HostPorts, _) => "with a host-mode published port already in use",
             (Filter::MaxReplicas, _) => "at max_replicas_per_node",
-        }
+        };
+        format!("{count} {words}")
     }
 }
 
-/// Pick the node for a new task of `spec`, given every live task. `Err` explains why no node
-/// fits: "no suitable node (1 node does not satisfy the placement constraints)".
-pub fn pick_node<'a>(
-    spec: &ServiceSpec,
-    nodes: impl IntoIterator<Item = &'a Node>,
-    live_tasks: &[&Task],
-) -> Result<String, String> {
-    let mut rejected: BTreeMap<Filter, usize> = BTreeMap::new();
-    let mut best: Option<((usize, usize), &Node)> = None;
-    let mut any = false;
-    for node in nodes {
-        any = true;
-        let on_node: Vec<&&Task> = live_tasks.iter().filter(|t| t.node == node.id).collect();
-        match filter(spec, node, &on_node) {
-            Err(f) => *rejected.entry(f).or_default() += 1,
-            Ok(()) => {
-                let of_service = on_node.iter().filter(|t| t.service == spec.name).count();
-                let rank = (of_service, on_node.len());
-                if best.is_none_or(|(r, _)| rank < r) {
-                    best = Some((rank, node));
-                }
+/// What the scheduler knows of one node: what its live tasks take.
+#[derive(Debug)]
+struct NodeInfo<'a> {
+    node: &'a Node,
+    /// Live tasks per service.
+    by_service: HashMap<String, u64>,
+    total: u64,
+    reserved_cpu: u64,
+    reserved_memory: u64,
+    host_ports: HashSet<(u16, Protocol)>,
+}
+
+impl NodeInfo<'_> {
+    fn add(
+        &mut self,
+        service: &str,
+        spec_ports: &[crate::spec::model::PortConfig],
+        res: &crate::spec::model::Resources,
+        sign: i8,
+    ) {
+        let count = self.by_service.entry(service.to_string()).or_default();
+        let cpu = res.reserve_cpus.map_or(0, |c| c.0);
+        let memory = res.reserve_memory.map_or(0, |m| m.0);
+        let host = spec_ports
+            .iter()
+            .filter(|p| p.mode == PublishMode::Host)
+            .filter_map(|p| p.published.map(|n| (n, p.protocol)));
+        if sign > 0 {
+            *count += 1;
+            self.total += 1;
+            self.reserved_cpu = self.reserved_cpu.saturating_add(cpu);
+            self.reserved_memory = self.reserved_memory.saturating_add(memory);
+            self.host_ports.extend(host);
+        } else {
+            *count = count.saturating_sub(1);
+            self.total = self.total.saturating_sub(1);
+            self.reserved_cpu = self.reserved_cpu.saturating_sub(cpu);
+            self.reserved_memory = self.reserved_memory.saturating_sub(memory);
+            for p in host {
+                self.host_ports.remove(&p);
             }
         }
     }
-    match best {
-        Some((_, node)) => Ok(node.id.clone()),
-        None if !any => Err("no suitable node (no nodes in the cluster)".into()),
-        None => {
-            let reasons: Vec<String> = rejected.iter().map(|(f, n)| f.describe(*n)).collect();
-            Err(format!("no suitable node ({})", reasons.join("; ")))
-        }
-    }
-}
 
-fn filter(spec: &ServiceSpec, node: &Node, on_node: &[&&Task]) -> Result<(), Filter> {
-    if !node.ready || node.availability != Availability::Active {
-        return Err(Filter::NotAvailable);
+    fn tasks_of(&self, service: &str) -> u64 {
+        self.by_service.get(service).copied().unwrap_or(0)
     }
-    let r = &spec.task.resources;
-    let used_cpu: u64 = on_node
-        .iter()
-        .filter_map(|t| t.spec.resources.reserve_cpus.map(|c| c.0))
-        .sum();
-    let used_mem: u64 = on_node
-        .iter()
-        .filter_map(|t| t.spec.resources.reserve_memory.map(|m| m.0))
-        .sum();
-    if r.reserve_cpus
-        .is_some_and(|c| used_cpu + c.0 > node.nano_cpus)
-        || r.reserve_memory
-            .is_some_and(|m| used_mem + m.0 > node.memory_bytes)
-    {
-        return Err(Filter::Resources);
-    }
-    if !constraints_hold(spec, node) {
-        return Err(Filter::Constraints);
-    }
-    let host_ports = spec
-        .endpoint
-        .ports
-        .iter()
-        .filter(|p| p.mode == PublishMode::Host && p.published.is_some());
-    for p in host_ports {
-        let taken = on_node.iter().any(|t| {
-            t.endpoint.ports.iter().any(|q| {
-                q.mode == PublishMode::Host
-                    && q.published == p.published
-                    && q.protocol == p.protocol
-            })
-        });
+
+    /// The filters, in order: the first that fails.
+    fn filter(&self, spec: &ServiceSpec) -> Result<(), Filter> {
+        let node = self.node;
+        if !node.ready || node.availability != Availability::Active {
+            return Err(Filter::NotAvailable);
+        }
+        let r = &spec.task.resources;
+        let cpu_short = r
+            .reserve_cpus
+            .is_some_and(|c| self.reserved_cpu.saturating_add(c.0) > node.nano_cpus);
+        let memory_short = r
+            .reserve_memory
+            .is_some_and(|m| self.reserved_memory.saturating_add(m.0) > node.memory_bytes);
+        if cpu_short || memory_short {
+            return Err(Filter::Resources);
+        }
+        if !constraints_hold(spec, node) {
+            return Err(Filter::Constraints);
+        }
+        let taken = spec
+            .endpoint
+            .ports
+            .iter()
+            .filter(|p| p.mode == PublishMode::Host)
+            .filter_map(|p| p.published.map(|n| (n, p.protocol)))
+            .any(|p| self.host_ports.contains(&p));
         if taken {
             return Err(Filter::HostPorts);
         }
+        let max = spec.task.placement.max_replicas_per_node;
+        if max > 0 && self.tasks_of(&spec.name) >= max {
+            return Err(Filter::MaxReplicas);
+        }
+        Ok(())
     }
-    let max = spec.task.placement.max_replicas_per_node;
-    if max > 0 && on_node.iter().filter(|t| t.service == spec.name).count() as u64 >= max {
-        return Err(Filter::MaxReplicas);
-    }
-    Ok(())
 }
+
+/// The nodes and what their live tasks take, for one pass of placements.
+#[derive(Debug)]
+pub struct Scheduler<'a> {
+    nodes: Vec<NodeInfo<'a>>,
+    index: HashMap<&'a str, usize>,
+}
+
+impl<'a> Scheduler<'a> {
+    /// A scheduler over `nodes`, counting the live tasks (meant to run, not yet stopped) that
+    /// are placed on them.
+    pub fn new(
+        nodes: impl IntoIterator<Item = &'a Node>,
+        tasks: impl IntoIterator<Item = &'a Task>,
+    ) -> Self {
+        let nodes: Vec<NodeInfo<'a>> = nodes
+            .into_iter()
+            .map(|node| NodeInfo {
+                node,
+                by_service: HashMap::new(),
+                total: 0,
+                reserved_cpu: 0,
+                reserved_memory: 0,
+                host_ports: HashSet::new(),
+            })
+            .collect();
+        let index = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.node.id.as_str(), i))
+            .collect();
+        let mut s = Scheduler { nodes, index };
+        for t in tasks
+            .into_iter()
+            .filter(|t| t.is_live() && !t.node.is_empty())
+        {
+            s.record(t, 1);
+        }
+        s
+    }
+
+    fn record(&mut self, t: &Task, sign: i8) {
+        if let Some(&i) = self.index.get(t.node.as_str()) {
+            self.nodes[i].add(&t.service, &t.endpoint.ports, &t.spec.resources, sign);
+        }
+    }
+
+    /// Note that `task` runs on its node now (placed in this pass, or created assigned).
+    pub fn place(&mut self, task: &Task) {
+        self.record(task, 1);
+    }
+
+    /// Note that `task` no longer counts (told to shut down in this pass).
+    pub fn release(&mut self, task: &Task) {
+        self.record(task, -1);
+    }
+
+    /// Would a new task of `spec` fit on `node`? (Global services: the node is given.)
+    pub fn fits(&self, spec: &ServiceSpec, node: &str) -> Result<(), String> {
+        match self.index.get(node) {
+            None => Err(format!("node {node} is not in the cluster")),
+            Some(&i) => self.nodes[i]
+                .filter(spec)
+                .map_err(|f| format!("no suitable node ({})", f.describe(1))),
+        }
+    }
+
+    /// Pick the node for a new task of `spec`. `Err` explains why no node fits: "no suitable
+    /// node (1 node does not satisfy the placement constraints)".
+    pub fn pick(&self, spec: &ServiceSpec) -> Result<String, String> {
+        if self.nodes.is_empty() {
+            return Err("no suitable node (no nodes in the cluster)".into());
+        }
+        let mut rejected: BTreeMap<Filter, usize> = BTreeMap::new();
+        let mut eligible: Vec<&NodeInfo<'a>> = Vec::new();
+        for n in &self.nodes {
+            match n.filter(spec) {
+                Ok(()) => eligible.push(n),
+                Err(f) => *rejected.entry(f).or_default() += 1,
+            }
+        }
+        if eligible.is_empty() {
+            let reasons: Vec<String> = rejected.iter().map(|(f, n)| f.describe(*n)).collect();
+            return Err(format!("no suitable node ({})", reasons.join("; ")));
+        }
+        let rank = |n: &NodeInfo<'_>| -> Vec<u64> {
+            let mut key = spread_key(spec, n.node, &eligible);
+            key.push(n.tasks_of(&spec.name));
+            key.push(n.total);
+            key
+        };
+        let best = eligible
+            .iter()
+            .min_by(|a, b| {
+                rank(a)
+                    .cmp(&rank(b))
+                    .then_with(|| a.node.id.cmp(&b.node.id))
+            })
+            .expect("not empty");
+        Ok(best.node.id.clone())
+    }
+}
+
+/// The value of a `spread=` label for a node; nodes without the label form their own group.
+fn label_value<'n>(node: &'n Node, key: &str) -> Option<&'n str> {
+    let lower = key.to_ascii_lowercase();
+    if let Some(l) = lower.strip_prefix("node.labels.") {
+        let l = &key[key.len() - l.len()..];
+        node.labels.get(l).map(String::as_str)
+    } else if let Some(l) = lower.strip_prefix("engine.labels.") {
+        let l = &key[key.len() - l.len()..];
+        node.engine_labels.get(l).map(String::as_str)
+    } else {
+        None
+    }
+}
+
+/// Placement preferences, as Swarm applies them: at each level (outermost first) the group of
+/// nodes sharing this node's label value (within its group at the level above) should hold the
+/// fewest tasks of the service. The key compares those counts level by level.
+fn spread_key(spec: &ServiceSpec, node: &Node, eligible: &[&NodeInfo<'_>]) -> Vec<u64> {
+    let prefs = &spec.task.placement.spread;
+    let mut key = Vec::with_capacity(prefs.len() + 2);
+    for level in 0..prefs.len() {
+        let same_path = |other: &Node| {
+            prefs[..=level]
+                .iter()
+                .all(|p| label_value(other, p) == label_value(node, p))
+        };
+        let count: u64 = eligible
+            .iter()
+            .filter(|n| same_path(n.node))
+            .map(|n| n.tasks_of(&spec.name))
+            .sum();
+        key.push(count);
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests;

@@ -7,7 +7,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::{is_dirty, new_task, slot_key, IdGen, SlotKey, Step};
+use super::schedule::Scheduler;
+use super::{is_dirty, placed_task, slot_key, IdGen, SlotKey, Step};
 use crate::spec::model::{FailureAction, UpdateConfig, UpdateOrder};
 use crate::store::{Command, Millis, State, Task, TaskId, TaskState, UpdateState, UpdateStatus};
 
@@ -122,7 +123,13 @@ impl Updater {
     }
 
     /// Move the update on by what the store shows now.
-    pub fn step(&mut self, state: &State, now: Millis, ids: &mut IdGen) -> Step {
+    pub fn step(
+        &mut self,
+        state: &State,
+        now: Millis,
+        ids: &mut IdGen,
+        sched: &mut Scheduler<'_>,
+    ) -> Step {
         let mut out = Step::default();
         if self.outcome.is_some() {
             return out;
@@ -160,7 +167,7 @@ impl Updater {
             return out;
         }
         self.progress_workers(state, now, &mut out);
-        self.hand_out(state, now, ids, &mut out);
+        self.hand_out(state, now, ids, sched, &mut out);
         self.maybe_complete(
             svc.update.as_ref().map_or(now, |u| u.started_at),
             now,
@@ -302,7 +309,14 @@ impl Updater {
         }
     }
 
-    fn hand_out(&mut self, state: &State, now: Millis, ids: &mut IdGen, out: &mut Step) {
+    fn hand_out(
+        &mut self,
+        state: &State,
+        now: Millis,
+        ids: &mut IdGen,
+        sched: &mut Scheduler<'_>,
+        out: &mut Step,
+    ) {
         let Some(svc) = state.services.get(&self.service) else {
             return;
         };
@@ -319,18 +333,31 @@ impl Updater {
             let Some((key, old)) = self.next_dirty(state) else {
                 break;
             };
-            let node = old
-                .first()
-                .and_then(|id| state.tasks.get(id))
-                .map(|t| t.node.clone())
-                .unwrap_or_default();
             let start_first = self.config.order == UpdateOrder::StartFirst;
             let desired = if start_first || old.is_empty() {
                 TaskState::Running
             } else {
                 TaskState::Ready
             };
-            let task = new_task(svc, key.0, node, now, ids.next_id(), desired, vec![]);
+            // Stop-first: what the old task holds (a host port, its reservations, its place
+            // under max_replicas_per_node) is free for the new one. Either way the new task
+            // goes through the scheduler, so a changed constraint is honoured.
+            if !start_first {
+                for t in old.iter().filter_map(|id| state.tasks.get(id)) {
+                    sched.release(t);
+                }
+            }
+            let global_node = key.0.is_none().then_some(key.1.as_str());
+            let task = placed_task(
+                svc,
+                key.0,
+                global_node,
+                now,
+                ids.next_id(),
+                desired,
+                vec![],
+                sched,
+            );
             let new_id = task.id.clone();
             out.commands.push(Command::CreateTask {
                 task: Box::new(task),

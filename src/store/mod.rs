@@ -50,6 +50,20 @@ struct Snapshot {
     state: State,
 }
 
+/// Apply a command, turning a panic (a bug: `apply` must not panic on any input) into an error
+/// instead of a dead process.
+fn apply_caught(
+    state: &mut State,
+    command: Command,
+) -> Result<Result<Vec<Event>, ApplyError>, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.apply(command))).map_err(|p| {
+        p.downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into())
+    })
+}
+
 impl Store {
     /// Open (or create) the store at `path` and rebuild the state: snapshot, then the log tail.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -65,6 +79,9 @@ impl Store {
     }
 
     fn load(&mut self) -> Result<(), StoreError> {
+        self.state = State::default();
+        self.snapshot_index = 0;
+        self.last_index = 0;
         let txn = self.db.begin_read().map_err(db_err)?;
         if let Ok(meta) = txn.open_table(META) {
             if let Some(bytes) = meta.get(SNAPSHOT_KEY).map_err(db_err)? {
@@ -80,8 +97,18 @@ impl Store {
                 let (k, v) = entry.map_err(db_err)?;
                 let cmd: Command = serde_json::from_slice(v.value())
                     .map_err(|e| StoreError::Corrupt(format!("log entry {}: {e}", k.value())))?;
-                // A command that failed when first applied fails the same way now: skip it.
-                let _ = self.state.apply(cmd);
+                // Only commands that applied are logged; one that fails now fails the same way
+                // on every replay, and is skipped alike (a panic included: it must not make the
+                // node crash on every start until the commit is reverted).
+                match apply_caught(&mut self.state, cmd) {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(index = k.value(), error = %e, "a logged command no longer applies; skipped")
+                    }
+                    Err(p) => {
+                        tracing::error!(index = k.value(), panic = %p, "a logged command panics when applied; skipped")
+                    }
+                }
                 self.last_index = k.value();
             }
         }
@@ -92,25 +119,124 @@ impl Store {
         &self.state
     }
 
+    /// The commands in the log after the last snapshot, oldest first (for tests and tools).
+    pub fn log(&self) -> Result<Vec<Command>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let Ok(log) = txn.open_table(LOG) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for entry in log.range(self.snapshot_index + 1..).map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            out.push(
+                serde_json::from_slice(v.value())
+                    .map_err(|e| StoreError::Corrupt(format!("log entry {}: {e}", k.value())))?,
+            );
+        }
+        Ok(out)
+    }
+
     /// Append the command durably, then apply it. A command the state machine refuses is
     /// not logged.
     pub fn apply(&mut self, command: Command) -> Result<Vec<Event>, StoreError> {
-        // Only commands that will apply are logged, so a replay never meets a bad one.
-        self.state.check(&command)?;
-        let bytes = serde_json::to_vec(&command).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let index = self.last_index + 1;
-        let txn = self.db.begin_write().map_err(db_err)?;
+        self.apply_batch(vec![command])
+            .pop()
+            .expect("one answer per command")
+    }
+
+    /// Apply commands in order, each checked against the state the ones before it left, and
+    /// make the ones that apply durable in one transaction (one fsync for an orchestrator
+    /// step, not one per command). A command that is refused is not logged; one that panics
+    /// is refused and the state is rebuilt from the log, which does not hold it.
+    pub fn apply_batch(&mut self, commands: Vec<Command>) -> Vec<Result<Vec<Event>, StoreError>> {
+        let mut answers = Vec::with_capacity(commands.len());
+        if commands.is_empty() {
+            return answers;
+        }
+        let txn = match self.db.begin_write() {
+            Ok(t) => t,
+            Err(e) => {
+                let e = db_err(e);
+                return commands
+                    .iter()
+                    .map(|_| Err(StoreError::Db(e.to_string())))
+                    .collect();
+            }
+        };
+        let mut index = self.last_index;
+        let mut rebuild = false;
+        let mut failed: Option<String> = None;
         {
-            let mut log = txn.open_table(LOG).map_err(db_err)?;
-            log.insert(index, bytes.as_slice()).map_err(db_err)?;
+            let mut log = match txn.open_table(LOG) {
+                Ok(l) => l,
+                Err(e) => {
+                    let e = db_err(e).to_string();
+                    return commands
+                        .iter()
+                        .map(|_| Err(StoreError::Db(e.clone())))
+                        .collect();
+                }
+            };
+            for command in commands {
+                if let Some(e) = &failed {
+                    answers.push(Err(StoreError::Db(e.clone())));
+                    continue;
+                }
+                if let Err(e) = self.state.check(&command) {
+                    answers.push(Err(e.into()));
+                    continue;
+                }
+                let bytes = match serde_json::to_vec(&command) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        answers.push(Err(StoreError::Corrupt(e.to_string())));
+                        continue;
+                    }
+                };
+                if let Err(e) = log.insert(index + 1, bytes.as_slice()) {
+                    failed = Some(db_err(e).to_string());
+                    answers.push(Err(StoreError::Db(failed.clone().unwrap_or_default())));
+                    continue;
+                }
+                match apply_caught(&mut self.state, command) {
+                    Ok(result) => {
+                        index += 1;
+                        answers.push(result.map_err(StoreError::from));
+                    }
+                    Err(panic) => {
+                        // Not logged after all; the state may be half changed: rebuild it.
+                        let _ = log.remove(index + 1);
+                        rebuild = true;
+                        tracing::error!(panic = %panic, "applying a command panicked; it is refused and the state rebuilt from the log");
+                        answers.push(Err(StoreError::Corrupt(format!(
+                            "applying the command failed ({panic}); it was refused"
+                        ))));
+                    }
+                }
+            }
         }
-        txn.commit().map_err(db_err)?;
-        self.last_index = index;
-        let events = self.state.apply(command)?;
+        match txn.commit() {
+            Ok(()) => self.last_index = index,
+            Err(e) => {
+                let e = db_err(e).to_string();
+                for a in answers.iter_mut().filter(|a| a.is_ok()) {
+                    *a = Err(StoreError::Db(e.clone()));
+                }
+                rebuild = true;
+            }
+        }
+        if rebuild {
+            // What memory holds must be what the log says, whatever happened above.
+            if let Err(e) = self.load() {
+                tracing::error!(error = %e, "rebuilding the state from the store failed");
+            }
+        }
         if self.last_index - self.snapshot_index >= SNAPSHOT_EVERY {
-            self.snapshot()?;
+            if let Err(e) = self.snapshot() {
+                tracing::error!(error = %e, "writing a snapshot failed; the log keeps growing until one succeeds");
+            }
         }
-        Ok(events)
+        answers
     }
 
     /// Write the whole state as a snapshot and drop the log it covers.
@@ -132,6 +258,14 @@ impl Store {
         self.snapshot_index = snap.index;
         Ok(())
     }
+}
+
+/// Milliseconds since the Unix epoch, now (the clock commands are stamped with).
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

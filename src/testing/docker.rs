@@ -117,7 +117,6 @@ pub async fn remove_labelled(docker: &Docker, label: &str) -> anyhow::Result<usi
                 .build(),
         ))
         .await?;
-    let task_files = TaskFiles::choose();
     for container in containers {
         let Some(id) = container.id else { continue };
         let options = RemoveContainerOptionsBuilder::default()
@@ -132,7 +131,7 @@ pub async fn remove_labelled(docker: &Docker, label: &str) -> anyhow::Result<usi
         // What the runtime's remove would have done: the task's secret and config files go too.
         let task = container.labels.as_ref().and_then(labels::task_ref);
         if let Some(task) = task.filter(|t| valid_task_id(&t.task_id)) {
-            if let Err(e) = task_files.remove(&task.task_id) {
+            if let Err(e) = TaskFiles::choose(&task.node_id).remove(&task.task_id) {
                 eprintln!("clean-up: task files of {}: {e}", task.task_id);
             }
         }

@@ -139,6 +139,25 @@ fn gitops_clone_and_fetch_from_a_local_path() {
 }
 
 #[test]
+fn gitops_a_mirror_deleted_under_a_running_node_is_made_again_by_the_next_fetch() {
+    let repo = Repo::new("main");
+    repo.commit("main", "stack.txt", "one");
+    let data = tempfile::tempdir().unwrap();
+    let mirror = Mirror::open(
+        Source::new(repo.path().to_str().unwrap(), None),
+        data.path(),
+    )
+    .unwrap();
+    mirror.fetch().unwrap();
+    // `rm -rf` of the data dir while the process runs.
+    std::fs::remove_dir_all(data.path()).unwrap();
+    let c2 = repo.commit("main", "stack.txt", "two");
+    let head = mirror.fetch().expect("the mirror is cloned again");
+    assert_eq!(head.id, c2);
+    assert_eq!(read_at(&mirror, &head, "stack.txt"), "two");
+}
+
+#[test]
 fn gitops_clone_and_fetch_from_a_file_url() {
     let repo = Repo::new("main");
     let c1 = repo.commit("main", "a.txt", "1");
