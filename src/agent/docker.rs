@@ -6,6 +6,7 @@
 //! be made while Docker is down (even before its socket exists) and never needs rebuilding.
 
 mod convert;
+mod observed;
 
 use std::error::Error as _;
 use std::sync::Arc;
@@ -42,12 +43,31 @@ const INSPECT_CONCURRENCY: usize = 16;
 /// Makes the client; called until the engine answers.
 type Connector = Arc<dyn Fn() -> Result<Docker, BollardError> + Send + Sync>;
 
+/// The engine connection, shared by every clone of the runtime and by its event stream.
+struct Engine {
+    connect: Connector,
+    /// The connected, version-negotiated client.
+    docker: OnceCell<Docker>,
+}
+
+impl Engine {
+    async fn client(&self) -> Result<&Docker, RuntimeError> {
+        self.docker
+            .get_or_try_init(|| async {
+                let docker = (self.connect)()?;
+                docker.negotiate_version().await
+            })
+            .await
+            .map_err(|e| RuntimeError::Unavailable(error_chain(&e)))
+    }
+}
+
 /// A cheap, cloneable handle on the local engine.
 #[derive(Clone)]
 pub struct DockerRuntime {
-    connect: Connector,
-    /// The connected, version-negotiated client, shared by all clones.
-    docker: Arc<OnceCell<Docker>>,
+    engine: Arc<Engine>,
+    /// The containers as last seen, kept current by the event stream.
+    observed: Arc<observed::Observed>,
     files: TaskFiles,
     node_filter: Option<String>,
     pull_timeout: Duration,
@@ -56,7 +76,7 @@ pub struct DockerRuntime {
 impl std::fmt::Debug for DockerRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DockerRuntime")
-            .field("connected", &self.docker.initialized())
+            .field("connected", &self.engine.docker.initialized())
             .field("files", &self.files)
             .field("node_filter", &self.node_filter)
             .field("pull_timeout", &self.pull_timeout)
@@ -86,8 +106,11 @@ impl DockerRuntime {
 
     fn with_connector(connect: Connector) -> Self {
         DockerRuntime {
-            connect,
-            docker: Arc::new(OnceCell::new()),
+            engine: Arc::new(Engine {
+                connect,
+                docker: OnceCell::new(),
+            }),
+            observed: Default::default(),
             files: TaskFiles::choose("node"),
             node_filter: None,
             pull_timeout: DEFAULT_PULL_TIMEOUT,
@@ -123,13 +146,68 @@ impl DockerRuntime {
     /// The connected client, connecting and negotiating the API version on first use (and
     /// again on the next call after a failed attempt).
     pub async fn client(&self) -> Result<&Docker, RuntimeError> {
-        self.docker
-            .get_or_try_init(|| async {
-                let docker = (self.connect)()?;
-                docker.negotiate_version().await
+        self.engine.client().await
+    }
+
+    /// Changes whenever the engine reports an event about one of this runtime's containers
+    /// (after the first [`Runtime::list`], which starts following the events).
+    pub fn container_events(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.observed.subscribe()
+    }
+
+    /// The label filters that select this runtime's containers.
+    fn label_filters(&self) -> Vec<String> {
+        let mut label_filters = vec![labels::managed_filter()];
+        if let Some(node) = &self.node_filter {
+            label_filters.push(format!("{}={node}", labels::NODE));
+        }
+        label_filters
+    }
+
+    /// Bring the cache up to date by what `work` says.
+    async fn refresh(&self, work: &observed::Work) -> Result<(), RuntimeError> {
+        match work {
+            observed::Work::Everything => {
+                let ids = self.summaries().await?.into_iter().filter_map(|s| s.id);
+                let found = self.inspect_many(ids).await?;
+                self.observed
+                    .replace(found.into_iter().filter_map(|(_, c)| c).collect());
+            }
+            observed::Work::Check { dirty } => {
+                let summaries = self.summaries().await?;
+                let mut redo: std::collections::HashSet<String> =
+                    self.observed.disagreeing(&summaries).into_iter().collect();
+                redo.extend(dirty.iter().cloned());
+                let found = self.inspect_many(redo).await?;
+                self.observed.update(found);
+                self.observed.checked();
+            }
+            observed::Work::Dirty { dirty } => {
+                let found = self.inspect_many(dirty.iter().cloned()).await?;
+                self.observed.update(found);
+            }
+        }
+        Ok(())
+    }
+
+    /// Inspect containers side by side; `None` for those that are gone (or not ours).
+    async fn inspect_many(
+        &self,
+        ids: impl IntoIterator<Item = String>,
+    ) -> Result<Vec<(String, Option<ObservedContainer>)>, RuntimeError> {
+        futures::stream::iter(ids)
+            .map(|id| async move {
+                let found = self.inspect_raw(&id).await?.and_then(convert::observed);
+                let mine = found.filter(|c| {
+                    self.node_filter
+                        .as_ref()
+                        .is_none_or(|n| *n == c.task.node_id)
+                });
+                Ok((id, mine))
             })
+            .buffer_unordered(INSPECT_CONCURRENCY)
+            .try_collect()
             .await
-            .map_err(|e| RuntimeError::Unavailable(error_chain(&e)))
     }
 
     /// The API version in use, e.g. `1.41`, after negotiation.
@@ -159,6 +237,47 @@ impl DockerRuntime {
             }
         }
         Ok(pruned)
+    }
+
+    async fn stop_container(
+        &self,
+        id: &ContainerId,
+        signal: Option<&str>,
+        grace: Duration,
+    ) -> Result<(), RuntimeError> {
+        let Some(container) = self.inspect_raw(id.as_str()).await? else {
+            return Ok(());
+        };
+        let running = container
+            .state
+            .as_ref()
+            .and_then(|s| s.running)
+            .unwrap_or(false);
+        if !running {
+            return Ok(());
+        }
+        // Done here rather than with `POST /stop?signal=`: that parameter needs API 1.42, and
+        // `t` is whole seconds; this way any signal and sub-second grace periods work on 20.10.
+        let configured = container.config.and_then(|c| c.stop_signal);
+        let signal = signal
+            .map(str::to_string)
+            .or(configured)
+            .unwrap_or_else(|| "SIGTERM".into());
+        self.kill(id.as_str(), &signal).await?;
+        if self.wait_stopped(id.as_str(), grace).await? {
+            return Ok(());
+        }
+        tracing::info!(container = id.short(), %signal, grace = %humantime::format_duration(grace), "grace period over: killing");
+        self.kill(id.as_str(), "SIGKILL").await?;
+        if self.wait_stopped(id.as_str(), KILL_WAIT).await? {
+            Ok(())
+        } else {
+            Err(RuntimeError::Engine {
+                op: format!("stop container {}", id.short()),
+                status: 0,
+                message: format!("still running {}s after SIGKILL", KILL_WAIT.as_secs()),
+            })
+        }
     }
 
     async fn inspect_raw(
@@ -242,7 +361,10 @@ impl DockerRuntime {
             .remove_container(id, Some(options))
             .await
         {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.observed.mark(id);
+                Ok(())
+            }
             Err(e) => match classify(&format!("remove container {id}"), e) {
                 RuntimeError::NotFound(_) => Ok(()),
                 other => Err(other),
@@ -325,12 +447,9 @@ impl DockerRuntime {
         Ok(out)
     }
 
-    async fn list_ids(&self) -> Result<Vec<String>, RuntimeError> {
-        let mut label_filters = vec![labels::managed_filter()];
-        if let Some(node) = &self.node_filter {
-            label_filters.push(format!("{}={node}", labels::NODE));
-        }
-        let filters = std::collections::HashMap::from([("label", label_filters)]);
+    /// This runtime's containers as the engine lists them (no inspect).
+    async fn summaries(&self) -> Result<Vec<bollard::models::ContainerSummary>, RuntimeError> {
+        let filters = std::collections::HashMap::from([("label", self.label_filters())]);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
@@ -341,7 +460,7 @@ impl DockerRuntime {
             .list_containers(Some(options))
             .await
             .map_err(|e| classify("list containers", e))?;
-        Ok(summaries.into_iter().filter_map(|s| s.id).collect())
+        Ok(summaries)
     }
 }
 
@@ -372,9 +491,11 @@ impl Runtime for DockerRuntime {
         }
         let docker = self.client().await?;
         let name = req.task.container_name();
-        // Checked before the task files are written: a second create of the same task must not
-        // touch the files of the container that already runs it.
-        if self.inspect_raw(&name).await?.is_some() {
+        // Checked before the task files are written, against what the last listing and the
+        // events since say (no extra call to the engine): a second create of the same task must
+        // not touch the files of the container that already runs it. (Should the cache be
+        // behind, the engine's own 409 below keeps the files too.)
+        if self.observed.has_name(&name) {
             return Err(RuntimeError::Conflict(format!(
                 "container {name} already exists: the task already has a container, adopt it rather than create another"
             )));
@@ -397,19 +518,25 @@ impl Runtime for DockerRuntime {
         let created = match docker.create_container(Some(options), body).await {
             Ok(created) => created,
             Err(e) => {
-                self.undo_create(None, task_id).await;
-                return Err(create_error(&name, &req.spec.container.image, e));
+                let e = create_error(&name, &req.spec.container.image, e);
+                // A conflict means the task's container exists and uses these very files.
+                if !matches!(e, RuntimeError::Conflict(_)) {
+                    self.undo_create(None, task_id).await;
+                }
+                return Err(e);
             }
         };
         if let Err(e) = self.connect_extra_networks(&created.id, req).await {
             self.undo_create(Some(&created.id), task_id).await;
             return Err(e);
         }
+        self.observed.mark(&created.id);
         tracing::debug!(container = %created.id, name, "container created");
         Ok(ContainerId(created.id))
     }
 
     async fn start(&self, id: &ContainerId) -> Result<(), RuntimeError> {
+        self.observed.mark(id.as_str());
         // 304 "already started" counts as success in bollard.
         self.client()
             .await?
@@ -424,39 +551,10 @@ impl Runtime for DockerRuntime {
         signal: Option<&str>,
         grace: Duration,
     ) -> Result<(), RuntimeError> {
-        let Some(container) = self.inspect_raw(id.as_str()).await? else {
-            return Ok(());
-        };
-        let running = container
-            .state
-            .as_ref()
-            .and_then(|s| s.running)
-            .unwrap_or(false);
-        if !running {
-            return Ok(());
-        }
-        // Done here rather than with `POST /stop?signal=`: that parameter needs API 1.42, and
-        // `t` is whole seconds; this way any signal and sub-second grace periods work on 20.10.
-        let configured = container.config.and_then(|c| c.stop_signal);
-        let signal = signal
-            .map(str::to_string)
-            .or(configured)
-            .unwrap_or_else(|| "SIGTERM".into());
-        self.kill(id.as_str(), &signal).await?;
-        if self.wait_stopped(id.as_str(), grace).await? {
-            return Ok(());
-        }
-        tracing::info!(container = id.short(), %signal, grace = %humantime::format_duration(grace), "grace period over: killing");
-        self.kill(id.as_str(), "SIGKILL").await?;
-        if self.wait_stopped(id.as_str(), KILL_WAIT).await? {
-            Ok(())
-        } else {
-            Err(RuntimeError::Engine {
-                op: format!("stop container {}", id.short()),
-                status: 0,
-                message: format!("still running {}s after SIGKILL", KILL_WAIT.as_secs()),
-            })
-        }
+        let result = self.stop_container(id, signal, grace).await;
+        // Its die event says the same; this makes sure the next listing sees it either way.
+        self.observed.mark(id.as_str());
+        result
     }
 
     async fn remove(&self, id: &ContainerId) -> Result<(), RuntimeError> {
@@ -486,16 +584,16 @@ impl Runtime for DockerRuntime {
     }
 
     async fn list(&self) -> Result<Vec<ObservedContainer>, RuntimeError> {
-        let ids = self.list_ids().await?;
-        let mut found: Vec<ObservedContainer> = futures::stream::iter(ids)
-            .map(|id| async move { self.inspect_raw(&id).await })
-            .buffer_unordered(INSPECT_CONCURRENCY)
-            // A container removed between list and inspect is simply not there.
-            .try_filter_map(|c| async move { Ok(c.and_then(convert::observed)) })
-            .try_collect()
-            .await?;
-        found.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(found)
+        self.observed
+            .watch(self.engine.clone(), self.label_filters());
+        let work = self.observed.take_work();
+        match self.refresh(&work).await {
+            Ok(()) => Ok(self.observed.containers()),
+            Err(e) => {
+                self.observed.give_back(work);
+                Err(e)
+            }
+        }
     }
 
     async fn ensure_network(&self, spec: &NetworkSpec, stack: &str) -> Result<(), RuntimeError> {

@@ -509,20 +509,22 @@ impl<R: Runtime> Executor<R> {
     }
 
     /// Remove networks this project created that no stack in the state wants any more.
-    /// Volumes are kept: data outlives stacks, as with `docker stack rm`.
-    pub async fn prune_networks(&mut self, state: &State) -> Result<(), RuntimeError> {
+    /// Volumes are kept: data outlives stacks, as with `docker stack rm`. Returns whether any
+    /// is left (still in use by a stopping task: try again soon).
+    pub async fn prune_networks(&mut self, state: &State) -> Result<bool, RuntimeError> {
         let wanted: BTreeMap<&str, ()> = state.networks.keys().map(|k| (k.as_str(), ())).collect();
+        let mut left = false;
         for n in self.runtime.list_networks().await? {
             if !wanted.contains_key(n.name.as_str()) {
                 match self.runtime.remove_network(&n.name).await {
                     Ok(()) => {
                         self.ensured.remove(&n.name);
                     }
-                    Err(RuntimeError::Conflict(_)) => {} // still in use by a stopping task
+                    Err(RuntimeError::Conflict(_)) => left = true,
                     Err(e) => return Err(e),
                 }
             }
         }
-        Ok(())
+        Ok(left)
     }
 }

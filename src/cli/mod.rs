@@ -58,15 +58,9 @@ enum Command {
     /// Stacks of the running cluster.
     #[command(subcommand)]
     Stack(cluster::StackCommand),
-    /// Benchmarks against the real engine (e.g. `bench converge`: reconciler vs swarm mode).
+    /// Benchmarks against the real engine, side by side with swarm mode on the same engine.
     #[command(subcommand)]
-    Bench(BenchCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum BenchCommand {
-    /// Commit-to-converged and a rolling update of N replicas, reconciler vs swarm mode.
-    Converge(bench::Args),
+    Bench(bench::Command),
 }
 
 /// Parse the command line, run the command, and return the process exit code.
@@ -103,7 +97,7 @@ pub fn main() -> i32 {
         Command::Sync(args) => cluster::sync(args),
         Command::Service(cmd) => cluster::service(cmd),
         Command::Stack(cmd) => cluster::stack(cmd),
-        Command::Bench(BenchCommand::Converge(args)) => bench::run(args),
+        Command::Bench(cmd) => bench::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -42,8 +42,8 @@ pub struct Update {
 pub struct WatcherConfig {
     /// Fetch at least this often (default 30 s).
     pub poll_interval: Duration,
-    /// Quiet time after a file change in a local repository before fetching (default 100 ms):
-    /// one `git commit` touches several files.
+    /// Quiet time after a branch ref of a local repository changed before fetching (default
+    /// 20 ms): one push may move several refs.
     pub debounce: Duration,
     /// Watch a local repository's refs for changes (default true; no effect on remote URLs).
     pub watch_files: bool,
@@ -58,7 +58,9 @@ impl Default for WatcherConfig {
     fn default() -> Self {
         WatcherConfig {
             poll_interval: Duration::from_secs(30),
-            debounce: Duration::from_millis(100),
+            // Branch refs are replaced atomically (rename from a lock file): a short wait is
+            // enough to take the refs of one push together.
+            debounce: Duration::from_millis(20),
             watch_files: true,
             backoff: Backoff::default(),
             fetch_timeout: Duration::from_secs(120),

@@ -566,10 +566,15 @@ async fn agent_loop(
     content: Arc<MirrorContent>,
     shutdown: CancellationToken,
 ) {
+    // Woken by the store (new tasks, new desired states) and by the engine's events about
+    // this node's containers; the timer is only a safety net, so an idle node costs nothing.
+    let mut events = runtime.container_events();
     let mut executor = Executor::new(runtime, shared.node_id.clone(), content.clone());
     let mut changes = shared.subscribe();
     let mut backoff = gitops::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-    let mut last_prune = std::time::Instant::now();
+    let mut last_upkeep: Option<std::time::Instant> = None;
+    let mut networks_seen: Vec<String> = Vec::new();
+    let mut networks_left = false;
     loop {
         let state = shared.snapshot();
         let reports = executor.step(&state, now_ms()).await;
@@ -587,17 +592,26 @@ async fn agent_loop(
                     tracing::info!("the Docker Engine is back");
                 }
                 backoff.reset();
-                Duration::from_millis(250)
+                IDLE_PASS
             }
         };
         if reports.engine_down.is_none() {
             *shared.addresses.write().expect("lock") = reports.addresses;
         }
         shared.apply(reports.commands);
-        if last_prune.elapsed() > Duration::from_secs(5) {
-            last_prune = std::time::Instant::now();
-            if let Err(e) = executor.prune_networks(&state).await {
-                tracing::debug!(error = %e, "network prune");
+        // Upkeep: when the stacks' networks changed (one was removed with its stack), and
+        // every UPKEEP otherwise.
+        let networks: Vec<String> = state.networks.keys().cloned().collect();
+        let due = last_upkeep.is_none_or(|t| t.elapsed() > UPKEEP)
+            || networks != networks_seen
+            || networks_left;
+        if due && reports.engine_down.is_none() {
+            last_upkeep = Some(std::time::Instant::now());
+            networks_seen = networks;
+            match executor.prune_networks(&state).await {
+                // Still in use by a task that is stopping: look again next pass.
+                Ok(left) => networks_left = left,
+                Err(e) => tracing::debug!(error = %e, "network prune"),
             }
             // Secret files of containers removed behind our back (docker rm -f).
             if let Err(e) = executor.runtime().prune_task_files().await {
@@ -631,8 +645,18 @@ async fn agent_loop(
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = changes.changed() => tokio::time::sleep(Duration::from_millis(20)).await,
+            // A moment for the rest of a burst (a step's commands, a batch of events).
+            _ = changes.changed() => tokio::time::sleep(WAKE_SETTLE).await,
+            _ = events.changed() => tokio::time::sleep(WAKE_SETTLE).await,
             _ = tokio::time::sleep(pause) => {}
         }
     }
 }
+
+/// How long the agent lets a burst of changes settle before a pass.
+const WAKE_SETTLE: Duration = Duration::from_millis(5);
+/// An agent pass when nothing woke it sooner.
+const IDLE_PASS: Duration = Duration::from_secs(2);
+/// How often the agent prunes networks, task files and repo copies and looks for stale
+/// containers.
+const UPKEEP: Duration = Duration::from_secs(30);

@@ -795,3 +795,73 @@ async fn http_get(port: u16) -> Option<String> {
         .ok()?;
     Some(response)
 }
+
+/// `list` answers from what the engine's events said, not by inspecting every container each
+/// time: a container killed or removed behind the runtime's back, or turning unhealthy, shows
+/// in the next listing well before the periodic check (30 s) would have found it.
+#[tokio::test]
+async fn docker_runtime_list_follows_the_engines_events() {
+    with_case("events", async |case| {
+        let sick = case.request("sick", &busybox(1), |s| {
+            s.container.healthcheck = Some(Healthcheck::Check {
+                test: vec!["CMD".into(), "false".into()],
+                interval: Some(secs(0.5)),
+                timeout: Some(secs(2.0)),
+                retries: Some(1),
+                start_period: None,
+                start_interval: None,
+            });
+        });
+        let victim = case.request("victim", &busybox(1), |_| {});
+        let doomed = case.request("doomed", &busybox(1), |_| {});
+        let (sick, victim, doomed) = (
+            case.run(&sick).await,
+            case.run(&victim).await,
+            case.run(&doomed).await,
+        );
+        let find = |all: &[reconciler::agent::ObservedContainer], id: &ContainerId| {
+            all.iter().find(|c| c.id == *id).cloned()
+        };
+        let first = case.rt.list().await.unwrap();
+        assert!(find(&first, &victim).is_some_and(|c| c.is_running()));
+        let mut events = case.rt.container_events();
+        events.mark_unchanged();
+        // Behind the runtime's back.
+        case.docker
+            .kill_container(
+                victim.as_str(),
+                None::<bollard::query_parameters::KillContainerOptions>,
+            )
+            .await
+            .unwrap();
+        case.docker
+            .remove_container(
+                doomed.as_str(),
+                Some(
+                    bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+                        .force(true)
+                        .build(),
+                ),
+            )
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), events.changed())
+            .await
+            .expect("an event within 10 s")
+            .unwrap();
+        // Well within the periodic check's 30 s: only the events can have told it.
+        wait_for(
+            "the kill, the removal and the health",
+            Duration::from_secs(15),
+            || async {
+                let all = case.rt.list().await.unwrap();
+                let killed = find(&all, &victim).is_some_and(|c| c.state == ContainerState::Exited);
+                let gone = find(&all, &doomed).is_none();
+                let unhealthy = find(&all, &sick).is_some_and(|c| c.health == Health::Unhealthy);
+                (killed && gone && unhealthy).then_some(())
+            },
+        )
+        .await;
+    })
+    .await;
+}

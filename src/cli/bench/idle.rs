@@ -1,0 +1,152 @@
+//! `reconciler bench idle`: with N tasks running and nothing changing, how much CPU the
+//! reconciler and dockerd spend, next to swarm mode running the same N tasks on the same engine.
+//!
+//! The reconciler runs in this process, so its figure is this process's CPU over the window
+//! (the benchmark itself only sleeps then). dockerd's is read from /proc; with swarm mode the
+//! orchestrator is inside dockerd, so dockerd's figure is the whole of swarm mode's cost.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bollard::Docker;
+
+use super::engine::{self, cpu_seconds, pid_of, rss_bytes};
+use super::harness::{docker, Reconciler, Swarm};
+use crate::testing;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Tasks (replicas of one service) running while idle.
+    #[arg(long, default_value_t = 200)]
+    tasks: u32,
+    /// How long to measure, once converged and settled.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    window: Duration,
+    /// Skip the swarm-mode run.
+    #[arg(long)]
+    no_swarm: bool,
+}
+
+/// After converging: let the last reports and stops settle before measuring.
+const SETTLE: Duration = Duration::from_secs(10);
+const TIMEOUT: Duration = Duration::from_secs(1800);
+
+fn stack_file(tasks: u32) -> String {
+    format!(
+        "version: \"3.8\"\nservices:\n  idle:\n    image: {}\n    stop_grace_period: 10s\n    deploy:\n      replicas: {tasks}\n",
+        testing::images::busybox(1)
+    )
+}
+
+/// CPU use over the window, as a percentage of one core.
+struct Usage {
+    ours: Option<f64>,
+    ours_rss: Option<u64>,
+    dockerd: f64,
+    containerd: Option<f64>,
+}
+
+async fn measure(window: Duration, ours: bool) -> anyhow::Result<Usage> {
+    let dockerd = pid_of("dockerd").context("no dockerd process found")?;
+    let containerd = pid_of("containerd");
+    let me = std::process::id();
+    let (d0, c0, m0) = (
+        cpu_seconds(dockerd)?,
+        containerd.and_then(|p| cpu_seconds(p).ok()),
+        cpu_seconds(me)?,
+    );
+    let start = Instant::now();
+    tokio::time::sleep(window).await;
+    let secs = start.elapsed().as_secs_f64();
+    let pct = |a: f64, b: f64| 100.0 * (b - a) / secs;
+    Ok(Usage {
+        ours: ours
+            .then(|| cpu_seconds(me).map(|m1| pct(m0, m1)))
+            .transpose()?,
+        ours_rss: ours.then(|| rss_bytes(me)).transpose()?,
+        dockerd: pct(d0, cpu_seconds(dockerd)?),
+        containerd: match (containerd, c0) {
+            (Some(p), Some(c0)) => cpu_seconds(p).ok().map(|c1| pct(c0, c1)),
+            _ => None,
+        },
+    })
+}
+
+pub async fn run(engine: &Docker, args: Args) -> anyhow::Result<i32> {
+    let image = testing::images::busybox(1);
+    let n = args.tasks as usize;
+    println!(
+        "{} tasks running, nothing changing; CPU over {} as % of one core",
+        args.tasks,
+        humantime::format_duration(args.window)
+    );
+    // With nothing of ours running: what the engine spends on its own.
+    let baseline = measure(args.window.min(Duration::from_secs(10)), false).await?;
+
+    let stack = format!("benchidle{}", testing::unique_suffix());
+    let reconciler = Reconciler::start().await?;
+    let deployed = async {
+        let t0 = Instant::now();
+        reconciler.deploy(&stack, Some(&stack_file(args.tasks)))?;
+        let done = engine::wait_converged(engine, &stack, &image, n, TIMEOUT).await?;
+        println!(
+            "reconciler converged {n} tasks in {:.1} s",
+            (done - t0).as_secs_f64()
+        );
+        tokio::time::sleep(SETTLE).await;
+        measure(args.window, true).await
+    }
+    .await;
+    reconciler.deploy(&stack, None)?;
+    let removed = engine::wait_until_none_running(engine, &stack, TIMEOUT).await;
+    reconciler.stop().await;
+    let ours = deployed?;
+    removed?;
+
+    let swarm = if args.no_swarm {
+        None
+    } else {
+        let stack = format!("benchidles{}", testing::unique_suffix());
+        let swarm = Swarm::init()?;
+        let deployed = async {
+            let t0 = Instant::now();
+            swarm.deploy(&stack, &stack_file(args.tasks))?;
+            let done = engine::wait_converged(engine, &stack, &image, n, TIMEOUT).await?;
+            println!(
+                "swarm mode converged {n} tasks in {:.1} s",
+                (done - t0).as_secs_f64()
+            );
+            tokio::time::sleep(SETTLE).await;
+            measure(args.window, false).await
+        }
+        .await;
+        let _ = docker(&["stack", "rm", &stack]);
+        let removed = engine::wait_until_none_running(engine, &stack, TIMEOUT).await;
+        swarm.leave();
+        removed?;
+        Some(deployed?)
+    };
+
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}%"));
+    println!();
+    println!(
+        "{:<28} {:>12} {:>10} {:>12} {:>12}",
+        "", "reconciler", "dockerd", "containerd", "reconciler RSS"
+    );
+    let row = |name: &str, u: &Usage| {
+        println!(
+            "{name:<28} {:>12} {:>10} {:>12} {:>12}",
+            pct(u.ours),
+            pct(Some(u.dockerd)),
+            pct(u.containerd),
+            u.ours_rss
+                .map_or("-".to_string(), |b| format!("{:.1} MB", b as f64 / 1e6))
+        );
+    };
+    row("engine alone (no tasks)", &baseline);
+    row(&format!("reconciler, {n} tasks"), &ours);
+    if let Some(s) = &swarm {
+        row(&format!("swarm mode, {n} tasks"), s);
+    }
+    Ok(0)
+}
