@@ -97,9 +97,17 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     }
     let embedded = args.repo.is_none();
     let repo = match &args.repo {
+        // A local path as given may be relative: the watcher and the mirror need it whole.
+        Some(r) if std::path::Path::new(r).exists() => std::path::absolute(r)
+            .with_context(|| format!("resolving {r}"))?
+            .display()
+            .to_string(),
         Some(r) => r.clone(),
         None => env!("CARGO_MANIFEST_DIR").to_string(),
     };
+    // Paths under the data dir become bind sources for containers, which must be absolute.
+    let data_dir = std::path::absolute(&args.data_dir)
+        .with_context(|| format!("resolving {}", args.data_dir.display()))?;
     let path = args.path.clone().unwrap_or_else(|| {
         if embedded {
             "examples/stacks".into()
@@ -127,7 +135,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             },
         },
         path,
-        data_dir: args.data_dir.clone(),
+        data_dir,
         listen: args.listen,
         poll: args.poll,
         prune: !args.no_prune,

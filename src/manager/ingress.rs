@@ -113,21 +113,28 @@ impl Ingress {
         "userspace-proxy"
     }
 
-    pub async fn run(mut self, shared: Arc<Shared>, shutdown: CancellationToken) {
+    /// Follow the store until `shutdown`. The ingress is shared so that a restarted loop (after
+    /// a panic) carries on with the listeners it has.
+    pub async fn run(
+        this: Arc<tokio::sync::Mutex<Ingress>>,
+        shared: Arc<Shared>,
+        shutdown: CancellationToken,
+    ) {
+        let mut this = this.lock().await;
         let mut changes = shared.subscribe();
         loop {
             let want = {
                 let addresses = shared.addresses.read().expect("lock").clone();
                 shared.with_state(|s| wanted(s, &addresses))
             };
-            self.reconcile(want).await;
+            this.reconcile(want).await;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = changes.changed() => {}
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         }
-        for l in self.listeners.values() {
+        for l in this.listeners.values() {
             l.stop.cancel();
         }
     }

@@ -6,6 +6,9 @@
 
 mod content;
 pub mod ingress;
+mod supervise;
+
+use supervise::supervise;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -65,7 +68,7 @@ pub struct Shared {
     /// Containers of nodes this cluster does not know, by node.
     pub stale: RwLock<std::collections::BTreeMap<String, Vec<String>>>,
     /// Loops that panicked (and were restarted), with the last panic.
-    pub loop_failures: RwLock<std::collections::BTreeMap<String, String>>,
+    pub loop_failures: supervise::LoopFailures,
 }
 
 impl Shared {
@@ -184,46 +187,6 @@ impl crate::api::Cluster for Shared {
 
 pub use crate::store::now_ms;
 
-/// Run `make()`'s loop until it returns; when it panics, say so (log and status) and start it
-/// again after a backoff. One bad input must never take the whole node down, nor leave it up
-/// with a loop silently gone.
-async fn supervise<F, Fut>(
-    name: &'static str,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-    make: F,
-) where
-    F: Fn() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let mut backoff = gitops::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-    loop {
-        match tokio::spawn(make()).await {
-            Ok(()) => return,
-            Err(e) if e.is_panic() => {
-                let p = e.into_panic();
-                let message = p
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic".into());
-                let delay = backoff.next_delay();
-                tracing::error!(r#loop = name, panic = %message, restart_in = ?delay, "a loop panicked; restarting it");
-                shared
-                    .loop_failures
-                    .write()
-                    .expect("lock")
-                    .insert(name.to_string(), message);
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-            Err(_) => return,
-        }
-    }
-}
-
 /// Run until `shutdown` is cancelled.
 pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
@@ -300,25 +263,35 @@ pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Resul
     });
     tasks.spawn(supervise(
         "git",
-        shared.clone(),
+        shared.loop_failures.clone(),
         shutdown.clone(),
         move || git.clone().run(),
     ));
     let (s, stop) = (shared.clone(), shutdown.clone());
     tasks.spawn(supervise(
         "orchestrator",
-        shared.clone(),
+        shared.loop_failures.clone(),
         shutdown.clone(),
         move || orchestrator_loop(s.clone(), stop.clone()),
     ));
     let (s, stop) = (shared.clone(), shutdown.clone());
     tasks.spawn(supervise(
         "agent",
-        shared.clone(),
+        shared.loop_failures.clone(),
         shutdown.clone(),
         move || agent_loop(s.clone(), runtime.clone(), content.clone(), stop.clone()),
     ));
-    tasks.spawn(ingress.run(shared.clone(), shutdown.clone()));
+    let (s, stop, ingress) = (
+        shared.clone(),
+        shutdown.clone(),
+        Arc::new(tokio::sync::Mutex::new(ingress)),
+    );
+    tasks.spawn(supervise(
+        "ingress",
+        shared.loop_failures.clone(),
+        shutdown.clone(),
+        move || ingress::Ingress::run(ingress.clone(), s.clone(), stop.clone()),
+    ));
     let cluster: Arc<dyn crate::api::Cluster> = shared.clone();
     let router =
         crate::api::router(cluster, config.security.clone()).merge(gitops::webhook_router(
@@ -415,6 +388,8 @@ async fn git_loop(this: &GitLoop, updates: &mut mpsc::Receiver<gitops::Update>) 
     });
     // A stack read from the repository root is named after the repository.
     let root_name = repo_name(mirror.display_url());
+    // Warnings are said once, not again for every commit that still has them.
+    let mut warned: std::collections::BTreeSet<String> = Default::default();
     loop {
         let update = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -439,6 +414,18 @@ async fn git_loop(this: &GitLoop, updates: &mut mpsc::Receiver<gitops::Update>) 
             )
         })
         .await;
+        if let Ok(Ok(l)) = &loaded {
+            let warnings: std::collections::BTreeSet<String> = l
+                .diagnostics
+                .iter()
+                .filter(|d| !d.is_error())
+                .map(|d| d.to_string())
+                .collect();
+            for w in warnings.difference(&warned) {
+                tracing::warn!(commit = %short, "{w}");
+            }
+            warned = warnings;
+        }
         let at = now_ms();
         let refuse = |errors: Vec<String>| {
             tracing::warn!(commit = %short, errors = %errors.join("; "), "refusing commit; the last good revision keeps running");

@@ -563,3 +563,141 @@ fn a_constraint_no_node_satisfies_leaves_the_task_pending_with_a_reason() {
         Some("no suitable node (1 node does not satisfy the placement constraints)")
     );
 }
+
+impl Sim {
+    /// Add a node like node-1 with these labels.
+    fn add_node(&mut self, id: &str, labels: &[(&str, &str)]) {
+        let mut node = self.state.nodes["node-1"].clone();
+        node.id = id.into();
+        node.hostname = id.into();
+        node.labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.state.apply(Command::UpsertNode { node }).unwrap();
+    }
+
+    fn nodes_running(&self, image: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .state
+            .tasks
+            .values()
+            .filter(|t| t.status.state == TaskState::Running && t.spec.container.image == image)
+            .map(|t| t.node.clone())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+#[test]
+fn a_rolling_update_places_new_tasks_by_the_new_constraints() {
+    let mut sim = Sim::new();
+    sim.add_node("node-2", &[("zone", "eu")]);
+    let spec = |image: &str, constraint: &str| {
+        format!(
+            "services:\n  web:\n    image: {image}\n    deploy:\n      replicas: 2\n      placement:\n        constraints: [{constraint}]\n      update_config:\n        parallelism: 1\n        monitor: 1s\n"
+        )
+    };
+    sim.commit("c1", &spec("web:1", "node.labels.zone != eu"));
+    sim.run(2_000);
+    assert_eq!(sim.nodes_running("web:1"), ["node-1", "node-1"]);
+    // The update moves them: a new task does not simply inherit the old one's node.
+    sim.commit("c2", &spec("web:2", "node.labels.zone == eu"));
+    sim.run(20_000);
+    assert_eq!(sim.nodes_running("web:2"), ["node-2", "node-2"]);
+    assert!(sim.nodes_running("web:1").is_empty());
+}
+
+#[test]
+fn a_crash_loop_keeps_only_the_restart_history_the_policy_needs() {
+    let mut sim = Sim::new();
+    sim.images.insert(
+        "web:crash".into(),
+        Behaviour::Exits {
+            after: 100,
+            code: 1,
+        },
+    );
+    let spec = |policy: &str| {
+        format!(
+            "services:\n  web:\n    image: web:crash\n    deploy:\n      restart_policy:\n        delay: 100ms\n{policy}"
+        )
+    };
+    // Unlimited attempts: nothing to count, nothing kept.
+    sim.commit("c1", &spec(""));
+    sim.run(30_000);
+    let most = sim.state.tasks.values().map(|t| t.restarts.len()).max();
+    assert_eq!(most, Some(0), "with no max_attempts no history is needed");
+    // With a window, only the restarts within it, and never more than max_attempts.
+    sim.commit(
+        "c2",
+        &spec("        max_attempts: 1000\n        window: 2s\n"),
+    );
+    sim.run(30_000);
+    let most = sim
+        .state
+        .tasks
+        .values()
+        .map(|t| t.restarts.len())
+        .max()
+        .unwrap();
+    assert!(
+        (1..=10).contains(&most),
+        "a 2 s window of restarts 0.2 s apart keeps about 10, kept {most}"
+    );
+}
+
+#[test]
+fn restarts_to_keep_trims_by_window_and_attempts() {
+    use crate::spec::model::RestartPolicy;
+    use crate::spec::units::Duration as D;
+    let policy = |max_attempts, window_ms| RestartPolicy {
+        max_attempts,
+        window: D(std::time::Duration::from_millis(window_ms)),
+        ..RestartPolicy::default()
+    };
+    let times = vec![1_000, 2_000, 3_000, 4_000, 5_000];
+    assert_eq!(
+        restarts_to_keep(&policy(0, 0), times.clone(), 5_000),
+        Vec::<Millis>::new()
+    );
+    assert_eq!(
+        restarts_to_keep(&policy(3, 0), times.clone(), 5_000),
+        [3_000, 4_000, 5_000]
+    );
+    assert_eq!(
+        restarts_to_keep(&policy(10, 1_500), times.clone(), 5_000),
+        [4_000, 5_000]
+    );
+    assert_eq!(
+        restarts_to_keep(&policy(10, 0), times.clone(), 5_000),
+        times
+    );
+}
+
+#[test]
+fn tasks_that_never_found_a_node_go_with_their_service() {
+    let mut sim = Sim::new();
+    let pending = "services:\n  web:\n    image: web:1\n    deploy:\n      replicas: 3\n      placement:\n        constraints: [node.labels.zone == eu]\n";
+    sim.commit("c1", pending);
+    sim.run(1_000);
+    assert_eq!(sim.state.tasks.len(), 3);
+    assert!(sim
+        .state
+        .tasks
+        .values()
+        .all(|t| t.status.state == TaskState::Pending));
+    // The stack leaves git: no agent will ever report these removed, the reaper must.
+    sim.state
+        .apply(Command::ApplyRevision {
+            blocked: Default::default(),
+            commit: "c2".into(),
+            desired: DesiredState::default(),
+            prune: true,
+            at: sim.now,
+        })
+        .unwrap();
+    sim.run(2_000);
+    assert!(sim.state.tasks.is_empty(), "{:?}", sim.state.tasks.keys());
+}

@@ -191,3 +191,151 @@ impl FieldChange {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// The changes as `field: from -> to [+added -removed]` lines.
+    fn lines(old: Value, new: Value) -> Vec<String> {
+        diff(&old, &new)
+            .into_iter()
+            .map(|c| {
+                let mut s = format!(
+                    "{}: {} -> {}",
+                    c.field,
+                    c.from.unwrap_or_else(|| "-".into()),
+                    c.to.unwrap_or_else(|| "-".into())
+                );
+                for a in c.added {
+                    s.push_str(&format!(" +{a}"));
+                }
+                for r in c.removed {
+                    s.push_str(&format!(" -{r}"));
+                }
+                s
+            })
+            .collect()
+    }
+
+    #[test]
+    fn equal_values_have_no_changes() {
+        let v = json!({"task": {"container": {"image": "a", "env": ["A=1"]}}});
+        assert!(diff(&v, &v.clone()).is_empty());
+    }
+
+    #[test]
+    fn the_image_comes_first_then_replicas_then_the_rest_in_field_order() {
+        let old = json!({"a": 1, "mode": {"mode": "replicated", "replicas": 2}, "task": {"container": {"image": "web:1", "user": "x"}}, "z": 1});
+        let new = json!({"a": 2, "mode": {"mode": "replicated", "replicas": 3}, "task": {"container": {"image": "web:2", "user": "y"}}, "z": 2});
+        assert_eq!(
+            lines(old, new),
+            [
+                "image: web:1 -> web:2",
+                "replicas: 2 -> 3",
+                "a: 1 -> 2",
+                "user: x -> y",
+                "z: 1 -> 2"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_mode_change_is_shown_whole() {
+        let old = json!({"mode": {"mode": "replicated", "replicas": 2}});
+        let new = json!({"mode": {"mode": "global"}});
+        assert_eq!(lines(old, new), ["mode: replicated (2 replicas) -> global"]);
+    }
+
+    #[test]
+    fn environment_lists_compare_by_key() {
+        let old = json!({"task": {"container": {"env": ["A=1", "B=2", "C=3"]}}});
+        let new = json!({"task": {"container": {"env": ["C=3", "A=1", "B=20", "D=4"]}}});
+        assert_eq!(lines(old, new), ["env.B: 2 -> 20", "env.D: - -> 4"]);
+        let old = json!({"task": {"container": {"env": ["A=1"]}}});
+        let new = json!({"task": {"container": {"env": ["B=1"]}}});
+        assert_eq!(lines(old, new), ["env.A: 1 -> -", "env.B: - -> 1"]);
+    }
+
+    #[test]
+    fn other_lists_say_what_came_and_went_or_that_only_the_order_changed() {
+        let old = json!({"task": {"container": {"command": ["a", "b"]}}});
+        let new = json!({"task": {"container": {"command": ["b", "c"]}}});
+        assert_eq!(lines(old, new), ["command: - -> - +c -a"]);
+        let old = json!({"task": {"container": {"command": ["a", "b"]}}});
+        let new = json!({"task": {"container": {"command": ["b", "a"]}}});
+        assert_eq!(lines(old, new), ["command: [a, b] -> [b, a]"]);
+        // A list that is not KEY=value pairs all through is not read as one.
+        let old = json!({"task": {"container": {"command": ["A=1", "run"]}}});
+        let new = json!({"task": {"container": {"command": ["A=2", "run"]}}});
+        assert_eq!(lines(old, new), ["command: - -> - +A=2 -A=1"]);
+        let old = json!({"task": {"container": {"command": ["=1"]}}});
+        let new = json!({"task": {"container": {"command": ["=2"]}}});
+        assert_eq!(lines(old, new), ["command: - -> - +=2 -=1"]);
+    }
+
+    #[test]
+    fn a_healthcheck_changes_as_a_whole() {
+        let old = json!({"task": {"container": {"healthcheck": {"test": ["CMD", "true"], "retries": 3}}}});
+        let new = json!({"task": {"container": {"healthcheck": {"test": ["CMD", "true"], "retries": 5}}}});
+        assert_eq!(
+            lines(old, new),
+            ["healthcheck: test=[CMD, true] retries=3 -> test=[CMD, true] retries=5"]
+        );
+    }
+
+    #[test]
+    fn fields_that_come_or_go_show_none() {
+        let old = json!({"task": {"container": {"user": null}}});
+        let new = json!({"task": {"container": {"user": "app"}}});
+        assert_eq!(lines(old, new), ["user: - -> app"]);
+        let old = json!({"task": {"container": {"hostname": "a"}}});
+        let new = json!({"task": {"container": {}}});
+        assert_eq!(lines(old, new), ["hostname: a -> -"]);
+    }
+
+    #[test]
+    fn values_render_compactly() {
+        assert_eq!(render(&json!("text")), "text");
+        assert_eq!(render(&json!(null)), "(none)");
+        assert_eq!(render(&json!(3)), "3");
+        assert_eq!(render(&json!(true)), "true");
+        assert_eq!(render(&json!(["a", 1])), "[a, 1]");
+        assert_eq!(render(&json!({"a": 1, "b": null, "c": "x"})), "a=1 c=x");
+        assert_eq!(render_mode(&json!({"mode": "global"})), "global");
+        assert_eq!(render_mode(&json!({"x": 1})), "x=1");
+    }
+
+    #[test]
+    fn paths_get_the_names_people_write_in_stack_files() {
+        for (path, name) in [
+            ("task.container.image", "image"),
+            ("task.resources.limit_cpus", "resources.limits.cpus"),
+            ("task.resources.limit_memory", "resources.limits.memory"),
+            ("task.resources.limit_pids", "resources.limits.pids"),
+            ("task.resources.reserve_cpus", "resources.reservations.cpus"),
+            (
+                "task.resources.reserve_memory",
+                "resources.reservations.memory",
+            ),
+            (
+                "task.resources.reserve_generic",
+                "resources.reservations.generic_resources",
+            ),
+            ("endpoint.ports", "ports"),
+            ("endpoint.mode", "endpoint_mode"),
+            ("labels.team", "deploy.labels.team"),
+            (
+                "update_config.parallelism",
+                "deploy.update_config.parallelism",
+            ),
+            ("rollback_config.order", "deploy.rollback_config.order"),
+            ("task.placement.constraints", "placement.constraints"),
+            ("name", "name"),
+        ] {
+            assert_eq!(friendly(path), name, "{path}");
+        }
+    }
+}

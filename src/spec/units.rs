@@ -376,4 +376,124 @@ mod tests {
         assert_eq!(NanoCpus::parse("2").unwrap().0, 2_000_000_000);
         assert!(NanoCpus::parse("half").is_err());
     }
+    #[test]
+    fn every_duration_unit_and_its_scale() {
+        for (text, nanos) in [
+            ("7ns", 7u128),
+            ("7us", 7_000),
+            ("7µs", 7_000),
+            ("7ms", 7_000_000),
+            ("7s", 7_000_000_000),
+            ("7m", 420_000_000_000),
+            ("7h", 25_200_000_000_000),
+            ("+7s", 7_000_000_000),
+            (" 7s ", 7_000_000_000),
+            (".5s", 500_000_000),
+            ("1.s", 1_000_000_000),
+            ("1m0.5s", 60_500_000_000),
+        ] {
+            assert_eq!(Duration::parse(text).unwrap().0.as_nanos(), nanos, "{text}");
+        }
+        // Beyond about 31,000 years is not a duration anyone means.
+        assert!(Duration::parse("1000000000000s").is_ok());
+        assert!(Duration::parse("1000000000001s").is_err());
+        assert!(Duration::parse("300000000h").is_err());
+        assert_eq!(Duration::from_millis(1500).0.as_millis(), 1500);
+        assert_eq!(
+            Duration::from_secs(3).as_std(),
+            std::time::Duration::from_secs(3)
+        );
+    }
+
+    #[test]
+    fn sub_second_durations_display_readably() {
+        let shown = |nanos: u64| Duration(std::time::Duration::from_nanos(nanos)).to_string();
+        assert_eq!(shown(250_000_000), "250ms");
+        assert_eq!(shown(1_500_000_000), "1500ms");
+        assert_eq!(shown(1_500), "1.5us");
+        assert_eq!(shown(999_999), "999.999us");
+        assert_eq!(shown(1_000_500), "1.0005ms");
+        assert_eq!(shown(3_600_000_000_000), "1h");
+        assert_eq!(shown(3_601_000_000_000), "1h1s");
+        assert_eq!(shown(3_660_000_000_000), "1h1m");
+        assert_eq!(shown(61_000_000_000), "1m1s");
+    }
+
+    #[test]
+    fn values_read_from_json_as_compose_files_give_them() {
+        let d = |v: serde_json::Value| serde_json::from_value::<Duration>(v);
+        assert_eq!(d(serde_json::json!("2s")).unwrap(), Duration::from_secs(2));
+        assert_eq!(d(serde_json::json!(0)).unwrap(), Duration::ZERO);
+        assert!(
+            d(serde_json::json!(5)).is_err(),
+            "a bare number is not a duration"
+        );
+        assert!(d(serde_json::json!(true)).is_err());
+        assert_eq!(
+            serde_json::to_value(Duration::from_secs(90)).unwrap(),
+            "1m30s"
+        );
+
+        let b = |v: serde_json::Value| serde_json::from_value::<Bytes>(v);
+        assert_eq!(b(serde_json::json!("1k")).unwrap(), Bytes(1024));
+        assert_eq!(b(serde_json::json!(2048)).unwrap(), Bytes(2048));
+        assert!(b(serde_json::json!(-1)).is_err());
+        assert!(b(serde_json::json!([1])).is_err());
+        assert_eq!(serde_json::to_value(Bytes(1 << 30)).unwrap(), "1GiB");
+
+        let c = |v: serde_json::Value| serde_json::from_value::<NanoCpus>(v);
+        assert_eq!(
+            c(serde_json::json!("1.5")).unwrap(),
+            NanoCpus(1_500_000_000)
+        );
+        assert_eq!(c(serde_json::json!(0.25)).unwrap(), NanoCpus(250_000_000));
+        assert!(c(serde_json::json!(-1)).is_err());
+        assert!(c(serde_json::json!({})).is_err());
+        assert_eq!(serde_json::to_value(NanoCpus(500_000_000)).unwrap(), "0.5");
+    }
+
+    #[test]
+    fn every_size_unit_and_the_largest_sizes() {
+        for (text, bytes) in [
+            ("1k", 1u64 << 10),
+            ("1K", 1 << 10),
+            ("1kb", 1 << 10),
+            ("1KiB", 1 << 10),
+            ("1m", 1 << 20),
+            ("1g", 1 << 30),
+            ("1t", 1 << 40),
+            ("1p", 1 << 50),
+            ("1b", 1),
+            (" 3 M ", 3 << 20),
+        ] {
+            assert_eq!(Bytes::parse(text).unwrap().0, bytes, "{text}");
+        }
+        assert!(Bytes::parse("16384p").is_ok());
+        assert!(Bytes::parse("16385p").is_err(), "beyond u64");
+        for (n, shown) in [
+            (0u64, "0B"),
+            (1, "1B"),
+            (1023, "1023B"),
+            (1024, "1KiB"),
+            (1536, "1536B"),
+            (3 << 20, "3MiB"),
+            (5 << 40, "5TiB"),
+            (2 << 50, "2PiB"),
+            ((1 << 30) + (1 << 20), "1025MiB"),
+        ] {
+            assert_eq!(Bytes(n).to_string(), shown, "{n}");
+        }
+    }
+
+    #[test]
+    fn cpu_counts_have_bounds_and_show_as_numbers() {
+        assert_eq!(NanoCpus::parse(" 0.001 ").unwrap().0, 1_000_000);
+        assert!(NanoCpus::parse("1000000").is_ok());
+        assert!(NanoCpus::parse("1000001").is_err());
+        assert!(NanoCpus::parse("-0.5").is_err());
+        assert!(NanoCpus::parse("NaN").is_err());
+        assert!(NanoCpus::parse("inf").is_err());
+        assert_eq!(NanoCpus(1_500_000_000).to_string(), "1.5");
+        assert_eq!(NanoCpus(2_000_000_000).to_string(), "2");
+    }
 }

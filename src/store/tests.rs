@@ -271,6 +271,17 @@ fn the_store_survives_a_restart_with_and_without_a_snapshot() {
                 state: TaskState::Shutdown
             })
             .is_err());
+        let logged: Vec<&str> = store.log().unwrap().iter().map(command_name).collect();
+        assert_eq!(
+            logged,
+            [
+                "ApplyRevision",
+                "CreateTask",
+                "UpdateTaskStatus",
+                "DeleteTask"
+            ],
+            "only what applied is in the log"
+        );
         store.state().clone()
     };
     let reopened = Store::open(&path).unwrap();
@@ -286,4 +297,56 @@ fn the_store_survives_a_restart_with_and_without_a_snapshot() {
     let reopened = Store::open(&path).unwrap();
     assert_eq!(reopened.state(), &expected);
     assert_eq!(reopened.state().services["shop_web"].version, 2);
+}
+
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::ApplyRevision { .. } => "ApplyRevision",
+        Command::CreateTask { .. } => "CreateTask",
+        Command::UpdateTaskStatus { .. } => "UpdateTaskStatus",
+        Command::DeleteTask { .. } => "DeleteTask",
+        Command::SetTaskDesiredState { .. } => "SetTaskDesiredState",
+        _ => "other",
+    }
+}
+
+#[test]
+fn a_batch_answers_each_command_and_logs_only_those_that_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let mut store = Store::open(&path).unwrap();
+    store
+        .apply(apply_rev("c1", desired(&[("shop", WEB_V1)]), true))
+        .unwrap();
+    let t1 = task(store.state(), "shop_web", "t1", 1);
+    let t2 = task(store.state(), "shop_web", "t2", 2);
+    let answers = store.apply_batch(vec![
+        Command::CreateTask { task: Box::new(t1) },
+        // Its precondition fails: no such task yet.
+        Command::SetTaskDesiredState {
+            id: "t2".into(),
+            state: TaskState::Shutdown,
+        },
+        Command::CreateTask { task: Box::new(t2) },
+        // Sees the state the ones before it left: t2 exists now.
+        Command::SetTaskDesiredState {
+            id: "t2".into(),
+            state: TaskState::Shutdown,
+        },
+    ]);
+    let ok: Vec<bool> = answers.iter().map(|a| a.is_ok()).collect();
+    assert_eq!(ok, [true, false, true, true]);
+    let logged: Vec<&str> = store.log().unwrap().iter().map(command_name).collect();
+    assert_eq!(
+        logged,
+        [
+            "ApplyRevision",
+            "CreateTask",
+            "CreateTask",
+            "SetTaskDesiredState"
+        ]
+    );
+    let expected = store.state().clone();
+    drop(store);
+    assert_eq!(Store::open(&path).unwrap().state(), &expected);
 }

@@ -9,3 +9,6 @@ mod spec_corpus;
 mod stacks_repo;
 mod support;
 mod up;
+mod up_api;
+mod up_content;
+mod up_faults;

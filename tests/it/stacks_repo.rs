@@ -408,3 +408,87 @@ fn what_would_take_a_reconciler_down_is_refused_with_the_limit_named() {
     assert!(err.contains("nest/compose.yml:3:"), "{err}");
     assert!(err.contains("nesting deeper than 128 levels"), "{err}");
 }
+
+#[test]
+fn a_link_out_of_the_repo_breaks_only_its_own_stack_and_every_error_is_still_reported() {
+    let repo = GitRepo::new();
+    let outside = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(outside.path(), "services:\n  x:\n    image: nginx\n").unwrap();
+    std::fs::create_dir_all(repo.path().join("linked")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), repo.path().join("linked/compose.yml")).unwrap();
+    repo.write(&[
+        (
+            "broken/compose.yml",
+            Some("services:\n  web:\n    image: nginx\n    replicas: 2\n"),
+        ),
+        (
+            "fine/compose.yml",
+            Some(&real("voting-app-docker-stack.yml")),
+        ),
+    ]);
+    let out = reconciler(repo.path(), &["validate", "."]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("linked/compose.yml") && err.contains("outside the stacks repo"),
+        "{err}"
+    );
+    assert!(
+        err.contains("broken/compose.yml:4"),
+        "the other stack's error too: {err}"
+    );
+}
+
+#[test]
+fn a_fifo_where_a_secret_should_be_is_named_for_what_it_is() {
+    let repo = GitRepo::new();
+    repo.write(&[(
+        "app/compose.yml",
+        Some("services:\n  web:\n    image: nginx\n    secrets: [token]\nsecrets:\n  token:\n    file: ./token\n"),
+    )]);
+    let fifo = repo.path().join("app/token");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let out = reconciler(repo.path(), &["validate", "."]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("not a regular file (a FIFO"), "{err}");
+    assert!(!err.contains("not found"), "{err}");
+}
+
+#[test]
+fn a_huge_ulimit_is_an_error_that_names_the_limit() {
+    let repo = GitRepo::new();
+    repo.write(&[(
+        "app/compose.yml",
+        Some("services:\n  web:\n    image: nginx\n    ulimits:\n      nofile: 99999999999999999999999\n"),
+    )]);
+    let out = reconciler(repo.path(), &["validate", "."]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("app/compose.yml:5"), "{err}");
+    assert!(err.contains("ulimits.nofile"), "{err}");
+    assert!(!err.contains("untagged enum"), "{err}");
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // `reconciler schema | head -1`: the reader goes away before the writer is done.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_reconciler"))
+        .arg("schema")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
+    assert_ne!(out.status.code(), Some(101), "a panic's exit code");
+}

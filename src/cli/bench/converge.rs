@@ -179,7 +179,7 @@ pub async fn run(engine: &Docker, args: Args) -> anyhow::Result<i32> {
             })
             .await;
             let _ = docker(&["stack", "rm", &stack]);
-            let gone = engine::wait_until_none_running(engine, &stack, TIMEOUT).await;
+            let gone = engine::wait_until_gone(engine, &stack, TIMEOUT).await;
             runs.push(run?);
             gone?;
         }
@@ -192,7 +192,7 @@ pub async fn run(engine: &Docker, args: Args) -> anyhow::Result<i32> {
 
 async fn reconciler_remove(r: &Reconciler, engine: &Docker, stack: &str) -> anyhow::Result<()> {
     r.deploy(stack, None)?;
-    engine::wait_until_none_running(engine, stack, TIMEOUT).await
+    engine::wait_until_gone(engine, stack, TIMEOUT).await
 }
 
 /// Deploy image 1, then roll to image 2, timing each from the change to converged.

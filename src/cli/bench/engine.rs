@@ -68,20 +68,46 @@ pub async fn wait_converged(
     }
 }
 
-/// Wait until no container of the stack runs.
-pub async fn wait_until_none_running(
+/// Wait until no container and no network of the stack is left: what a user sees as removed.
+pub async fn wait_until_gone(
     docker: &Docker,
     stack: &str,
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let start = Instant::now();
-    while !running_by_image(docker, stack).await?.is_empty() {
+    let label = HashMap::from([("label", vec![format!("{STACK_LABEL}={stack}")])]);
+    loop {
+        let containers = docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&label)
+                    .build(),
+            ))
+            .await?;
+        let networks = docker
+            .list_networks(Some(
+                bollard::query_parameters::ListNetworksOptionsBuilder::default()
+                    .filters(&label)
+                    .build(),
+            ))
+            .await?;
+        let running = containers
+            .iter()
+            .filter(|c| c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING))
+            .count();
+        // Swarm keeps a few stopped tasks as history; what counts is that none runs.
+        if running == 0 && networks.is_empty() {
+            return Ok(());
+        }
         if start.elapsed() > timeout {
-            bail!("the containers of {stack} still run after {timeout:?}");
+            bail!(
+                "{stack} still has {running} running containers and {} networks after {timeout:?}",
+                networks.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Ok(())
 }
 
 /// One engine event about a container of the stack.

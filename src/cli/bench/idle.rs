@@ -31,9 +31,11 @@ pub struct Args {
 const SETTLE: Duration = Duration::from_secs(10);
 const TIMEOUT: Duration = Duration::from_secs(1800);
 
-fn stack_file(tasks: u32) -> String {
+/// The stack: N replicas on the stack's network, given a /20 so that both systems can hold
+/// 1,000 tasks on it (swarm's default /24 holds about 250; each system gets its own range).
+fn stack_file(tasks: u32, subnet: &str) -> String {
     format!(
-        "version: \"3.8\"\nservices:\n  idle:\n    image: {}\n    stop_grace_period: 10s\n    deploy:\n      replicas: {tasks}\n",
+        "version: \"3.8\"\nservices:\n  idle:\n    image: {}\n    stop_grace_period: 10s\n    deploy:\n      replicas: {tasks}\nnetworks:\n  default:\n    ipam:\n      config:\n        - subnet: {subnet}\n",
         testing::images::busybox(1)
     )
 }
@@ -87,7 +89,7 @@ pub async fn run(engine: &Docker, args: Args) -> anyhow::Result<i32> {
     let reconciler = Reconciler::start().await?;
     let deployed = async {
         let t0 = Instant::now();
-        reconciler.deploy(&stack, Some(&stack_file(args.tasks)))?;
+        reconciler.deploy(&stack, Some(&stack_file(args.tasks, "10.231.0.0/20")))?;
         let done = engine::wait_converged(engine, &stack, &image, n, TIMEOUT).await?;
         println!(
             "reconciler converged {n} tasks in {:.1} s",
@@ -98,7 +100,7 @@ pub async fn run(engine: &Docker, args: Args) -> anyhow::Result<i32> {
     }
     .await;
     reconciler.deploy(&stack, None)?;
-    let removed = engine::wait_until_none_running(engine, &stack, TIMEOUT).await;
+    let removed = engine::wait_until_gone(engine, &stack, TIMEOUT).await;
     reconciler.stop().await;
     let ours = deployed?;
     removed?;
@@ -110,7 +112,7 @@ pub async fn run(engine: &Docker, args: Args) -> anyhow::Result<i32> {
         let swarm = Swarm::init()?;
         let deployed = async {
             let t0 = Instant::now();
-            swarm.deploy(&stack, &stack_file(args.tasks))?;
+            swarm.deploy(&stack, &stack_file(args.tasks, "10.232.0.0/20"))?;
             let done = engine::wait_converged(engine, &stack, &image, n, TIMEOUT).await?;
             println!(
                 "swarm mode converged {n} tasks in {:.1} s",
@@ -121,7 +123,7 @@ pub async fn run(engine: &Docker, args: Args) -> anyhow::Result<i32> {
         }
         .await;
         let _ = docker(&["stack", "rm", &stack]);
-        let removed = engine::wait_until_none_running(engine, &stack, TIMEOUT).await;
+        let removed = engine::wait_until_gone(engine, &stack, TIMEOUT).await;
         swarm.leave();
         removed?;
         Some(deployed?)

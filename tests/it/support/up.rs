@@ -20,6 +20,9 @@ pub struct Up {
     http: reqwest::Client,
     extra: Vec<String>,
     env: Vec<(String, String)>,
+    /// Pass the data dir as a path relative to the process's working directory, as a user
+    /// typing `--data-dir state` would.
+    relative_data_dir: bool,
 }
 
 pub fn free_port() -> u16 {
@@ -48,7 +51,22 @@ impl Up {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Up {
-        let mut up = Up {
+        let mut up = Up::new(repo, stacks, extra, env);
+        up.spawn();
+        up
+    }
+
+    /// Like [`Up::start`], with `--data-dir state` relative to the working directory (the
+    /// test's data dir), as a user typing a relative path would.
+    pub fn start_relative(repo: GitRepo, stacks: &[&str], extra: &[&str]) -> Up {
+        let mut up = Up::new(repo, stacks, extra, &[]);
+        up.relative_data_dir = true;
+        up.spawn();
+        up
+    }
+
+    fn new(repo: GitRepo, stacks: &[&str], extra: &[&str], env: &[(&str, &str)]) -> Up {
+        Up {
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -60,9 +78,8 @@ impl Up {
             stacks: stacks.iter().map(|s| s.to_string()).collect(),
             http: reqwest::Client::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        up.spawn();
-        up
+            relative_data_dir: false,
+        }
     }
 
     fn spawn(&mut self) {
@@ -73,7 +90,11 @@ impl Up {
             "--repo".into(),
             self.repo.path().display().to_string(),
             "--data-dir".into(),
-            self.data.path().display().to_string(),
+            if self.relative_data_dir {
+                "state".into()
+            } else {
+                self.data.path().display().to_string()
+            },
             "--listen".into(),
             format!("127.0.0.1:{port}"),
             "--ingress-bind".into(),
@@ -85,6 +106,7 @@ impl Up {
         let log = std::fs::File::create(self.data.path().join("up.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_reconciler"))
             .args(&args)
+            .current_dir(self.data.path())
             .env("RUST_LOG", "reconciler=debug")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
