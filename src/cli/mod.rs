@@ -79,6 +79,14 @@ pub fn main() -> i32 {
     if !matches!(cli.command, Command::Up(_) | Command::Bench(_)) {
         sigpipe::reset();
     }
+    let local_only = match &cli.command {
+        Command::Validate(_) | Command::Export(_) => true,
+        Command::Plan(args) => !args.uses_network(),
+        _ => false,
+    };
+    if local_only {
+        no_tls_for_git();
+    }
     // `up` is a server: its progress is worth seeing by default.
     let level = if matches!(cli.command, Command::Up(_)) {
         "info"
@@ -106,4 +114,16 @@ pub fn main() -> i32 {
             1
         }
     }
+}
+
+/// For commands that read git only from local repositories: libgit2 sets up TLS the moment it
+/// starts, parsing the system's whole CA bundle for https fetches these commands never make
+/// (17 ms of a 30 ms `plan` here); point OpenSSL's default bundle at nothing instead. It also
+/// skips re-hashing every object read, as git itself does: these objects are the user's own
+/// repository's. Runs before any thread exists, so setting the variables is sound.
+fn no_tls_for_git() {
+    for var in ["SSL_CERT_FILE", "SSL_CERT_URI"] {
+        std::env::set_var(var, "/dev/null");
+    }
+    git2::opts::strict_hash_verification(false);
 }

@@ -1,12 +1,14 @@
 //! `reconciler plan [PATH]`: what a commit would change. Exit 0: nothing; 2: changes; 1: error.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 
 use super::source::{IdentityArgs, SourceArgs};
-use crate::desired::DesiredState;
+use crate::desired::{DesiredState, Loaded};
 use crate::plan::{self, render, state_file};
+use crate::spec::model::PublishMode;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -29,31 +31,37 @@ pub struct Args {
     json: bool,
 }
 
+impl Args {
+    /// Does this plan talk to anything but local repositories?
+    pub fn uses_network(&self) -> bool {
+        self.server.is_some()
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<i32> {
+    crate::spec::schema::prepare_in_background();
     let identities = args.identity.load()?;
-    let desired = args.source.load(identities.as_ref())?;
-    if desired.has_errors() || !desired.blocked.is_empty() {
-        for d in desired.all_diagnostics() {
-            eprintln!("{d}");
-        }
-        let failed: Vec<&str> = desired
-            .failed
-            .iter()
-            .chain(desired.blocked.keys())
-            .map(String::as_str)
-            .collect();
-        if failed.is_empty() {
-            anyhow::bail!("the desired state is invalid: nothing planned");
-        }
-        anyhow::bail!(
-            "the desired state is invalid ({} failed): nothing planned",
-            failed.join(", ")
-        );
+    let reference = args.source.reference.as_deref();
+    // Between two revisions, stacks whose inputs did not change cannot change: leave them
+    // unread on both sides (most of a large repo, for most commits).
+    let skip = match &args.against_ref {
+        Some(against) => args.source.unchanged(reference, against)?,
+        None => BTreeSet::new(),
+    };
+    let desired = args
+        .source
+        .load_skipping(reference, identities.as_ref(), skip.clone())?;
+    refuse(&desired)?;
+    let observed = observed(&args, &skip)?;
+    // Ingress ports are checked across stacks: a changed stack that publishes other ports
+    // than before may now clash with one left unread. Read everything then, for the check.
+    if !skip.is_empty() && ports_changed(&desired.state, &observed) {
+        let full = args.source.load(identities.as_ref())?;
+        refuse(&full)?;
     }
     for d in &desired.diagnostics {
         eprintln!("{d}");
     }
-    let observed = observed(&args)?;
     let plan = plan::plan(&desired.state, &observed);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&plan)?);
@@ -63,9 +71,54 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     Ok(if plan.is_empty() { 0 } else { 2 })
 }
 
-fn observed(args: &Args) -> anyhow::Result<DesiredState> {
+/// An invalid desired state is an error, after every problem is printed.
+fn refuse(desired: &Loaded) -> anyhow::Result<()> {
+    if !desired.has_errors() && desired.blocked.is_empty() {
+        return Ok(());
+    }
+    for d in desired.all_diagnostics() {
+        eprintln!("{d}");
+    }
+    let failed: Vec<&str> = desired
+        .failed
+        .iter()
+        .chain(desired.blocked.keys())
+        .map(String::as_str)
+        .collect();
+    if failed.is_empty() {
+        anyhow::bail!("the desired state is invalid: nothing planned");
+    }
+    anyhow::bail!(
+        "the desired state is invalid ({} failed): nothing planned",
+        failed.join(", ")
+    );
+}
+
+/// Does any stack publish other ingress ports in `desired` than in `observed`?
+fn ports_changed(desired: &DesiredState, observed: &DesiredState) -> bool {
+    let ports = |s: &DesiredState, stack: &str| -> BTreeSet<(u16, String)> {
+        s.stacks
+            .get(stack)
+            .into_iter()
+            .flat_map(|st| st.services.values())
+            .flat_map(|svc| svc.endpoint.ports.iter())
+            .filter(|p| p.mode == PublishMode::Ingress)
+            .filter_map(|p| p.published.map(|n| (n, format!("{:?}", p.protocol))))
+            .collect()
+    };
+    let stacks: BTreeSet<&String> = desired
+        .stacks
+        .keys()
+        .chain(observed.stacks.keys())
+        .collect();
+    stacks
+        .into_iter()
+        .any(|name| ports(desired, name) != ports(observed, name))
+}
+
+fn observed(args: &Args, skip: &BTreeSet<String>) -> anyhow::Result<DesiredState> {
     if let Some(r) = &args.against_ref {
-        let loaded = args.source.load_at(Some(r), None)?;
+        let loaded = args.source.load_skipping(Some(r), None, skip.clone())?;
         for name in &loaded.failed {
             tracing::warn!(stack = %name, reference = %r, "stack is invalid at the observed revision; planning as if it were absent");
         }

@@ -2,7 +2,7 @@
 //! and which variables their `${VAR}`s see. One set of flags for every command that reads
 //! stacks, so that `validate` and `plan` in CI see what `up` on the cluster will see.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
@@ -108,11 +108,40 @@ impl SourceArgs {
         reference: Option<&str>,
         identities: Option<&Identities>,
     ) -> anyhow::Result<Loaded> {
+        self.load_skipping(reference, identities, BTreeSet::new())
+    }
+
+    /// Like [`SourceArgs::load_at`], leaving the stack directories `skip` unread.
+    pub fn load_skipping(
+        &self,
+        reference: Option<&str>,
+        identities: Option<&Identities>,
+        skip: BTreeSet<String>,
+    ) -> anyhow::Result<Loaded> {
         let options = LoadOptions {
             identities,
             variables: self.env.variables()?,
+            skip,
         };
         load(&self.path, reference, &options)
+    }
+
+    /// The stacks that are bound to read the same at `reference` (None: the work tree) as at
+    /// `against`: a plan between the two need not read them. None are when the path is one
+    /// file.
+    pub fn unchanged(
+        &self,
+        reference: Option<&str>,
+        against: &str,
+    ) -> anyhow::Result<BTreeSet<String>> {
+        if self.path.is_file() {
+            return Ok(BTreeSet::new());
+        }
+        let observed = GitTree::open(&self.path, against, "")?;
+        match reference {
+            Some(r) => desired::unchanged_stacks(&GitTree::open(&self.path, r, "")?, &observed),
+            None => desired::unchanged_stacks(&WorkTree::new(&self.path), &observed),
+        }
     }
 }
 

@@ -25,6 +25,7 @@ struct Output<'a> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
+    crate::spec::schema::prepare_in_background();
     let identities = args.identity.load()?;
     let loaded = args.source.load(identities.as_ref())?;
     // A stack whose secrets do not decrypt is an error here: CI should say so before the

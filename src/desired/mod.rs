@@ -8,7 +8,7 @@
 
 pub mod tree;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -54,6 +54,8 @@ pub struct LoadOptions<'a> {
     /// the stacks' `.env` files, as the environment does for `docker compose`; nothing else
     /// of the process environment is ever read.
     pub variables: BTreeMap<String, String>,
+    /// Stack directories not to read (a plan skips the stacks [`unchanged_stacks`] found).
+    pub skip: BTreeSet<String>,
 }
 
 #[derive(Debug, Default)]
@@ -67,6 +69,8 @@ pub struct Loaded {
     pub blocked: BTreeMap<String, Vec<Diagnostic>>,
     /// The path holds no stack at all (and no `.keep`): set with an error diagnostic.
     pub no_stacks: Option<NoStacks>,
+    /// Stack directories left unread because the options said so.
+    pub skipped: BTreeSet<String>,
 }
 
 /// Why a path gave no stacks.
@@ -79,6 +83,14 @@ pub enum NoStacks {
 }
 
 impl Loaded {
+    /// Take in what another part of the tree gave.
+    fn merge(&mut self, part: Loaded) {
+        self.state.stacks.extend(part.state.stacks);
+        self.diagnostics.extend(part.diagnostics);
+        self.failed.extend(part.failed);
+        self.blocked.extend(part.blocked);
+    }
+
     pub fn has_errors(&self) -> bool {
         self.diagnostics.iter().any(Diagnostic::is_error)
     }
@@ -264,30 +276,17 @@ pub fn load(tree: &dyn Tree, options: &LoadOptions<'_>) -> anyhow::Result<Loaded
             return Ok(out);
         }
     }
-    for dir in tree.subdirs("")? {
-        if dir.starts_with('.') {
-            continue; // .git, .github and friends
-        }
-        match stack_file(tree, &dir) {
-            Ok(Some((file, bytes, warning))) => {
-                out.diagnostics.extend(warning);
-                load_one(
-                    tree, &dir, &dir, &file, &bytes, &root_env, options, &mut out,
-                );
-            }
-            Ok(None) => {}
-            Err(e) => {
-                out.diagnostics.push(Diagnostic::error(
-                    &dir,
-                    spec::yaml::Span::default(),
-                    "",
-                    format!("{e:#}"),
-                ));
-                out.failed.push(dir.clone());
-            }
-        }
+    // .git, .github and friends are not stacks.
+    let (skipped, dirs): (Vec<String>, Vec<String>) = tree
+        .subdirs("")?
+        .into_iter()
+        .filter(|d| !d.starts_with('.'))
+        .partition(|d| options.skip.contains(d));
+    for part in load_dirs(tree, &dirs, &root_env, options)? {
+        out.merge(part);
     }
-    let found = out.state.stacks.len() + out.failed.len() + out.blocked.len();
+    out.skipped = skipped.into_iter().collect();
+    let found = out.state.stacks.len() + out.failed.len() + out.blocked.len() + out.skipped.len();
     if found == 0 && !matches!(tree.read(KEEP_FILE), Ok(Some(_))) {
         out.no_stacks = Some(NoStacks::Empty);
         out.diagnostics.push(Diagnostic::error(
@@ -303,6 +302,143 @@ pub fn load(tree: &dyn Tree, options: &LoadOptions<'_>) -> anyhow::Result<Loaded
     }
     check_across_stacks(tree, &mut out);
     Ok(out)
+}
+
+/// Stacks a thread reads at least, before a second thread is worth starting.
+const STACKS_PER_THREAD: usize = 8;
+
+/// Read each directory's stack; several at once when there are many (parsing is CPU-bound and
+/// independent per stack), each thread on its own handle of the tree. The parts come back in
+/// directory order, so the output does not depend on the threads.
+fn load_dirs(
+    tree: &dyn Tree,
+    dirs: &[String],
+    root_env: &Result<BTreeMap<String, String>, Diagnostic>,
+    options: &LoadOptions<'_>,
+) -> anyhow::Result<Vec<Loaded>> {
+    let one = |tree: &dyn Tree, dir: &str| {
+        let mut out = Loaded::default();
+        match stack_file(tree, dir) {
+            Ok(Some((file, bytes, warning))) => {
+                out.diagnostics.extend(warning);
+                load_one(tree, dir, dir, &file, &bytes, root_env, options, &mut out);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                out.diagnostics.push(Diagnostic::error(
+                    dir,
+                    spec::yaml::Span::default(),
+                    "",
+                    format!("{e:#}"),
+                ));
+                out.failed.push(dir.to_string());
+            }
+        }
+        out
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(dirs.len() / STACKS_PER_THREAD)
+        .max(1);
+    if threads == 1 {
+        return Ok(dirs.iter().map(|d| one(tree, d)).collect());
+    }
+    let chunk = dirs.len().div_ceil(threads);
+    let forks = (1..threads)
+        .map(|_| tree.fork())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    std::thread::scope(|scope| {
+        let one = &one;
+        let others: Vec<_> = dirs
+            .chunks(chunk)
+            .skip(1)
+            .zip(forks)
+            .map(|(part, fork)| {
+                scope.spawn(move || part.iter().map(|d| one(&*fork, d)).collect::<Vec<_>>())
+            })
+            .collect();
+        let mut all: Vec<Loaded> = dirs[..chunk].iter().map(|d| one(tree, d)).collect();
+        for thread in others {
+            match thread.join() {
+                Ok(parts) => all.extend(parts),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        Ok(all)
+    })
+}
+
+/// The stack directories whose stacks are bound to be the same in both trees, so that a plan
+/// need not read them: the same content under the directory (git object ids when both trees
+/// come from git, the files' bytes otherwise), the same repo-level `.env`, and nothing read
+/// from outside the directory (no symbolic link under it, no `..` in its stack file).
+/// Conservative: a stack that might differ is left to be read.
+pub fn unchanged_stacks(a: &dyn Tree, b: &dyn Tree) -> anyhow::Result<BTreeSet<String>> {
+    let mut same = BTreeSet::new();
+    // A stack at the root reads everything under it.
+    let root_stack = |t: &dyn Tree| !matches!(stack_file(t, ""), Ok(None));
+    if root_stack(a) || root_stack(b) || !same_content(a, b, ".env") {
+        return Ok(same);
+    }
+    let in_b: BTreeSet<String> = b.subdirs("")?.into_iter().collect();
+    for dir in a.subdirs("")? {
+        if !dir.starts_with('.')
+            && in_b.contains(&dir)
+            && same_content(a, b, &dir)
+            && self_contained(a, &dir)
+        {
+            same.insert(dir);
+        }
+    }
+    Ok(same)
+}
+
+/// Is what is at `path` the same in both trees? False when it cannot be told.
+fn same_content(a: &dyn Tree, b: &dyn Tree, path: &str) -> bool {
+    if let (Ok(Some(x)), Ok(Some(y))) = (a.object_id(path), b.object_id(path)) {
+        return x == y;
+    }
+    matches!((digest(a, path), digest(b, path)), (Some(x), Some(y)) if x == y)
+}
+
+/// A digest of the file or directory at `path` (paths, modes and bytes); None when it cannot
+/// be read or is larger than a stack directory should be.
+fn digest(tree: &dyn Tree, path: &str) -> Option<String> {
+    let mut hash = sha2::Sha256::new();
+    match tree.walk(path).ok()? {
+        Some(files) => {
+            if files.len() > MAX_MOUNT_FILES {
+                return None;
+            }
+            let mut total = 0u64;
+            for f in &files {
+                hash.update(format!("{}\0{}{}\0", f.path, f.executable, f.link).as_bytes());
+                if !f.link {
+                    let bytes = tree.read(&join(path, &f.path)).ok()??;
+                    total += bytes.len() as u64;
+                    if total > MAX_MOUNT_BYTES {
+                        return None;
+                    }
+                    hash.update(&bytes);
+                }
+            }
+        }
+        None => match tree.read(path).ok()? {
+            Some(bytes) => hash.update(&bytes),
+            None => return Some(String::new()),
+        },
+    }
+    Some(hex::encode(hash.finalize()))
+}
+
+/// A stack directory whose stack can read nothing outside it: no links, no `..`.
+fn self_contained(tree: &dyn Tree, dir: &str) -> bool {
+    let no_links = matches!(tree.walk(dir), Ok(Some(files)) if files.iter().all(|f| !f.link));
+    let no_parent = matches!(
+        stack_file(tree, dir),
+        Ok(Some((_, bytes, _))) if !bytes.windows(2).any(|w| w == b"..")
+    );
+    no_links && no_parent
 }
 
 /// A `.env` file: its variables, or the diagnostic that says why it cannot be read.

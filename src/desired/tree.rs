@@ -24,6 +24,16 @@ pub trait Tree {
     /// Every file under the directory `dir`, recursively, sorted by path (relative to `dir`);
     /// None when `dir` is not a directory.
     fn walk(&self, dir: &str) -> anyhow::Result<Option<Vec<TreeFile>>>;
+    /// An id of what is at `path` (a file, or a directory with everything under it) that two
+    /// trees of one repository share exactly when the content is the same: git's object id.
+    /// `Some("")` when nothing is there; None when this tree cannot tell without reading
+    /// everything (a work tree), and the caller compares content instead.
+    fn object_id(&self, _path: &str) -> anyhow::Result<Option<String>> {
+        Ok(None)
+    }
+    /// Another handle on the same tree, for a thread of its own (git handles are not shared
+    /// between threads).
+    fn fork(&self) -> anyhow::Result<Box<dyn Tree + Send>>;
 }
 
 /// A file found by [`Tree::walk`].
@@ -61,6 +71,7 @@ pub fn join_inside(base_dir: &str, relative: &str) -> Result<String, String> {
 }
 
 /// A directory on disk.
+#[derive(Clone, Debug)]
 pub struct WorkTree {
     root: PathBuf,
 }
@@ -72,6 +83,10 @@ impl WorkTree {
 }
 
 impl Tree for WorkTree {
+    fn fork(&self) -> anyhow::Result<Box<dyn Tree + Send>> {
+        Ok(Box::new(self.clone()))
+    }
+
     fn subdirs(&self, dir: &str) -> anyhow::Result<Vec<String>> {
         let path = self.root.join(dir);
         let mut out = Vec::new();
@@ -245,6 +260,31 @@ impl GitTree {
 }
 
 impl Tree for GitTree {
+    fn fork(&self) -> anyhow::Result<Box<dyn Tree + Send>> {
+        Ok(Box::new(GitTree {
+            repo: git2::Repository::open(self.repo.path())?,
+            tree: self.tree,
+            commit: self.commit,
+            prefix: self.prefix.clone(),
+            label: self.label.clone(),
+            name: self.name.clone(),
+        }))
+    }
+
+    fn object_id(&self, path: &str) -> anyhow::Result<Option<String>> {
+        let root = self.repo.find_tree(self.tree)?;
+        let full = self.full(path);
+        if full.is_empty() {
+            return Ok(Some(self.tree.to_string()));
+        }
+        match root.get_path(Path::new(&full)) {
+            // The mode too: a file that became executable or a link is not the same.
+            Ok(e) => Ok(Some(format!("{:o} {}", e.filemode(), e.id()))),
+            Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(Some(String::new())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn subdirs(&self, dir: &str) -> anyhow::Result<Vec<String>> {
         let Some(tree) = self.subtree(dir)? else {
             bail!("{} has no directory {:?}", self.label, self.full(dir));

@@ -410,6 +410,7 @@ async fn git_loop(this: &GitLoop, updates: &mut mpsc::Receiver<gitops::Update>) 
                 &LoadOptions {
                     identities: cfg.identities.as_ref(),
                     variables: cfg.variables.clone(),
+                    skip: Default::default(),
                 },
             )
         })

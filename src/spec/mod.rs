@@ -26,6 +26,7 @@ pub mod schema;
 pub mod units;
 pub mod yaml;
 
+use serde::Deserialize as _;
 use serde_json::Value as Json;
 
 pub use diagnostic::{Diagnostic, Severity};
@@ -227,6 +228,10 @@ fn deserialise(
     bad_values: &[Vec<String>],
     report: &mut diagnostic::Report<'_>,
 ) -> Option<raw::ComposeFile> {
+    // Most files read at once: without the path tracking, which costs a tenth of a load.
+    if let Ok(raw) = raw::ComposeFile::deserialize(&*json) {
+        return Some(raw);
+    }
     // Each round drops at least one value, so this ends; the bound is only a guard.
     for _ in 0..256 {
         let err = match serde_path_to_error::deserialize::<_, raw::ComposeFile>(&*json) {

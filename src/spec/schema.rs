@@ -73,6 +73,17 @@ fn allow_extensions(v: &mut Value) {
     }
 }
 
+/// Compile the validator on a thread of its own (once per process): compiling its patterns
+/// takes several milliseconds that can overlap with opening the trees and reading the files.
+pub fn prepare_in_background() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        std::thread::spawn(|| {
+            validator();
+        });
+    });
+}
+
 fn validator() -> &'static (Value, Validator) {
     static V: OnceLock<(Value, Validator)> = OnceLock::new();
     V.get_or_init(|| {

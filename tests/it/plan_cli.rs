@@ -391,3 +391,87 @@ fn a_port_published_by_two_stacks_names_the_file_line_and_field() {
         stderr(&out)
     );
 }
+
+/// Between two revisions plan reads only the stacks whose inputs changed; these are the cases
+/// where a stack's directory is the same and its stack still changes, or still matters.
+#[test]
+fn plan_reads_only_what_changed_and_what_it_depends_on() {
+    let repo = GitRepo::new();
+    let app = |port: u16| {
+        format!("services:\n  app:\n    image: example/app:1\n    ports: [\"{port}:80\"]\n    secrets: [token]\nsecrets:\n  token:\n    file: ../shared/token.txt\n")
+    };
+    repo.write(&[
+        ("app/compose.yml", Some(&app(8081))),
+        ("shared/token.txt", Some("one")),
+        (
+            "web/compose.yml",
+            Some("services:\n  web:\n    image: example/web:${TAG}\n    ports: [\"8080:80\"]\n"),
+        ),
+        (".env", Some("TAG=1\n")),
+        // Broken in every revision, and never touched: a plan of other changes need not
+        // read it (validate does).
+        (
+            "legacy/compose.yml",
+            Some("services:\n  old:\n    image: example/old:1\n    replicas: 2\n"),
+        ),
+    ]);
+    repo.commit("v1");
+    let plan = || {
+        reconciler(
+            repo.path(),
+            &["plan", "--ref", "HEAD", "--against-ref", "HEAD~1"],
+        )
+    };
+
+    // A file outside the stack's directory, read through `..`.
+    repo.write(&[("shared/token.txt", Some("two"))]);
+    repo.commit("v2");
+    let out = plan();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("~ secret app_token") && text.contains("content changed"),
+        "{text}"
+    );
+    assert!(!text.contains("stack web"), "{text}");
+
+    // The repo's .env, which every stack reads.
+    repo.write(&[(".env", Some("TAG=2\n"))]);
+    repo.commit("v3");
+    let out = plan();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "every stack is read again, the broken one too"
+    );
+    assert!(
+        stderr(&out).contains("legacy/compose.yml:4"),
+        "{}",
+        stderr(&out)
+    );
+    repo.write(&[("legacy/compose.yml", None)]);
+    repo.commit("v4: the broken stack goes");
+    repo.write(&[(".env", Some("TAG=3\n"))]);
+    repo.commit("v5");
+    let out = plan();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("image  example/web:2 -> example/web:3"),
+        "{}",
+        stdout(&out)
+    );
+
+    // A changed stack now publishes a port that a stack left unread publishes: still caught.
+    repo.write(&[(
+        "other/compose.yml",
+        Some("services:\n  x:\n    image: example/x:1\n    ports: [\"8081:80\"]\n"),
+    )]);
+    repo.commit("v6");
+    let out = plan();
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("port 8081") && err.contains("another stack"),
+        "{err}"
+    );
+}
