@@ -275,22 +275,14 @@ impl State {
             .values()
             .filter(|s| !blocked.contains_key(&s.name))
         {
-            for n in stack.networks.values() {
-                self.networks.insert(n.name.clone(), owned(&stack.name, n));
-            }
-            for v in stack.volumes.values() {
-                self.volumes.insert(v.name.clone(), owned(&stack.name, v));
-            }
+            take_in(&mut self.networks, &stack.name, &stack.networks);
+            take_in(&mut self.volumes, &stack.name, &stack.volumes);
+            take_in(&mut self.secrets, &stack.name, &stack.secrets);
+            take_in(&mut self.configs, &stack.name, &stack.configs);
             for s in stack.secrets.values().chain(stack.configs.values()) {
                 if let Some(content) = content_ref(&commit, s) {
                     self.contents.insert(s.version.clone(), content);
                 }
-            }
-            for s in stack.secrets.values() {
-                self.secrets.insert(s.name.clone(), owned(&stack.name, s));
-            }
-            for c in stack.configs.values() {
-                self.configs.insert(c.name.clone(), owned(&stack.name, c));
             }
             for svc in stack.services.values() {
                 for m in &svc.task.container.mounts {
@@ -365,21 +357,11 @@ impl State {
                 }
                 events.push(Event::ServiceRemoved(name));
             }
-            let in_desired = |name: &str, stack: &str, kind: Kind| {
-                blocked.contains_key(stack)
-                    || desired
-                        .stacks
-                        .get(stack)
-                        .is_some_and(|s| kind.of(s).any(|n| n == name))
-            };
-            self.networks
-                .retain(|n, o| in_desired(n, &o.stack, Kind::Network));
-            self.volumes
-                .retain(|n, o| in_desired(n, &o.stack, Kind::Volume));
-            self.secrets
-                .retain(|n, o| in_desired(n, &o.stack, Kind::Secret));
-            self.configs
-                .retain(|n, o| in_desired(n, &o.stack, Kind::Config));
+            let blocked = &blocked;
+            prune_kind(&mut self.networks, &desired, blocked, |s| &s.networks);
+            prune_kind(&mut self.volumes, &desired, blocked, |s| &s.volumes);
+            prune_kind(&mut self.secrets, &desired, blocked, |s| &s.secrets);
+            prune_kind(&mut self.configs, &desired, blocked, |s| &s.configs);
         }
         self.gc_contents();
         self.revision.applied = Some(AppliedRevision {
@@ -420,25 +402,57 @@ impl Service {
     }
 }
 
-/// The four kinds of stack objects besides services, to treat them alike.
-#[derive(Clone, Copy)]
-enum Kind {
-    Network,
-    Volume,
-    Secret,
-    Config,
+/// The stack objects besides services (networks, volumes, secrets, configs), treated alike:
+/// each is known in the store by its full name (`shop_default`), in its stack file by a
+/// short one.
+trait StackObject: Clone {
+    fn full_name(&self) -> &str;
 }
 
-impl Kind {
-    /// The full names of this kind's objects in a stack.
-    fn of(self, s: &crate::spec::StackSpec) -> Box<dyn Iterator<Item = &str> + '_> {
-        match self {
-            Kind::Network => Box::new(s.networks.values().map(|n| n.name.as_str())),
-            Kind::Volume => Box::new(s.volumes.values().map(|n| n.name.as_str())),
-            Kind::Secret => Box::new(s.secrets.values().map(|n| n.name.as_str())),
-            Kind::Config => Box::new(s.configs.values().map(|n| n.name.as_str())),
-        }
+impl StackObject for crate::spec::model::NetworkSpec {
+    fn full_name(&self) -> &str {
+        &self.name
     }
+}
+
+impl StackObject for crate::spec::model::VolumeSpec {
+    fn full_name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl StackObject for FileObjectSpec {
+    fn full_name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Record a stack's objects of one kind, as the commit gives them.
+fn take_in<T: StackObject>(
+    ours: &mut BTreeMap<String, Owned<T>>,
+    stack: &str,
+    objects: &BTreeMap<String, T>,
+) {
+    for o in objects.values() {
+        ours.insert(o.full_name().to_string(), owned(stack, o));
+    }
+}
+
+/// Drop the objects of one kind that left git; a blocked stack keeps what it has (this commit
+/// could not say what it should be).
+fn prune_kind<T: StackObject>(
+    ours: &mut BTreeMap<String, Owned<T>>,
+    desired: &DesiredState,
+    blocked: &BTreeMap<String, Vec<String>>,
+    kind: fn(&crate::spec::StackSpec) -> &BTreeMap<String, T>,
+) {
+    ours.retain(|name, o| {
+        blocked.contains_key(&o.stack)
+            || desired
+                .stacks
+                .get(&o.stack)
+                .is_some_and(|s| kind(s).values().any(|x| x.full_name() == name))
+    });
 }
 
 /// Where a secret's or config's content is, for the index of versions.
