@@ -95,25 +95,23 @@ impl Shared {
         if commands.is_empty() {
             return Vec::new();
         }
-        let failures: Vec<(String, String, String)> = commands
-            .iter()
-            .filter_map(|c| match c {
-                Command::UpdateTaskStatus { id, status } => status
-                    .error
-                    .as_ref()
-                    .map(|e| (id.clone(), status.state.name().to_string(), e.clone())),
-                _ => None,
-            })
-            .collect();
+        // What status will show as a problem is logged once: when the command saying it applies.
+        let worth_saying: Vec<Option<Said>> = commands.iter().map(Said::of).collect();
         let answers = self.store().apply_batch(commands);
         let mut applied = false;
         let answers: Vec<_> = answers
             .into_iter()
-            .map(|a| match a {
+            .zip(worth_saying)
+            .map(|(a, said)| match a {
                 Ok(_) => {
                     applied = true;
+                    if let Some(said) = said {
+                        said.log();
+                    }
                     Ok(())
                 }
+                // A precondition that no longer holds (a task deleted in between) is the normal
+                // end of a step computed a moment ago, not a problem.
                 Err(StoreError::Apply(e)) => {
                     tracing::debug!(error = %e, "command refused");
                     Err(crate::api::ProposeError::Refused(e))
@@ -124,10 +122,6 @@ impl Shared {
                 }
             })
             .collect();
-        // Every task error that status shows is logged once, when the task reports it.
-        for (id, state, error) in failures {
-            tracing::warn!(task = %id, state = %state, error = %error, "task error");
-        }
         if applied {
             self.changed.send_modify(|v| *v += 1);
         }
@@ -186,6 +180,66 @@ impl crate::api::Cluster for Shared {
 }
 
 pub use crate::store::now_ms;
+
+/// A command whose applying is news for the log: a task that failed, an update that paused or
+/// rolls back.
+enum Said {
+    TaskError {
+        task: String,
+        state: &'static str,
+        error: String,
+    },
+    Update {
+        service: String,
+        state: crate::store::UpdateState,
+        message: String,
+    },
+}
+
+impl Said {
+    fn of(command: &Command) -> Option<Said> {
+        use crate::store::UpdateState;
+        match command {
+            Command::UpdateTaskStatus { id, status } => {
+                status.error.as_ref().map(|e| Said::TaskError {
+                    task: id.clone(),
+                    state: status.state.name(),
+                    error: e.clone(),
+                })
+            }
+            Command::SetUpdateStatus {
+                service,
+                status: Some(st),
+            } if matches!(
+                st.state,
+                UpdateState::Paused | UpdateState::RollbackStarted | UpdateState::RollbackPaused
+            ) =>
+            {
+                Some(Said::Update {
+                    service: service.clone(),
+                    state: st.state,
+                    message: st.message.clone(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn log(self) {
+        match self {
+            Said::TaskError { task, state, error } => {
+                tracing::warn!(task = %task, state, error = %error, "task error")
+            }
+            Said::Update {
+                service,
+                state,
+                message,
+            } => {
+                tracing::warn!(service = %service, state = ?state, reason = %message, "update stopped short")
+            }
+        }
+    }
+}
 
 /// Run until `shutdown` is cancelled.
 pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Result<()> {

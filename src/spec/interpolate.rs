@@ -21,13 +21,6 @@ impl Variables {
         Variables { vars }
     }
 
-    /// `.env` values overlaid with the process environment.
-    pub fn from_dotenv_and_process(dotenv: BTreeMap<String, String>) -> Self {
-        let mut vars = dotenv;
-        vars.extend(std::env::vars());
-        Variables { vars }
-    }
-
     pub fn get(&self, name: &str) -> Option<&str> {
         self.vars.get(name).map(String::as_str)
     }

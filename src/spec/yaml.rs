@@ -870,6 +870,49 @@ mod tests {
     }
 
     #[test]
+    fn control_characters_are_refused_where_they_are() {
+        let e = parse("a: 1\nb: x\u{7}y\n").unwrap_err();
+        assert_eq!(e.span.line, 2, "{e:?}");
+        assert!(e.message.contains("U+0007"), "{e:?}");
+        let e = parse("a: 1\n\0b: 2\n").unwrap_err();
+        assert!(e.message.contains("a NUL byte"), "{e:?}");
+        // Tabs and line breaks are text.
+        assert!(parse("a: \"x\ty\"\r\nb: 2\r\n").is_ok());
+    }
+
+    #[test]
+    fn aliases_are_counted_by_the_bytes_they_repeat() {
+        // Twenty aliases of one 200 KB scalar: few nodes, 4 MB of text once expanded.
+        let big = "x".repeat(200_000);
+        let mut text = format!("big: &big {big}\nlist:\n");
+        for _ in 0..20 {
+            text.push_str("  - *big\n");
+        }
+        let e = parse(&text).unwrap_err();
+        assert!(e.message.contains("alias bomb"), "{e:?}");
+        // A few small aliases, as real files have, are fine.
+        let ok = "x-env: &env {A: \"1\"}\nservices:\n  a: {environment: *env}\n  b: {environment: *env}\n";
+        assert!(parse(ok).is_ok());
+    }
+
+    #[test]
+    fn a_very_large_mapping_is_read_in_linear_time() {
+        // 200,000 keys: the quadratic duplicate check this replaced took minutes here.
+        let mut text = String::from("m:\n");
+        for i in 0..200_000 {
+            text.push_str(&format!("  k{i}: {i}\n"));
+        }
+        let root = parse(&text).expect("a large but valid mapping");
+        assert_eq!(
+            root.get("m").and_then(Node::as_map).map(<[Entry]>::len),
+            Some(200_000)
+        );
+        text.push_str("  k7: again\n");
+        let e = parse(&text).unwrap_err();
+        assert!(e.message.contains("k7"), "{e:?}");
+    }
+
+    #[test]
     fn syntax_errors_have_positions() {
         let e = parse("services:\n  web:\n    image: [a\n").unwrap_err();
         assert!(e.span.line >= 3, "{e:?}");

@@ -323,6 +323,22 @@ async fn a_failing_version_pauses_with_a_reason_with_failure_action_pause() {
             .any(|t| t.image == testing::images::busybox(1)),
         "{tasks:?}"
     );
+    // What status shows is in the log too, once: the failed task and the pause.
+    let log = up.log();
+    let paused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("update stopped short"))
+        .collect();
+    assert_eq!(paused.len(), 1, "{log}");
+    assert!(
+        paused[0].contains(&name) && paused[0].contains("Paused"),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("task error") && l.contains("exit (1)")),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
