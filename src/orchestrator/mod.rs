@@ -234,9 +234,7 @@ impl Orchestrator {
         let Some(updater) = self.updaters.get_mut(name) else {
             return;
         };
-        if updater.is_done() {
-            return;
-        }
+        // A finished updater's step is empty; it stays until the next spec replaces it.
         let step = updater.step(state, now, &mut self.ids, sched);
         out.commands.extend(step.commands);
         if let Some(at) = step.wake_at {

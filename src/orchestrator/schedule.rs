@@ -95,12 +95,12 @@ struct NodeInfo<'a> {
 }
 
 impl NodeInfo<'_> {
-    fn add(
+    fn count(
         &mut self,
         service: &str,
         spec_ports: &[crate::spec::model::PortConfig],
         res: &crate::spec::model::Resources,
-        sign: i8,
+        adding: bool,
     ) {
         let count = self.by_service.entry(service.to_string()).or_default();
         let cpu = res.reserve_cpus.map_or(0, |c| c.0);
@@ -109,7 +109,7 @@ impl NodeInfo<'_> {
             .iter()
             .filter(|p| p.mode == PublishMode::Host)
             .filter_map(|p| p.published.map(|n| (n, p.protocol)));
-        if sign > 0 {
+        if adding {
             *count += 1;
             self.total += 1;
             self.reserved_cpu = self.reserved_cpu.saturating_add(cpu);
@@ -202,25 +202,25 @@ impl<'a> Scheduler<'a> {
             .into_iter()
             .filter(|t| t.is_live() && !t.node.is_empty())
         {
-            s.record(t, 1);
+            s.record(t, true);
         }
         s
     }
 
-    fn record(&mut self, t: &Task, sign: i8) {
+    fn record(&mut self, t: &Task, adding: bool) {
         if let Some(&i) = self.index.get(t.node.as_str()) {
-            self.nodes[i].add(&t.service, &t.endpoint.ports, &t.spec.resources, sign);
+            self.nodes[i].count(&t.service, &t.endpoint.ports, &t.spec.resources, adding);
         }
     }
 
     /// Note that `task` runs on its node now (placed in this pass, or created assigned).
     pub fn place(&mut self, task: &Task) {
-        self.record(task, 1);
+        self.record(task, true);
     }
 
     /// Note that `task` no longer counts (told to shut down in this pass).
     pub fn release(&mut self, task: &Task) {
-        self.record(task, -1);
+        self.record(task, false);
     }
 
     /// Would a new task of `spec` fit on `node`? (Global services: the node is given.)

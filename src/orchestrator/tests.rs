@@ -343,6 +343,31 @@ fn a_failing_version_with_failure_action_rollback_returns_to_the_old_spec() {
         "{:?}",
         svc.update
     );
+    // Settled: nothing to do, and no reason to look again before something changes.
+    let step = sim.orch.step(&sim.state, sim.now);
+    assert!(step.commands.is_empty(), "{:?}", step.commands);
+    assert!(
+        step.wake_at.is_none_or(|at| at > sim.now),
+        "an idle orchestrator must not ask to run again at once: {:?}",
+        step.wake_at
+    );
+}
+
+#[test]
+fn an_update_says_it_started_once_and_keeps_its_start_time() {
+    let mut sim = Sim::new();
+    sim.commit("c1", &web("web:1", 3, STOP_FIRST));
+    sim.run(2_000);
+    sim.commit("c2", &web("web:2", 3, STOP_FIRST));
+    let started = sim.now;
+    sim.run(100);
+    let status = sim.state.services["app_web"].update.clone().unwrap();
+    assert_eq!(status.state, UpdateState::Updating);
+    assert_eq!(status.message, "update in progress");
+    assert_eq!(status.started_at, started);
+    sim.run(1_000);
+    let later = sim.state.services["app_web"].update.clone().unwrap();
+    assert_eq!(later.started_at, started, "said once, not again each pass");
 }
 
 #[test]

@@ -99,10 +99,6 @@ impl Updater {
         })
     }
 
-    pub fn is_done(&self) -> bool {
-        self.outcome.is_some()
-    }
-
     fn status(&self, state: UpdateState, started: Millis, now: Millis, message: String) -> Command {
         let done = matches!(
             state,

@@ -170,6 +170,17 @@ fn reservations_are_counted_against_what_is_left_on_the_node() {
     );
     let r = place_n(&mut s, &cpu, 2);
     assert!(r[0].is_ok() && r[1].is_err(), "{r:?}");
+    // Exactly what is left still fits.
+    let mut exact = node("exact");
+    exact.nano_cpus = 1_000_000_000;
+    let half = service(
+        "half",
+        "    deploy:\n      resources:\n        reservations:\n          cpus: '0.5'\n",
+    );
+    let nodes_exact = [exact];
+    let mut e = Scheduler::new(&nodes_exact, []);
+    let r = place_n(&mut e, &half, 3);
+    assert!(r[0].is_ok() && r[1].is_ok() && r[2].is_err(), "{r:?}");
     // A task that reserves nothing fits anywhere still.
     assert!(s.pick(&service("free", "").spec).is_ok());
 }
@@ -287,6 +298,29 @@ fn the_fewest_tasks_of_the_service_win_before_the_fewest_in_all() {
     assert_eq!(s.pick(&web.spec), Ok("busy".into()));
     // For a third service, both have none of it: the one with fewer tasks in all wins.
     assert_eq!(s.pick(&service("third", "").spec), Ok("quiet".into()));
+}
+
+#[test]
+fn spread_over_engine_labels_too_with_the_label_name_as_written() {
+    let with_engine = |id: &str, disk: &str| {
+        let mut n = node(id);
+        n.engine_labels.insert("Disk".into(), disk.into());
+        n
+    };
+    let nodes = [
+        with_engine("ssd1", "ssd"),
+        with_engine("ssd2", "ssd"),
+        with_engine("hdd1", "hdd"),
+    ];
+    // The key's prefix in any case, the label's name exactly as written.
+    let svc = service(
+        "db",
+        "    deploy:\n      placement:\n        preferences:\n          - spread: Engine.Labels.Disk\n",
+    );
+    let mut s = Scheduler::new(&nodes, []);
+    let c = counts(&place_n(&mut s, &svc, 4));
+    let ssd = c.get("ssd1").unwrap_or(&0) + c.get("ssd2").unwrap_or(&0);
+    assert_eq!((ssd, c.get("hdd1").copied().unwrap_or(0)), (2, 2), "{c:?}");
 }
 
 #[test]
