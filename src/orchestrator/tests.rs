@@ -18,6 +18,13 @@ enum Behaviour {
         after: Millis,
         code: i64,
     },
+    /// The first `count` tasks of the image exit with code 1 `after` starting; the rest run.
+    FailsFirst {
+        count: usize,
+        after: Millis,
+    },
+    /// Runs, and ignores being told to stop (a process that traps SIGTERM and carries on).
+    IgnoresStop,
 }
 
 struct Sim {
@@ -28,6 +35,9 @@ struct Sim {
     /// (time, task id, "start" | "stop")
     log: Vec<(Millis, String, &'static str)>,
     max_running: usize,
+    /// Tasks started so far, per image (for `FailsFirst`), and the tasks doomed to fail.
+    started: BTreeMap<String, usize>,
+    doomed: std::collections::BTreeSet<String>,
 }
 
 impl Sim {
@@ -58,6 +68,8 @@ impl Sim {
             images: BTreeMap::new(),
             log: Vec::new(),
             max_running: 0,
+            started: BTreeMap::new(),
+            doomed: Default::default(),
         }
     }
 
@@ -123,6 +135,15 @@ impl Sim {
             match (st.state, t.desired_state) {
                 (TaskState::Remove, _) => continue,
                 (s, TaskState::Remove) if s.is_terminal() => next.state = TaskState::Remove,
+                (TaskState::Running, d)
+                    if d >= TaskState::Shutdown
+                        && matches!(
+                            self.behaviour(&t.spec.container.image),
+                            Behaviour::IgnoresStop
+                        ) =>
+                {
+                    continue
+                }
                 (s, d) if d >= TaskState::Shutdown && !s.is_terminal() => {
                     if s == TaskState::Running {
                         self.log.push((now, t.id.clone(), "stop"));
@@ -134,8 +155,24 @@ impl Sim {
                     next.state = TaskState::Running;
                     next.running_since = Some(now);
                     self.log.push((now, t.id.clone(), "start"));
+                    let image = &t.spec.container.image;
+                    let n = self.started.entry(image.clone()).or_default();
+                    *n += 1;
+                    if matches!(self.images.get(image), Some(Behaviour::FailsFirst { count, .. }) if *n <= *count)
+                    {
+                        self.doomed.insert(t.id.clone());
+                    }
                 }
                 (TaskState::Running, _) => match self.behaviour(&t.spec.container.image) {
+                    Behaviour::FailsFirst { after, .. }
+                        if self.doomed.contains(&t.id)
+                            && now >= st.running_since.unwrap() + after =>
+                    {
+                        next.state = TaskState::Failed;
+                        next.exit_code = Some(1);
+                        next.error = Some("non-zero exit (1)".into());
+                        self.log.push((now, t.id.clone(), "stop"));
+                    }
                     Behaviour::Exits { after, code }
                         if now >= st.running_since.unwrap() + after =>
                     {
@@ -395,6 +432,14 @@ fn a_failing_version_with_failure_action_pause_stops_with_a_reason() {
         .message;
     assert!(msg.contains("update paused due to failure"), "{msg}");
     assert!(msg.contains("non-zero exit (1)"), "{msg}");
+    // It names the task as `service ps` shows it: the first 12 characters of its id.
+    let named = sim
+        .state
+        .tasks
+        .values()
+        .filter(|t| t.status.state == TaskState::Failed)
+        .any(|t| msg.contains(&format!("task {} failed", &t.id[..12])));
+    assert!(named, "{msg}");
     // Paused: the two untouched slots keep the old version; nothing more is handed out.
     let before: std::collections::BTreeSet<String> = sim.state.tasks.keys().cloned().collect();
     sim.run(10_000);
@@ -725,4 +770,142 @@ fn tasks_that_never_found_a_node_go_with_their_service() {
         .unwrap();
     sim.run(2_000);
     assert!(sim.state.tasks.is_empty(), "{:?}", sim.state.tasks.keys());
+}
+
+impl Sim {
+    /// When the last task of `image` reached running.
+    fn last_started(&self, image: &str) -> Millis {
+        self.state
+            .tasks
+            .values()
+            .filter(|t| t.spec.container.image == image)
+            .filter_map(|t| t.status.running_since)
+            .max()
+            .expect("a task of the image ran")
+    }
+
+    fn completed_at(&self) -> Millis {
+        let u = self.state.services["app_web"].update.clone().unwrap();
+        assert_eq!(u.state, UpdateState::Completed, "{u:?}");
+        u.completed_at.unwrap()
+    }
+}
+
+#[test]
+fn an_update_completes_one_monitor_period_after_its_last_slot() {
+    let mut sim = Sim::new();
+    let update = "        parallelism: 1\n        monitor: 3s\n";
+    sim.commit("c1", &web("web:1", 2, update));
+    sim.run(2_000);
+    sim.commit("c2", &web("web:2", 2, update));
+    sim.run(20_000);
+    let tail = sim.completed_at() - sim.last_started("web:2");
+    // The orchestrator sees the task running on its next pass, 100 ms later.
+    assert!(
+        (3_000..=3_200).contains(&tail),
+        "completed {tail} ms after the last start"
+    );
+}
+
+#[test]
+fn with_a_delay_as_long_as_monitor_the_tail_is_the_delay_and_a_second() {
+    let mut sim = Sim::new();
+    let update = "        parallelism: 1\n        monitor: 2s\n        delay: 5s\n";
+    sim.commit("c1", &web("web:1", 2, update));
+    sim.run(2_000);
+    sim.commit("c2", &web("web:2", 2, update));
+    sim.run(40_000);
+    let tail = sim.completed_at() - sim.last_started("web:2");
+    assert!(
+        (6_000..=6_200).contains(&tail),
+        "completed {tail} ms after the last start"
+    );
+    // And the slots were a delay apart.
+    let starts: Vec<Millis> = sim
+        .state
+        .tasks
+        .values()
+        .filter(|t| t.spec.container.image == "web:2")
+        .filter_map(|t| t.status.running_since)
+        .collect();
+    let gap = starts.iter().max().unwrap() - starts.iter().min().unwrap();
+    assert!((5_000..=5_400).contains(&gap), "slots {gap} ms apart");
+}
+
+#[test]
+fn a_stop_first_slot_waits_at_most_a_minute_for_the_old_task() {
+    let mut sim = Sim::new();
+    sim.images
+        .insert("web:stubborn".into(), Behaviour::IgnoresStop);
+    sim.commit("c1", &web("web:stubborn", 1, STOP_FIRST));
+    sim.run(2_000);
+    sim.commit("c2", &web("web:2", 1, STOP_FIRST));
+    let handed_out = sim.now;
+    sim.run(30_000);
+    assert!(
+        sim.nodes_running("web:2").is_empty(),
+        "still waiting for the old task"
+    );
+    sim.run(40_000);
+    let waited = sim.last_started("web:2") - handed_out;
+    assert!(
+        (60_000..=60_400).contains(&waited),
+        "new task started after {waited} ms"
+    );
+}
+
+#[test]
+fn failures_up_to_max_failure_ratio_are_tolerated_and_one_more_is_not() {
+    // Two slots, ratio 0.5: one failure is exactly the ratio (tolerated, Swarm fires only
+    // above it).
+    let mut sim = Sim::new();
+    sim.images.insert(
+        "web:flaky".into(),
+        Behaviour::FailsFirst {
+            count: 1,
+            after: 500,
+        },
+    );
+    let update = "        parallelism: 1\n        monitor: 2s\n        max_failure_ratio: 0.5\n";
+    sim.commit("c1", &web("web:1", 2, update));
+    sim.run(2_000);
+    sim.commit("c2", &web("web:flaky", 2, update));
+    sim.run(40_000);
+    assert_eq!(sim.update_state(), Some(UpdateState::Completed));
+    // Two failures of two slots is above it.
+    let mut sim = Sim::new();
+    sim.images.insert(
+        "web:flaky".into(),
+        Behaviour::FailsFirst {
+            count: 2,
+            after: 500,
+        },
+    );
+    sim.commit("c1", &web("web:1", 2, update));
+    sim.run(2_000);
+    sim.commit("c2", &web("web:flaky", 2, update));
+    sim.run(40_000);
+    assert_eq!(sim.update_state(), Some(UpdateState::Paused));
+}
+
+#[test]
+fn a_task_that_fails_only_after_the_monitor_period_is_not_the_updates_failure() {
+    for (after, expected) in [
+        (2_900, UpdateState::Paused),
+        (3_000, UpdateState::Completed),
+    ] {
+        let mut sim = Sim::new();
+        sim.images
+            .insert("web:late".into(), Behaviour::FailsFirst { count: 1, after });
+        let update = "        parallelism: 1\n        monitor: 3s\n";
+        sim.commit("c1", &web("web:1", 1, update));
+        sim.run(2_000);
+        sim.commit("c2", &web("web:late", 1, update));
+        sim.run(30_000);
+        assert_eq!(
+            sim.update_state(),
+            Some(expected),
+            "failing {after} ms after start"
+        );
+    }
 }
