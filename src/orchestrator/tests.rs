@@ -434,11 +434,9 @@ fn a_failing_version_with_failure_action_pause_stops_with_a_reason() {
     assert!(msg.contains("non-zero exit (1)"), "{msg}");
     // It names the task as `service ps` shows it: the first 12 characters of its id.
     let named = sim
-        .state
-        .tasks
-        .values()
-        .filter(|t| t.status.state == TaskState::Failed)
-        .any(|t| msg.contains(&format!("task {} failed", &t.id[..12])));
+        .log
+        .iter()
+        .any(|(_, id, _)| msg.contains(&format!("task {} failed", &id[..12])));
     assert!(named, "{msg}");
     // Paused: the two untouched slots keep the old version; nothing more is handed out.
     let before: std::collections::BTreeSet<String> = sim.state.tasks.keys().cloned().collect();
