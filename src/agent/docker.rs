@@ -418,19 +418,8 @@ impl DockerRuntime {
     pub async fn containers_by_node(
         &self,
     ) -> Result<std::collections::BTreeMap<String, Vec<String>>, RuntimeError> {
-        let filters = std::collections::HashMap::from([("label", vec![labels::managed_filter()])]);
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let summaries = self
-            .client()
-            .await?
-            .list_containers(Some(options))
-            .await
-            .map_err(|e| classify("list containers", e))?;
         let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-        for c in summaries {
+        for c in self.list_labelled(vec![labels::managed_filter()]).await? {
             let node = c
                 .labels
                 .as_ref()
@@ -449,7 +438,15 @@ impl DockerRuntime {
 
     /// This runtime's containers as the engine lists them (no inspect).
     async fn summaries(&self) -> Result<Vec<bollard::models::ContainerSummary>, RuntimeError> {
-        let filters = std::collections::HashMap::from([("label", self.label_filters())]);
+        self.list_labelled(self.label_filters()).await
+    }
+
+    /// Every container, running or not, with all of these labels.
+    async fn list_labelled(
+        &self,
+        label_filters: Vec<String>,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, RuntimeError> {
+        let filters = std::collections::HashMap::from([("label", label_filters)]);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)

@@ -50,7 +50,7 @@ pub async fn metrics(AxState(cluster): Ctx) -> impl IntoResponse {
     let _ = writeln!(
         out,
         "reconciler_engine_up {}",
-        u8::from(view.engine_error.is_none())
+        u8::from(view.node.engine_error.is_none())
     );
     let _ = writeln!(
         out,

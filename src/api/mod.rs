@@ -97,18 +97,12 @@ pub fn status_view(cluster: &dyn Cluster) -> StatusView {
     read(cluster, |s| {
         let services = services(s);
         StatusView {
-            node: node.node.clone(),
+            converged: node.engine_error.is_none() && converged(&services),
+            node,
             revision: s.revision.clone(),
             git,
-            converged: node.engine_error.is_none() && converged(&services),
-            engine_error: node.engine_error.clone(),
-            ingress_backend: node.ingress_backend.clone(),
-            uptime_seconds: node.uptime_seconds,
             stacks: stacks(s),
             services,
-            port_failures: node.port_failures.clone(),
-            stale_containers: node.stale_containers.clone(),
-            loop_failures: node.loop_failures.clone(),
         }
     })
 }

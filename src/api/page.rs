@@ -56,9 +56,9 @@ pub async fn page(AxState(cluster): Ctx) -> Html<String> {
          <table><tr><th>SERVICE</th><th>MODE</th><th>REPLICAS</th><th>IMAGE</th><th>PORTS</th><th>UPDATE</th></tr>{}</table>",
         esc(&applied),
         if v.converged { "converged" } else { "converging" },
-        esc(&v.ingress_backend),
+        esc(&v.node.ingress_backend),
         refused,
-        v.engine_error.as_ref().map(|e| format!("<p class=bad>Docker Engine: {}</p>", esc(e))).unwrap_or_default(),
+        v.node.engine_error.as_ref().map(|e| format!("<p class=bad>Docker Engine: {}</p>", esc(e))).unwrap_or_default(),
         rows
     ))
 }

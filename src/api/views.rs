@@ -9,14 +9,20 @@ use crate::store::{Millis, RevisionStatus, State, TaskState, UpdateState};
 /// What a node knows about itself that is not in the store: its engine, its ports, its loops.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NodeReport {
-    pub node: String,
+    /// The node's id.
+    #[serde(rename = "node")]
+    pub id: String,
     /// Set while the Docker Engine cannot be reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine_error: Option<String>,
     pub ingress_backend: String,
     pub uptime_seconds: u64,
     /// Published ports that cannot be bound, with why.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "port_keys"
+    )]
     pub port_failures: BTreeMap<u16, String>,
     /// Containers with this project's labels whose node is not in the cluster (a data dir
     /// deleted, a node gone), by node id: nothing adopts or removes them.
@@ -27,27 +33,37 @@ pub struct NodeReport {
     pub loop_failures: BTreeMap<String, String>,
 }
 
+/// A map keyed by port, its keys written as JSON object keys are: text. (Flattened into
+/// [`StatusView`], serde would otherwise not read numbers back from those keys.)
+mod port_keys {
+    use std::collections::BTreeMap;
+
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(map: &BTreeMap<u16, String>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(map.iter().map(|(k, v)| (k.to_string(), v)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u16, String>, D::Error> {
+        BTreeMap::<String, String>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| Ok((k.parse().map_err(D::Error::custom)?, v)))
+            .collect()
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StatusView {
-    pub node: String,
+    /// The node answering, and what it knows of itself (engine, ports, loops).
+    #[serde(flatten)]
+    pub node: NodeReport,
     pub revision: RevisionStatus,
     pub git: serde_json::Value,
-    /// Set while the Docker Engine cannot be reached.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub engine_error: Option<String>,
-    pub ingress_backend: String,
-    pub uptime_seconds: u64,
     pub stacks: Vec<StackView>,
     pub services: Vec<ServiceView>,
     /// True when every service runs its desired replicas with its current spec and no update is
     /// in progress.
     pub converged: bool,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub port_failures: BTreeMap<u16, String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub stale_containers: BTreeMap<String, Vec<String>>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub loop_failures: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

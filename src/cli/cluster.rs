@@ -217,17 +217,17 @@ pub fn status(args: StatusArgs) -> anyhow::Result<i32> {
         }
         None => println!("Git:            ok"),
     }
-    match &v.engine_error {
+    match &v.node.engine_error {
         Some(e) => println!("Docker Engine:  unreachable: {e}"),
         None => println!("Docker Engine:  ok"),
     }
-    for (port, e) in &v.port_failures {
+    for (port, e) in &v.node.port_failures {
         println!("Port {port}:      cannot be published: {e}");
     }
-    for (name, panic) in &v.loop_failures {
+    for (name, panic) in &v.node.loop_failures {
         println!("Loop {name}:  panicked and was restarted: {panic}");
     }
-    for (node, names) in &v.stale_containers {
+    for (node, names) in &v.node.stale_containers {
         let node_shown = if node.is_empty() {
             "(no node label)"
         } else {
@@ -239,7 +239,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<i32> {
             super::validate::plural(names.len(), "container")
         );
     }
-    println!("Ingress:        {}", v.ingress_backend);
+    println!("Ingress:        {}", v.node.ingress_backend);
     println!(
         "State:          {}",
         match (v.converged, git_error.is_some()) {

@@ -154,7 +154,7 @@ impl crate::api::Cluster for Shared {
 
     fn node(&self) -> crate::api::views::NodeReport {
         crate::api::views::NodeReport {
-            node: self.node_id.clone(),
+            id: self.node_id.clone(),
             engine_error: self.engine.read().expect("lock").clone(),
             ingress_backend: self.ingress_backend.to_string(),
             uptime_seconds: self.started.elapsed().as_secs(),

@@ -9,20 +9,10 @@ use reconciler::api::views::TaskView;
 use reconciler::store::{TaskState, UpdateState};
 use reconciler::testing;
 
-use crate::support::up::{free_port, stack_name, Up};
+use crate::support::up::{compose, free_port, images, running, stack_name, Up};
 use crate::support::GitRepo;
 
 const T: Duration = Duration::from_secs(60);
-
-async fn images() -> bool {
-    let Some(docker) = testing::docker_or_skip("up").await else {
-        return false;
-    };
-    testing::ensure_test_images(&docker)
-        .await
-        .expect("test images");
-    true
-}
 
 fn web(image: &str, replicas: u32, port: u16, update: &str) -> String {
     format!(
@@ -39,17 +29,6 @@ fn web(image: &str, replicas: u32, port: u16, update: &str) -> String {
         monitor: 2s
 {update}"#
     )
-}
-
-fn compose(stack: &str) -> String {
-    format!("{stack}/compose.yml")
-}
-
-fn running(tasks: &[TaskView]) -> Vec<&TaskView> {
-    tasks
-        .iter()
-        .filter(|t| t.state == TaskState::Running && t.desired_state == TaskState::Running)
-        .collect()
 }
 
 fn container_times(id: &str) -> (SystemTime, Option<SystemTime>) {
@@ -713,7 +692,7 @@ async fn an_unreachable_docker_engine_is_reported_not_a_crash() {
     );
     let st = up
         .wait_for("the engine error in status", T, |s| {
-            s.engine_error.is_some() && s.revision.applied.is_some()
+            s.node.engine_error.is_some() && s.revision.applied.is_some()
         })
         .await;
     assert!(!st.converged);

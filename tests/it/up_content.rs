@@ -10,29 +10,10 @@ use reconciler::api::views::TaskView;
 use reconciler::store::TaskState;
 use reconciler::testing;
 
-use crate::support::up::{free_port, stack_name, Up};
+use crate::support::up::{compose, free_port, images, running, stack_name, Up};
 use crate::support::{stdout, GitRepo};
 
 const T: Duration = Duration::from_secs(60);
-
-async fn images() -> bool {
-    let Some(docker) = testing::docker_or_skip("up_content").await else {
-        return false;
-    };
-    testing::ensure_test_images(&docker).await.unwrap();
-    true
-}
-
-fn compose(stack: &str) -> String {
-    format!("{stack}/compose.yml")
-}
-
-fn running(tasks: &[TaskView]) -> Vec<&TaskView> {
-    tasks
-        .iter()
-        .filter(|t| t.state == TaskState::Running && t.desired_state == TaskState::Running)
-        .collect()
-}
 
 /// `docker exec CONTAINER sh -c SCRIPT`: (success, stdout).
 fn exec(container: &str, script: &str) -> (bool, String) {

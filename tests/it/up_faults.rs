@@ -8,28 +8,16 @@ use std::time::Duration;
 use reconciler::api::views::StatusView;
 use reconciler::testing;
 
-use crate::support::up::{free_port, stack_name, Up};
+use crate::support::up::{compose, free_port, images, stack_name, Up};
 use crate::support::{stdout, GitRepo};
 
 const T: Duration = Duration::from_secs(60);
-
-async fn images() -> bool {
-    let Some(docker) = testing::docker_or_skip("up_faults").await else {
-        return false;
-    };
-    testing::ensure_test_images(&docker).await.unwrap();
-    true
-}
 
 fn service(name: &str, replicas: &str) -> String {
     format!(
         "  {name}:\n    image: {}\n    stop_grace_period: 1s\n    deploy:\n      replicas: {replicas}\n",
         testing::images::busybox(1)
     )
-}
-
-fn compose(stack: &str) -> String {
-    format!("{stack}/compose.yml")
 }
 
 fn refused_with<'a>(s: &'a StatusView, commit: &str) -> Option<&'a [String]> {
@@ -132,7 +120,11 @@ async fn faults_hostile_commits_are_refused_and_the_node_keeps_running_the_last_
         .filter(|l| l.contains("WARN") && l.contains("refusing commit"))
         .count();
     assert_eq!(refusals, 3, "{log}");
-    assert!(s.loop_failures.is_empty(), "{:?}", s.loop_failures);
+    assert!(
+        s.node.loop_failures.is_empty(),
+        "{:?}",
+        s.node.loop_failures
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -185,7 +177,7 @@ async fn faults_a_deleted_data_dir_leaves_stale_containers_that_status_names_wit
     repo.write(&[(&compose(&stack), Some(&text))]);
     let c1 = repo.commit("v1");
     let mut first = Up::start(repo, &[], &[]);
-    let old_node = first.converged(&c1, T).await.node;
+    let old_node = first.converged(&c1, T).await.node.id;
     // The node dies and its data dir is lost; its containers run on.
     first.kill();
     drop(first);
@@ -195,13 +187,13 @@ async fn faults_a_deleted_data_dir_leaves_stale_containers_that_status_names_wit
     let c2 = repo.commit("v1 again");
     let second = Up::start(repo, &[&stack], &[]);
     let s = second.converged(&c2, T).await;
-    assert_ne!(s.node, old_node, "a new data dir is a new node");
+    assert_ne!(s.node.id, old_node, "a new data dir is a new node");
     let s = second
         .wait_for("the stale containers reported", T, |s| {
-            s.stale_containers.contains_key(&old_node)
+            s.node.stale_containers.contains_key(&old_node)
         })
         .await;
-    assert_eq!(s.stale_containers[&old_node].len(), 1);
+    assert_eq!(s.node.stale_containers[&old_node].len(), 1);
     let text = status_text(&second);
     let way_out =
         format!("docker rm -f $(docker ps -aq --filter label=org.reconciler.node={old_node})");
@@ -265,13 +257,13 @@ async fn faults_a_port_that_cannot_be_bound_is_said_once_and_shown_in_status() {
     up.converged(&c1, T).await;
     let s = up
         .wait_for("the port failure in status", T, |s| {
-            s.port_failures.contains_key(&port)
+            s.node.port_failures.contains_key(&port)
         })
         .await;
     assert!(
-        s.port_failures[&port].contains("in use"),
+        s.node.port_failures[&port].contains("in use"),
         "{:?}",
-        s.port_failures
+        s.node.port_failures
     );
     // Retried every half second for a while: still one line in the log.
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reconciler::api::views::{ServiceView, StatusView, TaskView};
+use reconciler::store::TaskState;
 
 use super::GitRepo;
 
@@ -31,6 +32,31 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The test images, made if missing; false (skip) when there is no Docker Engine and the run
+/// does not require one.
+pub async fn images() -> bool {
+    let Some(docker) = reconciler::testing::docker_or_skip("up").await else {
+        return false;
+    };
+    reconciler::testing::ensure_test_images(&docker)
+        .await
+        .expect("test images");
+    true
+}
+
+/// The stack file of `stack` in the repo.
+pub fn compose(stack: &str) -> String {
+    format!("{stack}/compose.yml")
+}
+
+/// The tasks that run and are meant to.
+pub fn running(tasks: &[TaskView]) -> Vec<&TaskView> {
+    tasks
+        .iter()
+        .filter(|t| t.state == TaskState::Running && t.desired_state == TaskState::Running)
+        .collect()
 }
 
 /// A fresh stack name, unique across parallel tests and runs.
