@@ -274,6 +274,15 @@ mod tests {
         let old = json!({"task": {"container": {"command": ["=1"]}}});
         let new = json!({"task": {"container": {"command": ["=2"]}}});
         assert_eq!(lines(old, new), ["command: - -> - +=2 -=1"]);
+        // Only one side all KEY=value: compared as a list, nothing lost.
+        let old = json!({"task": {"container": {"command": ["A=1"]}}});
+        let new = json!({"task": {"container": {"command": ["A=1", "run"]}}});
+        assert_eq!(lines(old, new), ["command: - -> - +run"]);
+        // Only added, or only removed: said as such, not as a new order.
+        let old = json!({"task": {"container": {"command": ["a", "b"]}}});
+        let new = json!({"task": {"container": {"command": ["a", "b", "c"]}}});
+        assert_eq!(lines(old.clone(), new.clone()), ["command: - -> - +c"]);
+        assert_eq!(lines(new, old), ["command: - -> - -c"]);
     }
 
     #[test]

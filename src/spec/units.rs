@@ -496,4 +496,60 @@ mod tests {
         assert_eq!(NanoCpus(1_500_000_000).to_string(), "1.5");
         assert_eq!(NanoCpus(2_000_000_000).to_string(), "2");
     }
+    #[test]
+    fn parse_errors_say_what_was_expected_and_found() {
+        assert_eq!(
+            Duration::parse("ten").unwrap_err(),
+            "expected a duration like 10s, 1m30s or 500ms, found \"ten\""
+        );
+        assert_eq!(
+            Bytes::parse("lots").unwrap_err(),
+            "expected a size like 512M, 1g or 1048576, found \"lots\""
+        );
+        assert_eq!(
+            NanoCpus::parse("half").unwrap_err(),
+            "expected a number of CPUs like 0.5 or 2, found \"half\""
+        );
+    }
+
+    #[test]
+    fn each_type_has_a_named_schema_that_takes_what_the_parser_takes() {
+        let mut generator = schemars::SchemaGenerator::default();
+        let check =
+            |name: &str, schema: Schema, good: &[serde_json::Value], bad: &[serde_json::Value]| {
+                let schema = schema.to_value();
+                for v in good {
+                    assert!(jsonschema::is_valid(&schema, v), "{name}: {v} should pass");
+                }
+                for v in bad {
+                    assert!(!jsonschema::is_valid(&schema, v), "{name}: {v} should fail");
+                }
+                assert!(
+                    schema["x-expected"].as_str().is_some_and(|e| !e.is_empty()),
+                    "{name}"
+                );
+            };
+        use serde_json::json;
+        assert_eq!(Duration::schema_name(), "Duration");
+        check(
+            "Duration",
+            Duration::json_schema(&mut generator),
+            &[json!("10s"), json!("1m30s"), json!(0)],
+            &[json!("10"), json!(5), json!("ten")],
+        );
+        assert_eq!(Bytes::schema_name(), "Bytes");
+        check(
+            "Bytes",
+            Bytes::json_schema(&mut generator),
+            &[json!("512M"), json!("1gb"), json!(1024)],
+            &[json!("12X"), json!(-1), json!(true)],
+        );
+        assert_eq!(NanoCpus::schema_name(), "Cpus");
+        check(
+            "Cpus",
+            NanoCpus::json_schema(&mut generator),
+            &[json!("0.5"), json!(2), json!(1.5)],
+            &[json!("half"), json!(-1), json!([])],
+        );
+    }
 }
