@@ -907,3 +907,124 @@ fn a_task_that_fails_only_after_the_monitor_period_is_not_the_updates_failure() 
         );
     }
 }
+
+impl Sim {
+    /// The task of `image` the update handed out (the newest).
+    fn newest(&self, image: &str) -> Task {
+        self.state
+            .tasks
+            .values()
+            .filter(|t| t.spec.container.image == image)
+            .max_by_key(|t| t.created_at)
+            .cloned()
+            .expect("a task of the image")
+    }
+
+    /// Say, as an agent would, that `id` ended in `state` at `at`.
+    fn report(&mut self, id: &str, state: TaskState, at: Millis) {
+        let mut status = self.state.tasks[id].status.clone();
+        status.state = state;
+        status.timestamp = at;
+        status.exit_code = Some(1);
+        status.error = Some("non-zero exit (1)".into());
+        self.state
+            .apply(Command::UpdateTaskStatus {
+                id: id.into(),
+                status,
+            })
+            .unwrap();
+    }
+
+    /// An update of one replica to web:2 under `update`, run until the new task runs.
+    fn one_slot_update(update: &str) -> (Sim, Task) {
+        let mut sim = Sim::new();
+        sim.commit("c1", &web("web:1", 1, update));
+        sim.run(2_000);
+        sim.commit("c2", &web("web:2", 1, update));
+        sim.run(300);
+        let new = sim.newest("web:2");
+        assert_eq!(new.status.state, TaskState::Running);
+        (sim, new)
+    }
+}
+
+#[test]
+fn the_orchestrator_asks_to_look_again_when_a_monitor_window_ends() {
+    let (mut sim, new) = Sim::one_slot_update("        monitor: 5s\n");
+    let since = new.status.running_since.unwrap();
+    let step = sim.orch.step(&sim.state, sim.now);
+    let wake = step
+        .wake_at
+        .expect("a wake time while a task is under watch");
+    assert!(
+        wake <= since + 5_000,
+        "woken at {wake}, the window ends at {}",
+        since + 5_000
+    );
+    assert!(wake > sim.now, "{wake} is not in the future");
+}
+
+#[test]
+fn a_failure_counts_only_strictly_within_the_monitor_window() {
+    for (after, counts) in [(2_999, true), (3_000, false)] {
+        let (mut sim, new) = Sim::one_slot_update("        monitor: 3s\n");
+        let since = new.status.running_since.unwrap();
+        // The report arrives before the orchestrator has seen the window end.
+        sim.report(&new.id, TaskState::Failed, since + after);
+        let step = sim.orch.step(&sim.state, sim.now);
+        let paused = step.commands.iter().any(|c| {
+            matches!(c, Command::SetUpdateStatus { status: Some(s), .. } if s.state == UpdateState::Paused)
+        });
+        assert_eq!(paused, counts, "a failure {after} ms after running");
+    }
+}
+
+#[test]
+fn failure_action_continue_carries_on_past_failures() {
+    let mut sim = Sim::new();
+    sim.images.insert(
+        "web:bad".into(),
+        Behaviour::Exits {
+            after: 500,
+            code: 1,
+        },
+    );
+    let update = "        parallelism: 1\n        monitor: 2s\n        failure_action: continue\n";
+    sim.commit("c1", &web("web:1", 2, update));
+    sim.run(2_000);
+    sim.commit("c2", &web("web:bad", 2, update));
+    sim.run(30_000);
+    assert_eq!(sim.update_state(), Some(UpdateState::Completed));
+}
+
+#[test]
+fn start_first_keeps_the_old_task_when_the_new_one_dies_before_it_is_seen_running() {
+    let update =
+        "        order: start-first\n        monitor: 2s\n        failure_action: continue\n";
+    let mut sim = Sim::new();
+    sim.commit("c1", &web("web:1", 1, update));
+    sim.run(2_000);
+    let old = sim.newest("web:1");
+    sim.commit("c2", &web("web:2", 1, update));
+    // Hand the slot out, and let the agent start the new task...
+    let step = sim.orch.step(&sim.state, sim.now);
+    for c in step.commands {
+        let _ = sim.state.apply(c);
+    }
+    sim.agent();
+    sim.now += 100;
+    sim.agent();
+    let new = sim.newest("web:2");
+    assert_eq!(new.status.state, TaskState::Running);
+    // ...which dies before the orchestrator looks again.
+    sim.report(&new.id, TaskState::Failed, sim.now);
+    let step = sim.orch.step(&sim.state, sim.now);
+    let stops_old = step.commands.iter().any(|c| {
+        matches!(c, Command::SetTaskDesiredState { id, state } if *id == old.id && *state >= TaskState::Shutdown)
+    });
+    assert!(
+        !stops_old,
+        "the old task keeps serving: {:?}",
+        step.commands
+    );
+}
