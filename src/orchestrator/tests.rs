@@ -38,6 +38,8 @@ struct Sim {
     /// Tasks started so far, per image (for `FailsFirst`), and the tasks doomed to fail.
     started: BTreeMap<String, usize>,
     doomed: std::collections::BTreeSet<String>,
+    /// Tasks that ignore being told to stop, whatever their image.
+    stubborn: std::collections::BTreeSet<String>,
 }
 
 impl Sim {
@@ -70,6 +72,7 @@ impl Sim {
             max_running: 0,
             started: BTreeMap::new(),
             doomed: Default::default(),
+            stubborn: Default::default(),
         }
     }
 
@@ -137,10 +140,11 @@ impl Sim {
                 (s, TaskState::Remove) if s.is_terminal() => next.state = TaskState::Remove,
                 (TaskState::Running, d)
                     if d >= TaskState::Shutdown
-                        && matches!(
-                            self.behaviour(&t.spec.container.image),
-                            Behaviour::IgnoresStop
-                        ) =>
+                        && (self.stubborn.contains(&t.id)
+                            || matches!(
+                                self.behaviour(&t.spec.container.image),
+                                Behaviour::IgnoresStop
+                            )) =>
                 {
                     continue
                 }
@@ -798,37 +802,46 @@ fn an_update_completes_one_monitor_period_after_its_last_slot() {
     sim.commit("c2", &web("web:2", 2, update));
     sim.run(20_000);
     let tail = sim.completed_at() - sim.last_started("web:2");
-    // The orchestrator sees the task running on its next pass, 100 ms later.
-    assert!(
-        (3_000..=3_200).contains(&tail),
-        "completed {tail} ms after the last start"
-    );
+    // The orchestrator sees the task running on its next pass, 100 ms later; the update
+    // completes a monitor period after that, on the dot.
+    assert_eq!(tail, 3_100, "completed {tail} ms after the last start");
 }
 
 #[test]
 fn with_a_delay_as_long_as_monitor_the_tail_is_the_delay_and_a_second() {
-    let mut sim = Sim::new();
-    let update = "        parallelism: 1\n        monitor: 2s\n        delay: 5s\n";
-    sim.commit("c1", &web("web:1", 2, update));
-    sim.run(2_000);
-    sim.commit("c2", &web("web:2", 2, update));
-    sim.run(40_000);
-    let tail = sim.completed_at() - sim.last_started("web:2");
-    assert!(
-        (6_000..=6_200).contains(&tail),
-        "completed {tail} ms after the last start"
-    );
-    // And the slots were a delay apart.
-    let starts: Vec<Millis> = sim
-        .state
-        .tasks
-        .values()
-        .filter(|t| t.spec.container.image == "web:2")
-        .filter_map(|t| t.status.running_since)
-        .collect();
-    let gap = starts.iter().max().unwrap() - starts.iter().min().unwrap();
-    assert!((5_000..=5_400).contains(&gap), "slots {gap} ms apart");
+    for order in ["stop-first", "start-first"] {
+        let mut sim = Sim::new();
+        let update =
+            format!("        parallelism: 1\n        monitor: 2s\n        delay: 5s\n        order: {order}\n");
+        sim.commit("c1", &web("web:1", 2, &update));
+        sim.run(2_000);
+        sim.commit("c2", &web("web:2", 2, &update));
+        sim.run(40_000);
+        let tail = sim.completed_at() - sim.last_started("web:2");
+        assert_eq!(
+            tail, 6_100,
+            "{order}: completed {tail} ms after the last start"
+        );
+        // And the slots were the delay apart (plus the pass that saw the first one run).
+        let starts: Vec<Millis> = sim
+            .state
+            .tasks
+            .values()
+            .filter(|t| t.spec.container.image == "web:2")
+            .filter_map(|t| t.status.running_since)
+            .collect();
+        let gap = starts.iter().max().unwrap() - starts.iter().min().unwrap();
+        assert_eq!(
+            gap,
+            GAP_AFTER_DELAY[usize::from(order == "start-first")],
+            "{order}: slots {gap} ms apart"
+        );
+    }
 }
+
+/// The delay, then the pass that hands the slot out and the one that starts it (stop-first: the
+/// old task stops in the first, start-first: the new one is prepared in it).
+const GAP_AFTER_DELAY: [Millis; 2] = [5_200, 5_200];
 
 #[test]
 fn a_stop_first_slot_waits_at_most_a_minute_for_the_old_task() {
@@ -1026,5 +1039,88 @@ fn start_first_keeps_the_old_task_when_the_new_one_dies_before_it_is_seen_runnin
         !stops_old,
         "the old task keeps serving: {:?}",
         step.commands
+    );
+}
+
+#[test]
+fn a_waiting_stop_first_slot_asks_to_be_woken_at_the_cap() {
+    let mut sim = Sim::new();
+    sim.images
+        .insert("web:stubborn".into(), Behaviour::IgnoresStop);
+    sim.commit("c1", &web("web:stubborn", 1, STOP_FIRST));
+    sim.run(2_000);
+    sim.commit("c2", &web("web:2", 1, STOP_FIRST));
+    let handed_out = sim.now;
+    sim.run(1_000);
+    let wake = sim.orch.step(&sim.state, sim.now).wake_at.unwrap();
+    assert!(
+        wake <= handed_out + 60_000 && wake > sim.now,
+        "woken at {wake}"
+    );
+}
+
+#[test]
+fn an_update_is_not_complete_while_a_slot_is_still_in_flight() {
+    let update = "        parallelism: 2\n        monitor: 1s\n";
+    let mut sim = Sim::new();
+    sim.commit("c1", &web("web:1", 2, update));
+    sim.run(2_000);
+    // One old task will not stop: its slot waits for the one-minute cap.
+    let one = sim.newest("web:1").id;
+    sim.stubborn.insert(one);
+    sim.commit("c2", &web("web:2", 2, update));
+    sim.run(10_000);
+    assert_eq!(sim.update_state(), Some(UpdateState::Updating));
+    sim.run(60_000);
+    assert_eq!(sim.update_state(), Some(UpdateState::Completed));
+}
+
+#[test]
+fn the_wake_after_the_last_slot_is_the_completion_time() {
+    let (mut sim, new) = Sim::one_slot_update("        monitor: 1s\n        delay: 5s\n");
+    let since = new.status.running_since.unwrap();
+    // Seen running at since + 100: complete 6 s (delay + 1 s) after that.
+    let step = sim.orch.step(&sim.state, since + 5_200);
+    assert_eq!(step.wake_at, Some(since + 6_100));
+    // Within a pass of it, look again a pass later rather than at once.
+    let step = sim.orch.step(&sim.state, since + 6_050);
+    assert_eq!(step.wake_at, Some(since + 6_150));
+    let step = sim.orch.step(&sim.state, since + 6_100);
+    assert!(step.commands.iter().any(|c| matches!(c, Command::SetUpdateStatus { status: Some(s), .. } if s.state == UpdateState::Completed)));
+}
+
+#[test]
+fn stop_first_frees_the_old_tasks_place_and_start_first_does_not() {
+    let spec = |image: &str, order: &str| {
+        format!(
+            "services:\n  web:\n    image: {image}\n    deploy:\n      replicas: 1\n      placement:\n        max_replicas_per_node: 1\n      update_config:\n        order: {order}\n        monitor: 1s\n"
+        )
+    };
+    // Stop-first on a single node: the new task takes the old one's place at once.
+    let mut sim = Sim::new();
+    sim.commit("c1", &spec("web:1", "stop-first"));
+    sim.run(2_000);
+    sim.commit("c2", &spec("web:2", "stop-first"));
+    let step = sim.orch.step(&sim.state, sim.now);
+    let placed = step.commands.iter().any(|c| {
+        matches!(c, Command::CreateTask { task } if task.spec.container.image == "web:2" && task.node == "node-1")
+    });
+    assert!(placed, "{:?}", step.commands);
+    // Start-first: the old task still holds the node's one place, so the new one waits.
+    let mut sim = Sim::new();
+    sim.commit("c1", &spec("web:1", "start-first"));
+    sim.run(2_000);
+    sim.commit("c2", &spec("web:2", "start-first"));
+    sim.run(1_000);
+    let new = sim.newest("web:2");
+    assert_eq!(new.status.state, TaskState::Pending);
+    assert_eq!(
+        new.status.error.as_deref(),
+        Some("no suitable node (1 node at max_replicas_per_node)")
+    );
+    assert_eq!(
+        sim.nodes_running("web:1"),
+        ["node-1"],
+        "the old one keeps serving"
     );
 }
