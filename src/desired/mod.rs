@@ -382,10 +382,12 @@ pub fn unchanged_stacks(a: &dyn Tree, b: &dyn Tree) -> anyhow::Result<BTreeSet<S
     }
     let in_b: BTreeSet<String> = b.subdirs("")?.into_iter().collect();
     for dir in a.subdirs("")? {
+        // The same content on both sides: either tells whether it reads outside; the second
+        // is a commit in every plan, and cheaper to look at than a work tree.
         if !dir.starts_with('.')
             && in_b.contains(&dir)
             && same_content(a, b, &dir)
-            && self_contained(a, &dir)
+            && self_contained(b, &dir)
         {
             same.insert(dir);
         }
@@ -393,42 +395,19 @@ pub fn unchanged_stacks(a: &dyn Tree, b: &dyn Tree) -> anyhow::Result<BTreeSet<S
     Ok(same)
 }
 
-/// Is what is at `path` the same in both trees? False when it cannot be told.
+/// Is what is at `path` the same in both trees? Git ids where both trees have them (two
+/// commits: one comparison per directory), each file's blob id otherwise (a work tree against a
+/// commit, as `git status` compares). False when it cannot be told.
 fn same_content(a: &dyn Tree, b: &dyn Tree, path: &str) -> bool {
     if let (Ok(Some(x)), Ok(Some(y))) = (a.object_id(path), b.object_id(path)) {
         return x == y;
     }
-    matches!((digest(a, path), digest(b, path)), (Some(x), Some(y)) if x == y)
-}
-
-/// A digest of the file or directory at `path` (paths, modes and bytes); None when it cannot
-/// be read or is larger than a stack directory should be.
-fn digest(tree: &dyn Tree, path: &str) -> Option<String> {
-    let mut hash = sha2::Sha256::new();
-    match tree.walk(path).ok()? {
-        Some(files) => {
-            if files.len() > MAX_MOUNT_FILES {
-                return None;
-            }
-            let mut total = 0u64;
-            for f in &files {
-                hash.update(format!("{}\0{}{}\0", f.path, f.executable, f.link).as_bytes());
-                if !f.link {
-                    let bytes = tree.read(&join(path, &f.path)).ok()??;
-                    total += bytes.len() as u64;
-                    if total > MAX_MOUNT_BYTES {
-                        return None;
-                    }
-                    hash.update(&bytes);
-                }
-            }
-        }
-        None => match tree.read(path).ok()? {
-            Some(bytes) => hash.update(&bytes),
-            None => return Some(String::new()),
-        },
-    }
-    Some(hex::encode(hash.finalize()))
+    let ids = |t: &dyn Tree| {
+        t.blob_ids(path, MAX_MOUNT_FILES, MAX_MOUNT_BYTES)
+            .ok()
+            .flatten()
+    };
+    matches!((ids(a), ids(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// A stack directory whose stack can read nothing outside it: no links, no `..`.

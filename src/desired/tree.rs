@@ -25,15 +25,64 @@ pub trait Tree {
     /// None when `dir` is not a directory.
     fn walk(&self, dir: &str) -> anyhow::Result<Option<Vec<TreeFile>>>;
     /// An id of what is at `path` (a file, or a directory with everything under it) that two
-    /// trees of one repository share exactly when the content is the same: git's object id.
-    /// `Some("")` when nothing is there; None when this tree cannot tell without reading
-    /// everything (a work tree), and the caller compares content instead.
-    fn object_id(&self, _path: &str) -> anyhow::Result<Option<String>> {
-        Ok(None)
+    /// trees share exactly when the content is the same: git's mode and object id, `Some("")`
+    /// when nothing is there. None when this tree cannot tell without reading everything (a
+    /// work tree's directory): compare [`Tree::blob_ids`] instead.
+    fn object_id(&self, path: &str) -> anyhow::Result<Option<String>>;
+    /// Every file under the directory `dir` with its git mode and blob id, as a commit of it
+    /// would record them (a work tree hashes its files, as `git status` does). None when `dir`
+    /// is not a directory or holds more than `max_files` files or `max_bytes` bytes.
+    fn blob_ids(
+        &self,
+        dir: &str,
+        max_files: usize,
+        max_bytes: u64,
+    ) -> anyhow::Result<Option<std::collections::BTreeMap<String, String>>> {
+        let Some(files) = self.walk(dir)? else {
+            return Ok(None);
+        };
+        if files.len() > max_files {
+            return Ok(None);
+        }
+        let mut ids = std::collections::BTreeMap::new();
+        let mut total = 0u64;
+        for f in files {
+            let id = if f.link {
+                "120000".to_string()
+            } else {
+                let Some(bytes) = self.read(&join_path(dir, &f.path))? else {
+                    return Ok(None);
+                };
+                total += bytes.len() as u64;
+                if total > max_bytes {
+                    return Ok(None);
+                }
+                blob_id(&bytes, f.executable)
+            };
+            ids.insert(f.path, id);
+        }
+        Ok(Some(ids))
     }
     /// Another handle on the same tree, for a thread of its own (git handles are not shared
     /// between threads).
     fn fork(&self) -> anyhow::Result<Box<dyn Tree + Send>>;
+}
+
+/// A file's git mode and blob id, as a commit would record it: `100644 <sha1>`.
+pub fn blob_id(bytes: &[u8], executable: bool) -> String {
+    let mode = if executable { 0o100755 } else { 0o100644 };
+    let id = git2::Oid::hash_object(git2::ObjectType::Blob, bytes)
+        .map(|o| o.to_string())
+        .unwrap_or_default();
+    format!("{mode:o} {id}")
+}
+
+fn join_path(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
 }
 
 /// A file found by [`Tree::walk`].
@@ -74,17 +123,71 @@ pub fn join_inside(base_dir: &str, relative: &str) -> Result<String, String> {
 #[derive(Clone, Debug)]
 pub struct WorkTree {
     root: PathBuf,
+    /// The root with its links resolved, once: every read checks that it stays under it.
+    real_root: Option<PathBuf>,
 }
 
 impl WorkTree {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        WorkTree { root: root.into() }
+        let root = root.into();
+        WorkTree {
+            real_root: std::fs::canonicalize(&root).ok(),
+            root,
+        }
     }
 }
 
 impl Tree for WorkTree {
     fn fork(&self) -> anyhow::Result<Box<dyn Tree + Send>> {
         Ok(Box::new(self.clone()))
+    }
+
+    fn blob_ids(
+        &self,
+        dir: &str,
+        max_files: usize,
+        max_bytes: u64,
+    ) -> anyhow::Result<Option<std::collections::BTreeMap<String, String>>> {
+        let Some(files) = self.walk(dir)? else {
+            return Ok(None);
+        };
+        if files.len() > max_files {
+            return Ok(None);
+        }
+        // What `walk` found are regular files under real directories of the tree (it follows
+        // no link): read them as they are, without resolving links again.
+        let base = self.real_root.as_ref().unwrap_or(&self.root).join(dir);
+        let mut ids = std::collections::BTreeMap::new();
+        let mut total = 0u64;
+        for f in files {
+            let id = if f.link {
+                "120000".to_string()
+            } else {
+                let bytes = std::fs::read(base.join(&f.path))
+                    .with_context(|| format!("reading {}", join_path(dir, &f.path)))?;
+                total += bytes.len() as u64;
+                if total > max_bytes {
+                    return Ok(None);
+                }
+                blob_id(&bytes, f.executable)
+            };
+            ids.insert(f.path, id);
+        }
+        Ok(Some(ids))
+    }
+
+    fn object_id(&self, path: &str) -> anyhow::Result<Option<String>> {
+        use std::os::unix::fs::PermissionsExt;
+        let full = self.root.join(path);
+        match std::fs::symlink_metadata(&full) {
+            Ok(m) if m.is_file() => {
+                let bytes = std::fs::read(&full).with_context(|| format!("reading {path}"))?;
+                Ok(Some(blob_id(&bytes, m.permissions().mode() & 0o111 != 0)))
+            }
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(String::new())),
+            Err(e) => Err(anyhow!(e).context(format!("reading {path}"))),
+        }
     }
 
     fn subdirs(&self, dir: &str) -> anyhow::Result<Vec<String>> {
@@ -116,11 +219,20 @@ impl Tree for WorkTree {
     }
 
     fn read(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        let full = self.root.join(path);
+        let full = self.real_root.as_ref().unwrap_or(&self.root).join(path);
+        // Most reads ask for files that are not there (the stack file names looked for): one
+        // call says so, before the links are resolved.
+        if std::fs::symlink_metadata(&full).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        {
+            return Ok(None);
+        }
         // Symlinks could point anywhere on the host; only follow those that stay in the repo.
         match std::fs::canonicalize(&full) {
             Ok(real) => {
-                let root = std::fs::canonicalize(&self.root)?;
+                let root = match &self.real_root {
+                    Some(r) => r.clone(),
+                    None => std::fs::canonicalize(&self.root)?,
+                };
                 if !real.starts_with(&root) {
                     bail!("{path} is a link to a file outside the stacks repo");
                 }
@@ -283,6 +395,31 @@ impl Tree for GitTree {
             Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(Some(String::new())),
             Err(e) => Err(e.into()),
         }
+    }
+
+    fn blob_ids(
+        &self,
+        dir: &str,
+        max_files: usize,
+        _max_bytes: u64,
+    ) -> anyhow::Result<Option<std::collections::BTreeMap<String, String>>> {
+        let Some(tree) = self.subtree(dir)? else {
+            return Ok(None);
+        };
+        let mut ids = std::collections::BTreeMap::new();
+        tree.walk(git2::TreeWalkMode::PreOrder, |parent, entry| {
+            if entry.kind() == Some(git2::ObjectType::Blob) {
+                if let Ok(name) = entry.name() {
+                    let id = match entry.filemode() {
+                        0o120000 => "120000".to_string(),
+                        mode => format!("{mode:o} {}", entry.id()),
+                    };
+                    ids.insert(format!("{parent}{name}"), id);
+                }
+            }
+            git2::TreeWalkResult::Ok
+        })?;
+        Ok((ids.len() <= max_files).then_some(ids))
     }
 
     fn subdirs(&self, dir: &str) -> anyhow::Result<Vec<String>> {
