@@ -475,3 +475,57 @@ fn plan_reads_only_what_changed_and_what_it_depends_on() {
         "{err}"
     );
 }
+
+/// Which stacks a plan may leave unread, between a work tree and a commit and between two
+/// commits: only those whose every input is the same.
+#[test]
+fn unchanged_stacks_are_exactly_those_whose_inputs_are_the_same() {
+    use reconciler::desired::{unchanged_stacks, GitTree, WorkTree};
+    let svc = |image: &str| format!("services:\n  s:\n    image: {image}\n");
+    let repo = GitRepo::new();
+    repo.write(&[
+        ("same/compose.yml", Some(&svc("a:1"))),
+        ("same/conf.txt", Some("x")),
+        ("edited/compose.yml", Some(&svc("b:1"))),
+        ("grows/compose.yml", Some(&svc("c:1"))),
+        (
+            "reaches/compose.yml",
+            Some("services:\n  s:\n    image: d:1\n    env_file: ../shared.env\n"),
+        ),
+        ("shared.env", Some("A=1\n")),
+    ]);
+    repo.commit("v1");
+    // In the work tree: an edit, a file git does not know yet, nothing else.
+    repo.write(&[
+        ("edited/compose.yml", Some(&svc("b:2"))),
+        ("grows/new.txt", Some("untracked")),
+    ]);
+    let head = GitTree::open(repo.path(), "HEAD", "").unwrap();
+    let work = WorkTree::new(repo.path());
+    let same: Vec<String> = unchanged_stacks(&work, &head)
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(same, ["same"]);
+    // Between two commits, by git's ids.
+    repo.commit("v2");
+    let (v1, v2) = (
+        GitTree::open(repo.path(), "HEAD~1", "").unwrap(),
+        GitTree::open(repo.path(), "HEAD", "").unwrap(),
+    );
+    let same: Vec<String> = unchanged_stacks(&v2, &v1).unwrap().into_iter().collect();
+    assert_eq!(same, ["same"]);
+    // A file made executable is a change.
+    use std::os::unix::fs::PermissionsExt;
+    let conf = repo.path().join("same/conf.txt");
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let same: Vec<String> = unchanged_stacks(&WorkTree::new(repo.path()), &v2)
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        same,
+        ["edited", "grows"],
+        "committed in v2; `same` is not the same now"
+    );
+}
