@@ -1124,3 +1124,35 @@ fn stop_first_frees_the_old_tasks_place_and_start_first_does_not() {
         "the old one keeps serving"
     );
 }
+
+#[test]
+fn start_first_waits_the_delay_after_a_new_task_that_died_before_running() {
+    let update = "        order: start-first\n        parallelism: 1\n        delay: 5s\n        monitor: 1s\n        failure_action: continue\n";
+    let mut sim = Sim::new();
+    sim.commit("c1", &web("web:1", 2, update));
+    sim.run(2_000);
+    sim.commit("c2", &web("web:2", 2, update));
+    // Hand the first slot out and let the agent start its new task...
+    let step = sim.orch.step(&sim.state, sim.now);
+    for c in step.commands {
+        let _ = sim.state.apply(c);
+    }
+    sim.agent();
+    sim.now += 100;
+    sim.agent();
+    let first = sim.newest("web:2");
+    // ...which dies before the orchestrator sees it running.
+    sim.report(&first.id, TaskState::Failed, sim.now);
+    let died = sim.now;
+    let other_slot = |sim: &Sim| {
+        sim.state
+            .tasks
+            .values()
+            .filter(|t| t.spec.container.image == "web:2" && t.slot != first.slot)
+            .count()
+    };
+    sim.run(4_500);
+    assert_eq!(other_slot(&sim), 0, "the next slot waits the delay");
+    sim.run(died + 8_000 - sim.now);
+    assert_eq!(other_slot(&sim), 1, "and is handed out after it");
+}
