@@ -25,6 +25,9 @@ pub struct Args {
     /// Skip the swarm-mode run.
     #[arg(long)]
     no_swarm: bool,
+    /// Skip the reconciler's run (measure swarm mode alone, e.g. after an engine restart).
+    #[arg(long)]
+    no_reconciler: bool,
 }
 
 /// After converging: let the last reports and stops settle before measuring.
@@ -74,6 +77,18 @@ async fn measure(window: Duration, ours: bool) -> anyhow::Result<Usage> {
     })
 }
 
+fn row(name: &str, u: &Usage) {
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}%"));
+    println!(
+        "{name:<28} {:>12} {:>10} {:>12} {:>14}",
+        pct(u.ours),
+        pct(Some(u.dockerd)),
+        pct(u.containerd),
+        u.ours_rss
+            .map_or("-".to_string(), |b| format!("{:.1} MB", b as f64 / 1e6))
+    );
+}
+
 pub async fn run(engine: &Docker, args: Args) -> anyhow::Result<i32> {
     let image = testing::images::busybox(1);
     let n = args.tasks as usize;
@@ -84,71 +99,56 @@ pub async fn run(engine: &Docker, args: Args) -> anyhow::Result<i32> {
     );
     // With nothing of ours running: what the engine spends on its own.
     let baseline = measure(args.window.min(Duration::from_secs(10)), false).await?;
+    // Each row is printed as soon as it is measured: tearing down 1,000 containers at once can
+    // wedge the engine (see docs/benchmarks.md), and a figure already taken must not be lost.
+    println!(
+        "{:<28} {:>12} {:>10} {:>12} {:>14}",
+        "", "reconciler", "dockerd", "containerd", "reconciler RSS"
+    );
+    row("engine alone (no tasks)", &baseline);
 
-    let stack = format!("benchidle{}", testing::unique_suffix());
-    let reconciler = Reconciler::start().await?;
-    let deployed = async {
-        let t0 = Instant::now();
-        reconciler.deploy(&stack, Some(&stack_file(args.tasks, "10.231.0.0/20")))?;
-        let done = engine::wait_converged(engine, &stack, &image, n, TIMEOUT).await?;
-        println!(
-            "reconciler converged {n} tasks in {:.1} s",
-            (done - t0).as_secs_f64()
-        );
-        tokio::time::sleep(SETTLE).await;
-        measure(args.window, true).await
+    if !args.no_reconciler {
+        let stack = format!("benchidle{}", testing::unique_suffix());
+        let reconciler = Reconciler::start().await?;
+        let deployed = async {
+            let t0 = Instant::now();
+            reconciler.deploy(&stack, Some(&stack_file(args.tasks, "10.231.0.0/20")))?;
+            let done = engine::wait_converged(engine, &stack, &image, n, TIMEOUT).await?;
+            let secs = (done - t0).as_secs_f64();
+            tokio::time::sleep(SETTLE).await;
+            let usage = measure(args.window, true).await?;
+            row(&format!("reconciler, {n} tasks"), &usage);
+            println!("  (converged {n} tasks in {secs:.1} s)");
+            anyhow::Ok(())
+        }
+        .await;
+        reconciler.deploy(&stack, None)?;
+        let removed = engine::wait_until_gone(engine, &stack, TIMEOUT).await;
+        reconciler.stop().await;
+        deployed?;
+        removed?;
     }
-    .await;
-    reconciler.deploy(&stack, None)?;
-    let removed = engine::wait_until_gone(engine, &stack, TIMEOUT).await;
-    reconciler.stop().await;
-    let ours = deployed?;
-    removed?;
 
-    let swarm = if args.no_swarm {
-        None
-    } else {
+    if !args.no_swarm {
         let stack = format!("benchidles{}", testing::unique_suffix());
         let swarm = Swarm::init()?;
         let deployed = async {
             let t0 = Instant::now();
             swarm.deploy(&stack, &stack_file(args.tasks, "10.232.0.0/20"))?;
             let done = engine::wait_converged(engine, &stack, &image, n, TIMEOUT).await?;
-            println!(
-                "swarm mode converged {n} tasks in {:.1} s",
-                (done - t0).as_secs_f64()
-            );
+            let secs = (done - t0).as_secs_f64();
             tokio::time::sleep(SETTLE).await;
-            measure(args.window, false).await
+            let usage = measure(args.window, false).await?;
+            row(&format!("swarm mode, {n} tasks"), &usage);
+            println!("  (converged {n} tasks in {secs:.1} s)");
+            anyhow::Ok(())
         }
         .await;
         let _ = docker(&["stack", "rm", &stack]);
         let removed = engine::wait_until_gone(engine, &stack, TIMEOUT).await;
         swarm.leave();
+        deployed?;
         removed?;
-        Some(deployed?)
-    };
-
-    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}%"));
-    println!();
-    println!(
-        "{:<28} {:>12} {:>10} {:>12} {:>12}",
-        "", "reconciler", "dockerd", "containerd", "reconciler RSS"
-    );
-    let row = |name: &str, u: &Usage| {
-        println!(
-            "{name:<28} {:>12} {:>10} {:>12} {:>12}",
-            pct(u.ours),
-            pct(Some(u.dockerd)),
-            pct(u.containerd),
-            u.ours_rss
-                .map_or("-".to_string(), |b| format!("{:.1} MB", b as f64 / 1e6))
-        );
-    };
-    row("engine alone (no tasks)", &baseline);
-    row(&format!("reconciler, {n} tasks"), &ours);
-    if let Some(s) = &swarm {
-        row(&format!("swarm mode, {n} tasks"), s);
     }
     Ok(0)
 }
