@@ -210,8 +210,8 @@ impl<R: Runtime> Executor<R> {
             }
             (_, None) => {
                 let prepared = self.prepare(state, task, now).await?;
-                // Meant to run: start at once rather than a pass later (one runtime call per
-                // step still holds: create and start are the two halves of "run").
+                // Meant to run: start at once rather than a pass later (still one step per
+                // task per pass: create and start are the two halves of "run").
                 if prepared.state == TaskState::Ready && task.desired_state == TaskState::Running {
                     if let Some(id) = prepared.container_id.clone() {
                         return match self.runtime.start(&ContainerId(id)).await {

@@ -259,6 +259,26 @@ pub fn load(tree: &dyn Tree, options: &LoadOptions<'_>) -> anyhow::Result<Loaded
         Ok(Some((file, bytes, warning))) => {
             out.diagnostics.extend(warning);
             let stack = tree.name();
+            // A stack file committed at the root of a directory of stacks would otherwise
+            // replace them all (and `up` would remove them): refuse to guess.
+            let nested: Vec<String> = tree
+                .subdirs("")?
+                .into_iter()
+                .filter(|d| !d.starts_with('.') && matches!(stack_file(tree, d), Ok(Some(_))))
+                .collect();
+            if !nested.is_empty() {
+                out.diagnostics.push(Diagnostic::error(
+                    &file,
+                    spec::yaml::Span::default(),
+                    "",
+                    format!(
+                        "this directory holds a stack file and also directories of stacks ({}): it is read either as one stack or as a directory of stacks, not both; move {file} into a directory of its own (or point the path at one stack)",
+                        nested.join(", ")
+                    ),
+                ));
+                out.failed.push(stack);
+                return Ok(out);
+            }
             load_one(
                 tree, &stack, "", &file, &bytes, &root_env, options, &mut out,
             );

@@ -189,6 +189,12 @@ impl Watcher {
     /// Fetch at once, then on every trigger, until `shutdown` is cancelled or the update
     /// receiver is dropped. The first successful fetch always emits its head.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        self.watch(shutdown).await
+    }
+
+    /// [`Watcher::run`] on a watcher kept by its caller, so that a supervisor can start it
+    /// again after a panic with the same channels.
+    pub async fn watch(&mut self, shutdown: CancellationToken) {
         let (fs_tx, mut fs_rx) = mpsc::unbounded_channel::<()>();
         let mut file_watch = None;
         let mut backoff = self.config.backoff.clone();

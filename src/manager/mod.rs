@@ -302,7 +302,18 @@ pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Resul
     tracing::info!(listen = %listener.local_addr()?, repo = %mirror.display_url(), node = %node_id, "reconciler up");
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(watcher.run(shutdown.clone()));
+    // Kept across restarts: the channels to the git loop and the API live in the watcher.
+    let watcher = Arc::new(tokio::sync::Mutex::new(watcher));
+    let stop = shutdown.clone();
+    tasks.spawn(supervise(
+        "watcher",
+        shared.loop_failures.clone(),
+        shutdown.clone(),
+        move || {
+            let (watcher, stop) = (watcher.clone(), stop.clone());
+            async move { watcher.lock().await.watch(stop).await }
+        },
+    ));
     let git = Arc::new(GitLoop {
         shared: shared.clone(),
         updates: tokio::sync::Mutex::new(updates_rx),
@@ -458,7 +469,13 @@ async fn git_loop(this: &GitLoop, updates: &mut mpsc::Receiver<gitops::Update>) 
             root_name.clone(),
         );
         let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<desired::Loaded> {
-            let tree = GitTree::open(&repo, &commit2, &cfg.path)?.with_name(name);
+            // A path into the repository names the stack it holds, as `validate PATH` does.
+            let tree = GitTree::open(&repo, &commit2, &cfg.path)?;
+            let tree = if cfg.path.trim_matches('/').is_empty() {
+                tree.with_name(name)
+            } else {
+                tree
+            };
             desired::load(
                 &tree,
                 &LoadOptions {
@@ -617,6 +634,14 @@ async fn agent_loop(
     let mut last_upkeep: Option<std::time::Instant> = None;
     let mut networks_seen: Vec<String> = Vec::new();
     let mut networks_left = false;
+    // Upkeep failures repeat every pass until fixed: each different one is said once.
+    let mut upkeep_errors: std::collections::BTreeMap<&str, String> = Default::default();
+    let mut upkeep_failed = |what: &'static str, e: String| {
+        if upkeep_errors.get(what) != Some(&e) {
+            tracing::warn!(error = %e, "{what} failed");
+            upkeep_errors.insert(what, e);
+        }
+    };
     loop {
         let state = shared.snapshot();
         let reports = executor.step(&state, now_ms()).await;
@@ -653,11 +678,14 @@ async fn agent_loop(
             match executor.prune_networks(&state).await {
                 // Still in use by a task that is stopping: look again next pass.
                 Ok(left) => networks_left = left,
-                Err(e) => tracing::debug!(error = %e, "network prune"),
+                Err(e) => upkeep_failed("removing unused stack networks", format!("{e:#}")),
             }
             // Secret files of containers removed behind our back (docker rm -f).
             if let Err(e) = executor.runtime().prune_task_files().await {
-                tracing::debug!(error = %e, "task files prune");
+                upkeep_failed(
+                    "removing the task files of gone containers",
+                    format!("{e:#}"),
+                );
             }
             // Copies of repo files that no task of this node mounts any more.
             let keep: std::collections::BTreeSet<&str> = state
@@ -667,7 +695,7 @@ async fn agent_loop(
                 .flat_map(|t| t.spec.content_versions())
                 .collect();
             if let Err(e) = content.prune_files(&keep) {
-                tracing::warn!(error = %e, "removing old copies of repo files");
+                upkeep_failed("removing old copies of repo files", format!("{e:#}"));
             }
             // Containers of nodes the cluster does not know (a data dir deleted, a node gone):
             // nothing adopts or removes them, so status says so, once in the log too.

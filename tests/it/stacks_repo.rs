@@ -107,6 +107,42 @@ fn a_path_with_no_stack_is_an_error_that_names_the_file_names_looked_for() {
 }
 
 #[test]
+fn a_stack_file_beside_directories_of_stacks_is_refused_not_read_as_the_only_stack() {
+    // A local-development compose file committed at the root of a stacks repo: read as "the
+    // one stack here", it would replace (and `up` would remove) every stack under it.
+    let repo = GitRepo::new();
+    repo.write(&[
+        (
+            "vote/docker-stack.yml",
+            Some(&real("voting-app-docker-stack.yml")),
+        ),
+        (
+            "docker-compose.yml",
+            Some("services:\n  web:\n    image: nginx\n"),
+        ),
+    ]);
+    repo.commit("a compose file at the root");
+    for args in [
+        vec!["validate"],
+        vec!["plan"],
+        vec!["validate", "--ref", "HEAD"],
+    ] {
+        let out = reconciler(repo.path(), &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stdout(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("docker-compose.yml")
+                && err.contains("also directories of stacks (vote)")
+                && err.contains("move docker-compose.yml into a directory of its own"),
+            "{args:?}: {err}"
+        );
+    }
+    // Inside the stack's own directory nothing is ambiguous.
+    let out = reconciler(&repo.path().join("vote"), &["validate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
 fn docker_stack_yml_is_a_stack_file_and_wins_over_a_compose_file_with_a_warning() {
     let repo = GitRepo::new();
     repo.write(&[

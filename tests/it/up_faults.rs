@@ -167,6 +167,42 @@ async fn faults_removing_the_last_stack_is_refused_until_keep_says_it_is_meant()
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn faults_a_path_to_one_stack_names_it_as_validate_does_and_guards_its_removal() {
+    if !images().await {
+        return;
+    }
+    let stack = stack_name("onepath");
+    let dir = format!("apps/{stack}");
+    let repo = GitRepo::new();
+    repo.write(&[(
+        &format!("{dir}/compose.yml"),
+        Some(&format!("services:\n{}", service("app", "1"))),
+    )]);
+    let c1 = repo.commit("one stack under apps/");
+    let up = Up::start(repo, &[&stack], &["--path", &dir]);
+    // Named after its directory, as `reconciler validate apps/STACK` in CI names it, not after
+    // the repository.
+    let s = up.converged(&c1, T).await;
+    assert_eq!(running(&s, &format!("{stack}_app")), 1, "{:?}", s.services);
+
+    let c2 = up.commit(
+        &[(&format!("{dir}/compose.yml"), None)],
+        "the stack's directory goes",
+    );
+    let s = up
+        .wait_for("the removal refused", T, |s| refused_with(s, &c2).is_some())
+        .await;
+    let errors = refused_with(&s, &c2).unwrap().join("\n");
+    assert!(
+        errors.contains(&format!("path {dir}/ is missing at commit"))
+            && errors.contains("refusing to remove the 1 stack that runs")
+            && errors.contains(&format!("commit an empty {dir}/.keep")),
+        "{errors}"
+    );
+    assert_eq!(running(&s, &format!("{stack}_app")), 1, "still running");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn faults_a_deleted_data_dir_leaves_stale_containers_that_status_names_with_the_way_out() {
     if !images().await {
         return;
