@@ -2,9 +2,9 @@
 //! `/metrics` for Prometheus. The webhook receiver lives in `gitops` and is merged in by the
 //! manager.
 //!
-//! The API sees the cluster only through [`Cluster`]: what it may read and the commands it
-//! may propose. It knows nothing of the manager's loops, so either can change alone (and the
-//! cluster issue can put Raft behind the same handle).
+//! The API sees the cluster only through [`Cluster`]: what it may read and the few
+//! [`Action`]s it may ask for. It knows nothing of the manager's loops, so either can change
+//! alone (and the cluster issue can put Raft behind the same handle).
 
 mod metrics;
 mod page;
@@ -38,12 +38,34 @@ pub enum ProposeError {
     Store(String),
 }
 
-/// What the API may do with the cluster: read it, propose commands, ask for a fetch.
+/// The changes the API may ask of the cluster; no other command reaches the store from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Swap a service back to its previous spec, by hand (drift from git until the next
+    /// commit that changes the service).
+    RollbackService { service: String },
+}
+
+impl Action {
+    /// The store command that carries the action out.
+    pub fn command(self) -> Command {
+        match self {
+            Action::RollbackService { service } => Command::RollbackService {
+                service,
+                manual: true,
+                at: crate::store::now_ms(),
+            },
+        }
+    }
+}
+
+/// What the API may do with the cluster: read it, ask for one of its [`Action`]s, ask for a
+/// fetch.
 pub trait Cluster: Send + Sync + 'static {
     /// Call `f` with the current state (under the store's lock: keep it short).
     fn read_state(&self, f: &mut dyn FnMut(&State));
-    /// Apply `commands` in order, atomically with the checks: one answer per command.
-    fn propose(&self, commands: Vec<Command>) -> Vec<Result<(), ProposeError>>;
+    /// Carry out `action`, checked and applied as one proposal.
+    fn act(&self, action: Action) -> Result<(), ProposeError>;
     /// This node's own report: engine, ports, loops.
     fn node(&self) -> NodeReport;
     /// The git watcher's status (JSON).
@@ -145,26 +167,15 @@ async fn service_tasks(AxState(cluster): Ctx, Path(name): Path<String>) -> Respo
 /// Swap a service back to its previous spec. Checked and applied as one proposal, so the
 /// answer says what really happened.
 async fn rollback(AxState(cluster): Ctx, Path(name): Path<String>) -> Response {
-    let answer = cluster
-        .propose(vec![Command::RollbackService {
-            service: name.clone(),
-            manual: true,
-            at: crate::store::now_ms(),
-        }])
-        .pop();
-    match answer {
-        Some(Ok(())) => {
-            Json(serde_json::json!({ "service": name, "rolled_back": true })).into_response()
-        }
-        Some(Err(ProposeError::Refused(e @ ApplyError::NoService(_)))) => {
+    match cluster.act(Action::RollbackService {
+        service: name.clone(),
+    }) {
+        Ok(()) => Json(serde_json::json!({ "service": name, "rolled_back": true })).into_response(),
+        Err(ProposeError::Refused(e @ ApplyError::NoService(_))) => {
             error(StatusCode::NOT_FOUND, e.to_string())
         }
-        Some(Err(ProposeError::Refused(e))) => error(StatusCode::CONFLICT, e.to_string()),
-        Some(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        None => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "no answer from the store",
-        ),
+        Err(ProposeError::Refused(e)) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

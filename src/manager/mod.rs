@@ -148,8 +148,10 @@ impl crate::api::Cluster for Shared {
         f(self.store().state())
     }
 
-    fn propose(&self, commands: Vec<Command>) -> Vec<Result<(), crate::api::ProposeError>> {
-        self.apply_answers(commands)
+    fn act(&self, action: crate::api::Action) -> Result<(), crate::api::ProposeError> {
+        self.apply_answers(vec![action.command()])
+            .pop()
+            .unwrap_or_else(|| Err(crate::api::ProposeError::Store("no answer".into())))
     }
 
     fn node(&self) -> crate::api::views::NodeReport {

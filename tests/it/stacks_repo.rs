@@ -426,6 +426,10 @@ fn what_would_take_a_reconciler_down_is_refused_with_the_limit_named() {
         ("huge/compose.yml", Some("services:\n  web:\n    image: nginx\n    deploy:\n      replicas: 18446744073709551615\n")),
         ("nul/compose.yml", Some("services:\n  web:\n    image: nginx\n\0  db:\n    image: [\n")),
         ("nest/compose.yml", Some(&format!("services:\n  web:\n    image: {}{}\n", "[".repeat(300), "]".repeat(300)))),
+        // 5 MiB of comments: over the size limit before any parsing.
+        ("big/compose.yml", Some(&format!("services:\n  web:\n    image: nginx\n{}", "# padding padding padding padding padding padding padding pad\n".repeat(80 * 1024)))),
+        // 1 MiB scalar repeated by 20 aliases: 20 MiB of text from a 1 MiB file.
+        ("bomb/compose.yml", Some(&format!("x-big: &big \"{}\"\nservices:\n  web:\n    image: nginx\n    labels:\n{}", "a".repeat(1 << 20), (0..20).map(|i| format!("      l{i}: *big\n")).collect::<String>()))),
     ]);
     let out = reconciler(repo.path(), &["validate", "."]);
     assert_eq!(out.status.code(), Some(1));
@@ -443,6 +447,14 @@ fn what_would_take_a_reconciler_down_is_refused_with_the_limit_named() {
     );
     assert!(err.contains("nest/compose.yml:3:"), "{err}");
     assert!(err.contains("nesting deeper than 128 levels"), "{err}");
+    assert!(
+        err.contains("big/compose.yml") && err.contains("stack files are at most 4 MiB"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bomb/compose.yml") && err.contains("aliases repeat more than"),
+        "{err}"
+    );
 }
 
 #[test]
