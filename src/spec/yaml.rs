@@ -902,7 +902,14 @@ mod tests {
         for i in 0..200_000 {
             text.push_str(&format!("  k{i}: {i}\n"));
         }
+        let started = std::time::Instant::now();
         let root = parse(&text).expect("a large but valid mapping");
+        // Generous for a debug build on a busy machine; a quadratic check takes minutes.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "{:?} for 200,000 keys",
+            started.elapsed()
+        );
         assert_eq!(
             root.get("m").and_then(Node::as_map).map(<[Entry]>::len),
             Some(200_000)

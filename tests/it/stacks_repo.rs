@@ -464,7 +464,14 @@ fn a_link_out_of_the_repo_breaks_only_its_own_stack_and_every_error_is_still_rep
     std::fs::write(outside.path(), "services:\n  x:\n    image: nginx\n").unwrap();
     std::fs::create_dir_all(repo.path().join("linked")).unwrap();
     std::os::unix::fs::symlink(outside.path(), repo.path().join("linked/compose.yml")).unwrap();
+    // A stack's .env linked out of the repo breaks that stack, not the repo.
+    std::fs::create_dir_all(repo.path().join("envlinked")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), repo.path().join("envlinked/.env")).unwrap();
     repo.write(&[
+        (
+            "envlinked/compose.yml",
+            Some("services:\n  web:\n    image: nginx\n"),
+        ),
         (
             "broken/compose.yml",
             Some("services:\n  web:\n    image: nginx\n    replicas: 2\n"),
@@ -479,6 +486,10 @@ fn a_link_out_of_the_repo_breaks_only_its_own_stack_and_every_error_is_still_rep
     let err = stderr(&out);
     assert!(
         err.contains("linked/compose.yml") && err.contains("outside the stacks repo"),
+        "{err}"
+    );
+    assert!(
+        err.contains("envlinked/.env") && err.matches("outside the stacks repo").count() >= 2,
         "{err}"
     );
     assert!(

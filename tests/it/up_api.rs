@@ -57,6 +57,46 @@ fn api_up_refuses_to_serve_beyond_loopback_without_a_token() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn api_a_token_file_is_the_token_and_never_shown() {
+    if testing::docker_or_skip("api").await.is_none() {
+        return;
+    }
+    let stack = stack_name("apifile");
+    let repo = GitRepo::new();
+    repo.write(&[(
+        &format!("{stack}/compose.yml"),
+        Some(&one_service(&testing::images::busybox(1))),
+    )]);
+    repo.commit("one service");
+    // As a secrets manager writes it: one line, with its newline.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("api-token");
+    std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+    let up = Up::start(
+        repo,
+        &[&stack],
+        &["--api-token-file", file.to_str().unwrap()],
+    );
+    up.wait_for("the API", T, |_| true).await;
+    let http = reqwest::Client::new();
+    let sync = format!("{}/api/v1/sync", up.api);
+    let r = http.post(&sync).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = http.post(&sync).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let state = http
+        .get(format!("{}/api/v1/status", up.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!state.contains(TOKEN), "the token is in the status");
+    assert!(!up.log().contains(TOKEN), "the token is in the log");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn api_changes_need_the_token_and_come_from_no_other_origin() {
     let Some(docker) = testing::docker_or_skip("api").await else {
         return;
