@@ -257,6 +257,21 @@ fn docker_ids(args: &[&str]) -> Vec<String> {
 impl Drop for Up {
     fn drop(&mut self) {
         self.kill();
+        // The node's secret and config files on tmpfs go with its containers (a node that
+        // stops keeps them for the containers it leaves running; a test's node never returns).
+        let data = if self.relative_data_dir {
+            self.data.path().join("state")
+        } else {
+            self.data.path().to_path_buf()
+        };
+        if let Ok(id) = std::fs::read_to_string(data.join("node-id")) {
+            let id = id.trim();
+            if !id.is_empty() && !id.contains('/') {
+                for root in ["/run/reconciler", "/dev/shm/reconciler"] {
+                    let _ = std::fs::remove_dir_all(std::path::Path::new(root).join(id));
+                }
+            }
+        }
         // Remove what the test's stacks created, by Docker's own stack label.
         for stack in &self.stacks {
             let filter = format!("label=com.docker.stack.namespace={stack}");
