@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod desired;
 pub mod gitops;
 pub mod logging;
