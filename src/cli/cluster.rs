@@ -41,6 +41,31 @@ pub enum ServiceCommand {
     Logs(LogsArgs),
     /// Swap the service back to its previous spec (drift from git until the next commit changes it).
     Rollback(NameArgs),
+    /// Not here: scale by commit. Says how, changes nothing, exits 1.
+    Scale {
+        #[arg(value_name = "SERVICE=REPLICAS")]
+        targets: Vec<String>,
+    },
+    /// Not here: update by commit. Says how for each docker flag, changes nothing, exits 1.
+    Update {
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<String>,
+    },
+    /// Not here: add the service to a stack file. Changes nothing, exits 1.
+    Create {
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<String>,
+    },
+    /// Not here: remove the service from its stack file. Changes nothing, exits 1.
+    Rm { services: Vec<String> },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -51,6 +76,31 @@ pub enum StackCommand {
     Services(NameArgs),
     /// List a stack's tasks.
     Ps(NameArgs),
+    /// Not here: commit the stack's directory. Changes nothing, exits 1.
+    Deploy {
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<String>,
+    },
+    /// Not here: remove the stack's directory from git. Changes nothing, exits 1.
+    Rm { stacks: Vec<String> },
+}
+
+/// Say the GitOps way on stderr; nothing was done.
+fn not_here(text: String) -> anyhow::Result<i32> {
+    eprintln!("{text}");
+    Ok(1)
+}
+
+/// The last argument that is not a flag: the name in `docker stack deploy -c f.yml NAME`.
+fn last_name(args: &[String]) -> Option<&str> {
+    args.iter()
+        .rev()
+        .find(|a| !a.starts_with('-'))
+        .map(String::as_str)
 }
 
 #[derive(Debug, clap::Args)]
@@ -292,6 +342,26 @@ pub fn service(cmd: ServiceCommand) -> anyhow::Result<i32> {
             return json(&v);
         }
         ServiceCommand::Logs(a) => return logs(a),
+        ServiceCommand::Scale { targets } => return not_here(super::gitops_way::scale(&targets)),
+        ServiceCommand::Update { args } => return not_here(super::gitops_way::update(&args)),
+        ServiceCommand::Create { args } => {
+            return not_here(super::gitops_way::lifecycle(
+                "service create",
+                last_name(&args),
+            ))
+        }
+        ServiceCommand::Rm { services } => {
+            let names = if services.is_empty() {
+                vec![None]
+            } else {
+                services.iter().map(|s| Some(s.as_str())).collect()
+            };
+            let text: Vec<String> = names
+                .into_iter()
+                .map(|n| super::gitops_way::lifecycle("service rm", n))
+                .collect();
+            return not_here(text.join("\n"));
+        }
         ServiceCommand::Rollback(a) => {
             let v: serde_json::Value =
                 Client::new(&a.server)?.post(&format!("/api/v1/services/{}/rollback", a.name))?;
@@ -374,6 +444,24 @@ pub fn stack(cmd: StackCommand) -> anyhow::Result<i32> {
                 return json(&v);
             }
             println!("{}", tasks_table(&v));
+        }
+        StackCommand::Deploy { args } => {
+            return not_here(super::gitops_way::lifecycle(
+                "stack deploy",
+                last_name(&args),
+            ))
+        }
+        StackCommand::Rm { stacks } => {
+            let names = if stacks.is_empty() {
+                vec![None]
+            } else {
+                stacks.iter().map(|s| Some(s.as_str())).collect()
+            };
+            let text: Vec<String> = names
+                .into_iter()
+                .map(|n| super::gitops_way::lifecycle("stack rm", n))
+                .collect();
+            return not_here(text.join("\n"));
         }
     }
     Ok(0)
