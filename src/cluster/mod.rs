@@ -4,6 +4,7 @@
 //! build on this; see the manager-cluster issue.)
 
 pub mod ca;
+pub mod raft;
 pub mod tls;
 pub mod token;
 

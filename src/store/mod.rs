@@ -52,7 +52,7 @@ struct Snapshot {
 
 /// Apply a command, turning a panic (a bug: `apply` must not panic on any input) into an error
 /// instead of a dead process.
-fn apply_caught(
+pub(crate) fn apply_caught(
     state: &mut State,
     command: Command,
 ) -> Result<Result<Vec<Event>, ApplyError>, String> {

@@ -1,0 +1,45 @@
+//! The store replicated through Raft (openraft 0.9, storage v2): the entries are the store's
+//! own [`Command`]s, one entry per proposal (an orchestrator step, not a command), applied by
+//! every manager to its [`State`] exactly as the single-node store applies them: each checked
+//! against the state the ones before it left, a refused one answered and skipped alike
+//! everywhere.
+//!
+//! - [`LogStore`]: votes and entries in redb, made durable (fsync) before openraft is told;
+//! - [`StateMachine`]: the state in memory; its snapshots, with the last applied log id and
+//!   the membership, in redb, so a restart replays only what came after.
+//!
+//! (The network, `init`/`join` and the loops that propose come next: the manager-cluster issue.)
+
+mod log_store;
+mod state_machine;
+
+pub use log_store::LogStore;
+pub use state_machine::StateMachine;
+
+use crate::store::Command;
+
+/// One Raft entry's payload: the commands of one proposal, applied in order.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Proposal {
+    pub commands: Vec<Command>,
+}
+
+/// What applying a proposal answered: one result per command (the reason when refused).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Answers(pub Vec<Result<(), String>>);
+
+openraft::declare_raft_types!(
+    /// The cluster's Raft types: node IDs are numbers, nodes are addressed by `BasicNode`.
+    pub TypeConfig:
+        D = Proposal,
+        R = Answers,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+);
+
+/// An openraft storage error from any displayable cause.
+fn io_error(e: impl std::fmt::Display) -> openraft::AnyError {
+    openraft::AnyError::error(e.to_string())
+}
+
+#[cfg(test)]
+mod tests;
