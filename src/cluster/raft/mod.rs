@@ -11,6 +11,7 @@
 //! (The network, `init`/`join` and the loops that propose come next: the manager-cluster issue.)
 
 mod log_store;
+pub mod network;
 mod state_machine;
 
 pub use log_store::LogStore;

@@ -131,3 +131,213 @@ async fn appended_entries_and_the_vote_survive_reopening_the_log() {
     assert_eq!(entries.len(), 2);
     assert!(matches!(&entries[0].payload, EntryPayload::Normal(p) if p.commands.len() == 1));
 }
+
+mod over_the_network {
+    //! Three managers in this process, each with its own data, certificate and gRPC listener
+    //! on loopback, talking Raft over mutual TLS.
+
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use openraft::BasicNode;
+    use tokio::net::TcpListener;
+
+    use super::super::network::{pb, Network, Service, TlsPem};
+    use super::super::{Answers, LogStore, Proposal, StateMachine, TypeConfig};
+    use super::revision;
+    use crate::cluster::ca::{self, NodeIdentity, Role, RootCa, DEFAULT_CERT_EXPIRY};
+
+    const T: Duration = Duration::from_secs(20);
+
+    struct Node {
+        id: u64,
+        raft: openraft::Raft<TypeConfig>,
+        sm: StateMachine,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn tls(ca: &RootCa, name: &str, role: Role) -> TlsPem {
+        let (key, csr) = ca::new_key_and_request().unwrap();
+        let identity = NodeIdentity {
+            node_id: name.into(),
+            role,
+            cluster_id: ca.cluster_id().into(),
+        };
+        let cert = ca
+            .sign(&csr, &identity, SystemTime::now(), DEFAULT_CERT_EXPIRY)
+            .unwrap();
+        TlsPem {
+            root: ca.cert_pem().into(),
+            cert,
+            key: key.to_string(),
+        }
+    }
+
+    async fn start(id: u64, ca: &RootCa, listener: TcpListener) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogStore::open(&dir.path().join("raft-log.redb")).unwrap();
+        let sm = StateMachine::open(&dir.path().join("raft-state.redb")).unwrap();
+        let tls = tls(ca, &format!("m{id}"), Role::Manager);
+        let config = openraft::Config {
+            heartbeat_interval: 100,
+            election_timeout_min: 400,
+            election_timeout_max: 800,
+            ..Default::default()
+        };
+        let raft = openraft::Raft::new(
+            id,
+            Arc::new(config.validate().unwrap()),
+            Network { tls: tls.clone() },
+            log,
+            sm.clone(),
+        )
+        .await
+        .unwrap();
+        let service = Service::new(raft.clone(), ca.cluster_id());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tonic::transport::Server::builder()
+            .tls_config(tls.server())
+            .unwrap()
+            .add_service(service);
+        tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let _ = server
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Node {
+            id,
+            raft,
+            sm,
+            stop: Some(stop),
+            _dir: dir,
+        }
+    }
+
+    async fn leader(nodes: &[&Node], not: Option<u64>) -> u64 {
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            for n in nodes {
+                let m = n.raft.metrics().borrow().clone();
+                if let Some(l) = m.current_leader {
+                    if Some(l) != not && nodes.iter().any(|x| x.id == l) {
+                        return l;
+                    }
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no leader elected in {T:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn applied_everywhere(nodes: &[&Node], commit: &str) {
+        let deadline = tokio::time::Instant::now() + T;
+        for n in nodes {
+            loop {
+                let live =
+                    n.sm.read(|s| s.revision.applied.as_ref().map(|a| a.commit.clone()))
+                        .await;
+                if live.as_deref() == Some(commit) {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "node {} never applied {commit} (it has {live:?})",
+                    n.id
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn three_managers_replicate_proposals_and_elect_a_new_leader_when_one_dies() {
+        let ca = RootCa::generate("cluster-a", SystemTime::now()).unwrap();
+        let mut listeners = Vec::new();
+        let mut members = BTreeMap::new();
+        for id in 1..=3u64 {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            members.insert(id, BasicNode::new(l.local_addr().unwrap().to_string()));
+            listeners.push(l);
+        }
+        let mut nodes = Vec::new();
+        for (i, l) in listeners.into_iter().enumerate() {
+            nodes.push(start(i as u64 + 1, &ca, l).await);
+        }
+        nodes[0].raft.initialize(members.clone()).await.unwrap();
+
+        let all: Vec<&Node> = nodes.iter().collect();
+        let first = leader(&all, None).await;
+        let at = |id: u64| nodes.iter().find(|n| n.id == id).unwrap();
+        let written = at(first)
+            .raft
+            .client_write(Proposal {
+                commands: vec![revision("c1")],
+            })
+            .await
+            .unwrap();
+        assert_eq!(written.data, Answers(vec![Ok(())]));
+        applied_everywhere(&all, "c1").await;
+
+        // The leader goes (its Raft and its listener); the other two elect one of themselves
+        // and go on committing.
+        let old = nodes.iter().position(|n| n.id == first).unwrap();
+        let mut gone = nodes.remove(old);
+        gone.raft.shutdown().await.unwrap();
+        let _ = gone.stop.take().unwrap().send(());
+        let survivors: Vec<&Node> = nodes.iter().collect();
+        let second = leader(&survivors, Some(first)).await;
+        assert_ne!(second, first);
+        let written = survivors
+            .iter()
+            .find(|n| n.id == second)
+            .unwrap()
+            .raft
+            .client_write(Proposal {
+                commands: vec![revision("c2")],
+            })
+            .await
+            .unwrap();
+        assert_eq!(written.data, Answers(vec![Ok(())]));
+        applied_everywhere(&survivors, "c2").await;
+
+        // A worker of the same cluster has a valid certificate, but no say in Raft.
+        let worker = tls(&ca, "w1", Role::Worker);
+        let addr = &members[&survivors[0].id].addr;
+        let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(&worker.root))
+                    .identity(tonic::transport::Identity::from_pem(
+                        &worker.cert,
+                        &worker.key,
+                    ))
+                    .domain_name(Role::Manager.name()),
+            )
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let refused = pb::raft_client::RaftClient::new(channel)
+            .vote(pb::Payload {
+                json: b"{}".to_vec(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+        assert!(refused.message().contains("w1"), "{refused}");
+
+        for n in &mut nodes {
+            n.raft.shutdown().await.unwrap();
+            let _ = n.stop.take().unwrap().send(());
+        }
+    }
+}

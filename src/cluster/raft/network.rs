@@ -1,0 +1,243 @@
+//! Raft between managers over gRPC with mutual TLS (tonic). The payloads are openraft's own
+//! messages in JSON ([`pb::Payload`]). Only a manager of this cluster may call: the caller's
+//! certificate says so, whatever address it comes from.
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
+};
+use tonic::{Request, Response, Status};
+
+use super::TypeConfig;
+use crate::cluster::ca::{self, Role};
+
+/// The generated gRPC code.
+pub mod pb {
+    tonic::include_proto!("reconciler.raft.v1");
+}
+
+type NodeId = u64;
+type Raft = openraft::Raft<TypeConfig>;
+
+/// A node's certificate, key and the cluster's root, in PEM, as tonic takes them.
+#[derive(Clone)]
+pub struct TlsPem {
+    pub root: String,
+    pub cert: String,
+    pub key: String,
+}
+
+impl TlsPem {
+    pub fn server(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert, &self.key))
+            .client_ca_root(Certificate::from_pem(&self.root))
+    }
+
+    fn client(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.root))
+            .identity(Identity::from_pem(&self.cert, &self.key))
+            .domain_name(Role::Manager.name())
+    }
+}
+
+/// Dials the other managers; `BasicNode::addr` is `host:port`.
+pub struct Network {
+    pub tls: TlsPem,
+}
+
+pub struct Peer {
+    target: NodeId,
+    client: Result<pb::raft_client::RaftClient<Channel>, String>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
+        // Lazy: the connection is made (and made again) by the first call that needs it.
+        let client = Endpoint::from_shared(format!("https://{}", node.addr))
+            .and_then(|e| e.tls_config(self.tls.client()))
+            .map(|e| pb::raft_client::RaftClient::new(e.connect_lazy()))
+            .map_err(|e| format!("{}: {e}", node.addr));
+        Peer { target, client }
+    }
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<pb::Payload, serde_json::Error> {
+    Ok(pb::Payload {
+        json: serde_json::to_vec(v)?,
+    })
+}
+
+/// The three messages of Raft.
+#[derive(Clone, Copy)]
+enum Rpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+impl std::fmt::Display for Rpc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Rpc::AppendEntries => "append entries",
+            Rpc::Vote => "vote",
+            Rpc::InstallSnapshot => "install snapshot",
+        })
+    }
+}
+
+impl Peer {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        rpc: Rpc,
+        req: &Req,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let network = |e: &dyn std::fmt::Display| {
+            RPCError::Network(NetworkError::new(&std::io::Error::other(format!(
+                "{rpc}: {e}"
+            ))))
+        };
+        let client = match &mut self.client {
+            Ok(c) => c,
+            Err(e) => {
+                return Err(RPCError::Unreachable(Unreachable::new(
+                    &std::io::Error::other(e.clone()),
+                )))
+            }
+        };
+        let payload = encode(req).map_err(|e| network(&e))?;
+        let answer = match rpc {
+            Rpc::AppendEntries => client.append_entries(payload).await,
+            Rpc::Vote => client.vote(payload).await,
+            Rpc::InstallSnapshot => client.install_snapshot(payload).await,
+        };
+        let answer = answer.map_err(|status| {
+            if status.code() == tonic::Code::Unavailable {
+                RPCError::Unreachable(Unreachable::new(&std::io::Error::other(status.to_string())))
+            } else {
+                network(&status)
+            }
+        })?;
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            serde_json::from_slice(&answer.into_inner().json).map_err(|e| network(&e))?;
+        result.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(Rpc::AppendEntries, &rpc).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(Rpc::InstallSnapshot, &rpc).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(Rpc::Vote, &rpc).await
+    }
+}
+
+/// The receiving end: hands each message to this manager's Raft.
+pub struct Service {
+    raft: Raft,
+    cluster_id: String,
+}
+
+impl Service {
+    pub fn new(raft: Raft, cluster_id: &str) -> pb::raft_server::RaftServer<Service> {
+        pb::raft_server::RaftServer::new(Service {
+            raft,
+            cluster_id: cluster_id.to_string(),
+        })
+    }
+
+    /// Only a manager of this cluster takes part in Raft (a worker's certificate is valid TLS,
+    /// not a vote).
+    fn check_caller(&self, req: &Request<pb::Payload>) -> Result<(), Status> {
+        let certs = req.peer_certs();
+        let leaf = certs
+            .as_ref()
+            .and_then(|c| c.first())
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let who = ca::identity(leaf).map_err(|e| Status::unauthenticated(e.to_string()))?;
+        if who.role != Role::Manager || who.cluster_id != self.cluster_id {
+            return Err(Status::permission_denied(format!(
+                "{} ({}) may not take part in Raft: managers of cluster {} only",
+                who.node_id,
+                who.role.name(),
+                self.cluster_id
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn decode<T: DeserializeOwned>(req: Request<pb::Payload>) -> Result<T, Status> {
+    serde_json::from_slice(&req.into_inner().json)
+        .map_err(|e| Status::invalid_argument(format!("not an openraft message: {e}")))
+}
+
+fn answer<T: Serialize>(v: &T) -> Result<Response<pb::Payload>, Status> {
+    encode(v)
+        .map(Response::new)
+        .map_err(|e| Status::internal(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for Service {
+    async fn append_entries(
+        &self,
+        req: Request<pb::Payload>,
+    ) -> Result<Response<pb::Payload>, Status> {
+        self.check_caller(&req)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(req)?;
+        answer(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
+        self.check_caller(&req)?;
+        let rpc: VoteRequest<NodeId> = decode(req)?;
+        answer(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<pb::Payload>,
+    ) -> Result<Response<pb::Payload>, Status> {
+        self.check_caller(&req)?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(req)?;
+        answer(&self.raft.install_snapshot(rpc).await)
+    }
+}
