@@ -34,7 +34,7 @@ pub enum ServiceCommand {
     /// List services.
     Ls(ListArgs),
     /// List a service's tasks.
-    Ps(NameArgs),
+    Ps(ListOfArgs),
     /// Show a service's spec, previous spec and update status.
     Inspect(NameArgs),
     /// Print the logs of a service's tasks.
@@ -73,9 +73,9 @@ pub enum StackCommand {
     /// List stacks.
     Ls(ListArgs),
     /// List a stack's services.
-    Services(NameArgs),
+    Services(ListOfArgs),
     /// List a stack's tasks.
-    Ps(NameArgs),
+    Ps(ListOfArgs),
     /// Not here: commit the stack's directory. Changes nothing, exits 1.
     Deploy {
         #[arg(
@@ -109,6 +109,22 @@ pub struct ListArgs {
     server: ServerArgs,
     #[arg(long)]
     json: bool,
+    /// Only names (services, stacks) or IDs (tasks), one a line, as docker's `-q`.
+    #[arg(short, long, conflicts_with = "json")]
+    quiet: bool,
+}
+
+/// A listing of one service's or one stack's objects.
+#[derive(Debug, clap::Args)]
+pub struct ListOfArgs {
+    name: String,
+    #[command(flatten)]
+    server: ServerArgs,
+    #[arg(long)]
+    json: bool,
+    /// Only names (services) or IDs (tasks), one a line, as docker's `-q`.
+    #[arg(short, long, conflicts_with = "json")]
+    quiet: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -138,6 +154,19 @@ fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(NOTHING).set_header(header.iter().copied());
     t
+}
+
+/// One item a line, for scripts (`-q`).
+fn lines<'a>(items: impl Iterator<Item = &'a str>) -> anyhow::Result<i32> {
+    for item in items {
+        println!("{item}");
+    }
+    Ok(0)
+}
+
+/// A task's ID as the tables show it.
+fn short_id(t: &TaskView) -> &str {
+    &t.id[..12.min(t.id.len())]
 }
 
 fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<i32> {
@@ -213,7 +242,7 @@ fn tasks_table(tasks: &[TaskView]) -> Table {
         let ago =
             humantime::format_duration(Duration::from_secs(now.saturating_sub(task.since) / 1000));
         t.add_row(vec![
-            task.id[..12.min(task.id.len())].to_string(),
+            short_id(task).to_string(),
             task.name.clone(),
             task.image.clone(),
             task.node.clone(),
@@ -326,6 +355,9 @@ pub fn service(cmd: ServiceCommand) -> anyhow::Result<i32> {
             if a.json {
                 return json(&v);
             }
+            if a.quiet {
+                return lines(v.iter().map(|s| s.name.as_str()));
+            }
             println!("{}", services_table(&v));
         }
         ServiceCommand::Ps(a) => {
@@ -333,6 +365,9 @@ pub fn service(cmd: ServiceCommand) -> anyhow::Result<i32> {
                 Client::new(&a.server)?.get(&format!("/api/v1/services/{}/tasks", a.name))?;
             if a.json {
                 return json(&v);
+            }
+            if a.quiet {
+                return lines(v.iter().map(short_id));
             }
             println!("{}", tasks_table(&v));
         }
@@ -413,6 +448,9 @@ pub fn stack(cmd: StackCommand) -> anyhow::Result<i32> {
             if a.json {
                 return json(&v);
             }
+            if a.quiet {
+                return lines(v.iter().map(|s| s.name.as_str()));
+            }
             let mut t = table(&["NAME", "SERVICES", "NETWORKS", "SECRETS", "CONFIGS"]);
             for s in &v {
                 t.add_row(vec![
@@ -431,6 +469,9 @@ pub fn stack(cmd: StackCommand) -> anyhow::Result<i32> {
             if a.json {
                 return json(&v);
             }
+            if a.quiet {
+                return lines(v.iter().map(|s| s.name.as_str()));
+            }
             println!("{}", services_table(&v));
         }
         StackCommand::Ps(a) => {
@@ -442,6 +483,9 @@ pub fn stack(cmd: StackCommand) -> anyhow::Result<i32> {
                 .collect();
             if a.json {
                 return json(&v);
+            }
+            if a.quiet {
+                return lines(v.iter().map(short_id));
             }
             println!("{}", tasks_table(&v));
         }

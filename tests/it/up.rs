@@ -10,7 +10,7 @@ use reconciler::store::{TaskState, UpdateState};
 use reconciler::testing;
 
 use crate::support::up::{compose, free_port, images, running, stack_name, Up};
-use crate::support::GitRepo;
+use crate::support::{stderr, stdout, GitRepo};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -93,6 +93,38 @@ async fn deploys_scales_and_prunes_by_commit() {
     );
     up.converged(&c2, T).await;
     assert_eq!(running(&up.tasks(&format!("{a}_web")).await).len(), 4);
+
+    // The listings' `-q` forms, as scripts use docker's: one name or ID a line, no header.
+    let quiet = |args: &[&str]| -> Vec<String> {
+        let mut all = args.to_vec();
+        all.extend(["-q", "--server", up.api.as_str()]);
+        let out = crate::support::reconciler(std::path::Path::new("."), &all);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        stdout(&out).lines().map(str::to_string).collect()
+    };
+    let (sa, sb) = (format!("{a}_web"), format!("{b}_web"));
+    let services = quiet(&["service", "ls"]);
+    assert!(
+        services.contains(&sa) && services.contains(&sb),
+        "{services:?}"
+    );
+    assert!(services.iter().all(|l| !l.contains(' ')), "{services:?}");
+    let stacks = quiet(&["stack", "ls"]);
+    assert!(stacks.contains(&a) && stacks.contains(&b), "{stacks:?}");
+    assert_eq!(quiet(&["stack", "services", &a]), vec![sa.clone()]);
+    let mut ids: Vec<String> = up
+        .tasks(&sa)
+        .await
+        .iter()
+        .map(|t| t.id[..12].to_string())
+        .collect();
+    ids.sort();
+    let mut listed = quiet(&["service", "ps", &sa]);
+    listed.sort();
+    assert_eq!(listed, ids);
+    let mut listed = quiet(&["stack", "ps", &a]);
+    listed.sort();
+    assert_eq!(listed, ids);
 
     let c3 = up.commit(&[(&compose(&b), None)], "remove stack b");
     let st = up.converged(&c3, T).await;
