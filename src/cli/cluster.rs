@@ -386,16 +386,7 @@ pub fn service(cmd: ServiceCommand) -> anyhow::Result<i32> {
             ))
         }
         ServiceCommand::Rm { services } => {
-            let names = if services.is_empty() {
-                vec![None]
-            } else {
-                services.iter().map(|s| Some(s.as_str())).collect()
-            };
-            let text: Vec<String> = names
-                .into_iter()
-                .map(|n| super::gitops_way::lifecycle("service rm", n))
-                .collect();
-            return not_here(text.join("\n"));
+            return not_here(super::gitops_way::removals("service rm", &services))
         }
         ServiceCommand::Rollback(a) => {
             let v: serde_json::Value =
@@ -496,16 +487,7 @@ pub fn stack(cmd: StackCommand) -> anyhow::Result<i32> {
             ))
         }
         StackCommand::Rm { stacks } => {
-            let names = if stacks.is_empty() {
-                vec![None]
-            } else {
-                stacks.iter().map(|s| Some(s.as_str())).collect()
-            };
-            let text: Vec<String> = names
-                .into_iter()
-                .map(|n| super::gitops_way::lifecycle("stack rm", n))
-                .collect();
-            return not_here(text.join("\n"));
+            return not_here(super::gitops_way::removals("stack rm", &stacks))
         }
     }
     Ok(0)

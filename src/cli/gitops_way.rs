@@ -112,6 +112,18 @@ pub fn lifecycle(what: &str, name: Option<&str>) -> String {
     format!("reconciler is driven by git: instead of `{what}`, {how}; {THEN}")
 }
 
+/// `service rm` / `stack rm` of several names (or none): one answer each.
+pub fn removals(what: &str, names: &[String]) -> String {
+    if names.is_empty() {
+        return lifecycle(what, None);
+    }
+    names
+        .iter()
+        .map(|n| lifecycle(what, Some(n)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
