@@ -125,6 +125,10 @@ pub struct ListOfArgs {
     /// Only names (services) or IDs (tasks), one a line, as docker's `-q`.
     #[arg(short, long, conflicts_with = "json")]
     quiet: bool,
+    /// Whole task IDs and errors (by default cut as docker cuts them: IDs to 12 characters,
+    /// errors to 30).
+    #[arg(long)]
+    no_trunc: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -164,9 +168,22 @@ fn lines<'a>(items: impl Iterator<Item = &'a str>) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// A task's ID as the tables show it.
+/// A task's ID as the tables show it by default.
 fn short_id(t: &TaskView) -> &str {
     &t.id[..12.min(t.id.len())]
+}
+
+/// Errors are cut to this many characters in task tables, as `docker service ps` cuts them.
+const MAX_ERROR_CHARS: usize = 30;
+
+/// `text` cut to `max` characters, the last of them an ellipsis when anything was cut.
+fn ellipsis(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
 }
 
 fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<i32> {
@@ -227,7 +244,7 @@ fn services_table(services: &[ServiceView]) -> Table {
     t
 }
 
-fn tasks_table(tasks: &[TaskView]) -> Table {
+fn tasks_table(tasks: &[TaskView], no_trunc: bool) -> Table {
     let mut t = table(&[
         "ID",
         "NAME",
@@ -242,13 +259,21 @@ fn tasks_table(tasks: &[TaskView]) -> Table {
         let ago =
             humantime::format_duration(Duration::from_secs(now.saturating_sub(task.since) / 1000));
         t.add_row(vec![
-            short_id(task).to_string(),
+            if no_trunc {
+                task.id.clone()
+            } else {
+                short_id(task).to_string()
+            },
             task.name.clone(),
             task.image.clone(),
             task.node.clone(),
             task.desired_state.name().to_string(),
             format!("{} {ago} ago", task.state.name()),
-            task.error.clone().unwrap_or_default(),
+            match (&task.error, no_trunc) {
+                (Some(e), true) => e.clone(),
+                (Some(e), false) => ellipsis(e, MAX_ERROR_CHARS),
+                (None, _) => String::new(),
+            },
         ]);
     }
     t
@@ -367,9 +392,15 @@ pub fn service(cmd: ServiceCommand) -> anyhow::Result<i32> {
                 return json(&v);
             }
             if a.quiet {
-                return lines(v.iter().map(short_id));
+                return lines(v.iter().map(|t| {
+                    if a.no_trunc {
+                        t.id.as_str()
+                    } else {
+                        short_id(t)
+                    }
+                }));
             }
-            println!("{}", tasks_table(&v));
+            println!("{}", tasks_table(&v, a.no_trunc));
         }
         ServiceCommand::Inspect(a) => {
             let v: Service =
@@ -476,9 +507,15 @@ pub fn stack(cmd: StackCommand) -> anyhow::Result<i32> {
                 return json(&v);
             }
             if a.quiet {
-                return lines(v.iter().map(short_id));
+                return lines(v.iter().map(|t| {
+                    if a.no_trunc {
+                        t.id.as_str()
+                    } else {
+                        short_id(t)
+                    }
+                }));
             }
-            println!("{}", tasks_table(&v));
+            println!("{}", tasks_table(&v, a.no_trunc));
         }
         StackCommand::Deploy { args } => {
             return not_here(super::gitops_way::lifecycle(
@@ -593,5 +630,18 @@ pub fn sync(args: SyncArgs) -> anyhow::Result<i32> {
             return Ok(1);
         }
         std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ellipsis;
+
+    #[test]
+    fn ellipsis_cuts_by_characters_not_bytes() {
+        assert_eq!(ellipsis("short", 30), "short");
+        assert_eq!(ellipsis("exactly ten", 11), "exactly ten");
+        assert_eq!(ellipsis("exactly ten!", 11), "exactly te…");
+        assert_eq!(ellipsis("ééééé", 3), "éé…");
     }
 }

@@ -390,11 +390,23 @@ async fn content_a_placement_that_does_not_fit_waits_pending_and_says_why() {
     assert_eq!(pending.len(), 1, "{tasks:?}");
     let why = pending[0].error.clone().unwrap_or_default();
     assert_eq!(why, "no suitable node (1 node at max_replicas_per_node)");
-    let ps = stdout(
-        &Command::new(env!("CARGO_BIN_EXE_reconciler"))
-            .args(["service", "ps", &service, "--server", &up.api])
-            .output()
-            .unwrap(),
-    );
-    assert!(ps.contains("max_replicas_per_node"), "{ps}");
+    let ps = |extra: &[&str]| {
+        stdout(
+            &Command::new(env!("CARGO_BIN_EXE_reconciler"))
+                .args(["service", "ps", &service, "--server", &up.api])
+                .args(extra)
+                .output()
+                .unwrap(),
+        )
+    };
+    // Cut as docker cuts it (30 characters, the last an ellipsis), whole with --no-trunc.
+    let table = ps(&[]);
+    assert!(table.contains("no suitable node (1 node at m…"), "{table}");
+    assert!(!table.contains("max_replicas_per_node"), "{table}");
+    assert!(!table.contains(&pending[0].id), "{table}");
+    let whole = ps(&["--no-trunc"]);
+    assert!(whole.contains(&why), "{whole}");
+    assert!(whole.contains(&pending[0].id), "{whole}");
+    let ids = ps(&["-q", "--no-trunc"]);
+    assert!(ids.lines().any(|l| l == pending[0].id), "{ids}");
 }
