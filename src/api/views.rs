@@ -75,7 +75,7 @@ pub struct StackView {
     pub configs: usize,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ServiceView {
     pub name: String,
     pub stack: String,

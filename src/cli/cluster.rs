@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use comfy_table::{presets::NOTHING, Table};
 
 use super::client::{Client, ServerArgs};
+use super::filter::{self, Filters};
 use crate::api::views::{ServiceView, StackView, StatusView, TaskView};
 use crate::store::{Service, UpdateState};
 
@@ -112,6 +113,9 @@ pub struct ListArgs {
     /// Only names (services, stacks) or IDs (tasks), one a line, as docker's `-q`.
     #[arg(short, long, conflicts_with = "json")]
     quiet: bool,
+    /// Only what matches KEY=VALUE (repeatable), as docker's `--filter`.
+    #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+    filter: Vec<String>,
 }
 
 /// A listing of one service's or one stack's objects.
@@ -129,6 +133,9 @@ pub struct ListOfArgs {
     /// errors to 30).
     #[arg(long)]
     no_trunc: bool,
+    /// Only what matches KEY=VALUE (repeatable), as docker's `--filter`.
+    #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+    filter: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -376,7 +383,9 @@ pub fn status(args: StatusArgs) -> anyhow::Result<i32> {
 pub fn service(cmd: ServiceCommand) -> anyhow::Result<i32> {
     match cmd {
         ServiceCommand::Ls(a) => {
+            let keep = Filters::parse(&a.filter, &filter::SERVICE_KEYS)?;
             let v: Vec<ServiceView> = Client::new(&a.server)?.get("/api/v1/services")?;
+            let v: Vec<ServiceView> = v.into_iter().filter(|s| keep.service(s)).collect();
             if a.json {
                 return json(&v);
             }
@@ -386,8 +395,10 @@ pub fn service(cmd: ServiceCommand) -> anyhow::Result<i32> {
             println!("{}", services_table(&v));
         }
         ServiceCommand::Ps(a) => {
+            let keep = Filters::parse(&a.filter, &filter::TASK_KEYS)?;
             let v: Vec<TaskView> =
                 Client::new(&a.server)?.get(&format!("/api/v1/services/{}/tasks", a.name))?;
+            let v: Vec<TaskView> = v.into_iter().filter(|t| keep.task(t)).collect();
             if a.json {
                 return json(&v);
             }
@@ -466,7 +477,9 @@ fn logs(a: LogsArgs) -> anyhow::Result<i32> {
 pub fn stack(cmd: StackCommand) -> anyhow::Result<i32> {
     match cmd {
         StackCommand::Ls(a) => {
+            let keep = Filters::parse(&a.filter, &["name"])?;
             let v: Vec<StackView> = Client::new(&a.server)?.get("/api/v1/stacks")?;
+            let v: Vec<StackView> = v.into_iter().filter(|st| keep.stack(&st.name)).collect();
             if a.json {
                 return json(&v);
             }
@@ -487,7 +500,11 @@ pub fn stack(cmd: StackCommand) -> anyhow::Result<i32> {
         }
         StackCommand::Services(a) => {
             let v: Vec<ServiceView> = Client::new(&a.server)?.get("/api/v1/services")?;
-            let v: Vec<ServiceView> = v.into_iter().filter(|s| s.stack == a.name).collect();
+            let keep = Filters::parse(&a.filter, &filter::SERVICE_KEYS)?;
+            let v: Vec<ServiceView> = v
+                .into_iter()
+                .filter(|s| s.stack == a.name && keep.service(s))
+                .collect();
             if a.json {
                 return json(&v);
             }
@@ -497,11 +514,12 @@ pub fn stack(cmd: StackCommand) -> anyhow::Result<i32> {
             println!("{}", services_table(&v));
         }
         StackCommand::Ps(a) => {
+            let keep = Filters::parse(&a.filter, &filter::TASK_KEYS)?;
             let v: Vec<TaskView> = Client::new(&a.server)?.get("/api/v1/tasks")?;
             let prefix = format!("{}_", a.name);
             let v: Vec<TaskView> = v
                 .into_iter()
-                .filter(|t| t.service.starts_with(&prefix))
+                .filter(|t| t.service.starts_with(&prefix) && keep.task(t))
                 .collect();
             if a.json {
                 return json(&v);

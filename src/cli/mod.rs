@@ -10,6 +10,7 @@ mod bench;
 mod client;
 mod cluster;
 mod export;
+mod filter;
 mod gitops_way;
 mod plan;
 mod schema;

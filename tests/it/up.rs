@@ -125,6 +125,30 @@ async fn deploys_scales_and_prunes_by_commit() {
     let mut listed = quiet(&["stack", "ps", &a]);
     listed.sort();
     assert_eq!(listed, ids);
+    // --filter, with docker's keys: values of a key are alternatives, keys all apply.
+    let name_a = format!("name={a}");
+    assert_eq!(
+        quiet(&["service", "ls", "--filter", &name_a]),
+        vec![sa.clone()]
+    );
+    let both = quiet(&["service", "ls", "-f", &name_a, "-f", &format!("name={b}")]);
+    assert_eq!(both.len(), 2, "{both:?}");
+    assert!(quiet(&["service", "ls", "-f", &name_a, "-f", "mode=global"]).is_empty());
+    let mut running_now = quiet(&["service", "ps", &sa, "-f", "desired-state=running"]);
+    running_now.sort();
+    assert_eq!(running_now, ids);
+    assert!(quiet(&["stack", "ps", &a, "-f", "desired-state=shutdown"]).is_empty());
+    let out = crate::support::reconciler(
+        std::path::Path::new("."),
+        &["service", "ls", "-f", "colour=red", "--server", &up.api],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out)
+            .contains("unknown filter key \"colour\": this listing takes name, mode, stack"),
+        "{}",
+        stderr(&out)
+    );
 
     let c3 = up.commit(&[(&compose(&b), None)], "remove stack b");
     let st = up.converged(&c3, T).await;

@@ -1,0 +1,111 @@
+//! `--filter KEY=VALUE` as docker takes it: repeatable; values of one key are alternatives,
+//! different keys must all match. Each listing says which keys it knows.
+
+use std::collections::BTreeMap;
+
+use crate::api::views::{ServiceView, TaskView};
+
+/// Parsed filters: key → the values any of which may match.
+#[derive(Debug, Default)]
+pub struct Filters(BTreeMap<String, Vec<String>>);
+
+impl Filters {
+    /// Parse `KEY=VALUE` strings, refusing a key this listing does not know.
+    pub fn parse(raw: &[String], known: &[&str]) -> anyhow::Result<Filters> {
+        let mut out = BTreeMap::<String, Vec<String>>::new();
+        for f in raw {
+            let Some((key, value)) = f.split_once('=') else {
+                anyhow::bail!("bad filter {f:?}: expected KEY=VALUE (as `--filter name=web`)");
+            };
+            if !known.contains(&key) {
+                anyhow::bail!(
+                    "unknown filter key {key:?}: this listing takes {}",
+                    known.join(", ")
+                );
+            }
+            out.entry(key.to_string())
+                .or_default()
+                .push(value.to_string());
+        }
+        Ok(Filters(out))
+    }
+
+    /// Does every key have a value that `matches` accepts?
+    fn all(&self, mut matches: impl FnMut(&str, &str) -> bool) -> bool {
+        self.0
+            .iter()
+            .all(|(key, values)| values.iter().any(|v| matches(key, v)))
+    }
+
+    /// Services: `name` (a prefix, as docker matches service names), `mode`, `stack`.
+    pub fn service(&self, s: &ServiceView) -> bool {
+        self.all(|key, v| match key {
+            "name" => s.name.starts_with(v),
+            "mode" => s.mode == v,
+            "stack" => s.stack == v,
+            _ => false,
+        })
+    }
+
+    /// Tasks: `id` (a prefix), `name` (a prefix), `desired-state`, `node`.
+    pub fn task(&self, t: &TaskView) -> bool {
+        self.all(|key, v| match key {
+            "id" => t.id.starts_with(v),
+            "name" => t.name.starts_with(v),
+            "desired-state" => t.desired_state.name() == v,
+            "node" => t.node == v,
+            _ => false,
+        })
+    }
+}
+
+impl Filters {
+    /// Stacks: `name` (a prefix).
+    pub fn stack(&self, name: &str) -> bool {
+        self.all(|key, v| key == "name" && name.starts_with(v))
+    }
+}
+
+pub const SERVICE_KEYS: [&str; 3] = ["name", "mode", "stack"];
+pub const TASK_KEYS: [&str; 4] = ["id", "name", "desired-state", "node"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_of_one_key_are_alternatives_and_keys_must_all_match() {
+        let f = Filters::parse(
+            &[
+                "mode=replicated".into(),
+                "name=web_".into(),
+                "name=db_".into(),
+            ],
+            &SERVICE_KEYS,
+        )
+        .unwrap();
+        let svc = |name: &str, mode: &str| ServiceView {
+            name: name.into(),
+            mode: mode.into(),
+            ..Default::default()
+        };
+        assert!(f.service(&svc("web_api", "replicated")));
+        assert!(f.service(&svc("db_main", "replicated")));
+        assert!(!f.service(&svc("db_main", "global")));
+        assert!(!f.service(&svc("cache_redis", "replicated")));
+        assert!(Filters::default().service(&svc("anything", "global")));
+    }
+
+    #[test]
+    fn unknown_keys_and_malformed_filters_say_what_is_taken() {
+        let e = Filters::parse(&["colour=red".into()], &TASK_KEYS).unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "unknown filter key \"colour\": this listing takes id, name, desired-state, node"
+            ),
+            "{e}"
+        );
+        let e = Filters::parse(&["running".into()], &TASK_KEYS).unwrap_err();
+        assert!(e.to_string().contains("expected KEY=VALUE"), "{e}");
+    }
+}
