@@ -652,7 +652,7 @@ async fn docker_runtime_container_options_reach_the_engine() {
             });
         });
         let id = case.run(&req).await;
-        let script = "echo $GREETING $(pwd) $(hostname); echo nofile $(ulimit -Sn) $(ulimit -Hn); grep db.example /etc/hosts; \
+        let script = "echo $GREETING $(pwd) $(hostname); echo nofile $(awk '/Max open files/ {print $4, $5}' /proc/1/limits); grep db.example /etc/hosts; \
                       grep ndots /etc/resolv.conf; touch /scratch/ok && echo tmpfs-rw; \
                       touch /data/ok && echo volume-rw; touch /rootfs 2>/dev/null || echo rootfs-ro; \
                       cat /proc/1/comm";
