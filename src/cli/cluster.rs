@@ -48,25 +48,22 @@ pub enum ServiceCommand {
         targets: Vec<String>,
     },
     /// Not here: update by commit. Says how for each docker flag, changes nothing, exits 1.
-    Update {
-        #[arg(
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            value_name = "ARGS"
-        )]
-        args: Vec<String>,
-    },
+    Update(DockerArgs),
     /// Not here: add the service to a stack file. Changes nothing, exits 1.
-    Create {
-        #[arg(
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            value_name = "ARGS"
-        )]
-        args: Vec<String>,
-    },
+    Create(DockerArgs),
     /// Not here: remove the service from its stack file. Changes nothing, exits 1.
     Rm { services: Vec<String> },
+}
+
+/// A docker command's arguments, taken as typed, flags included.
+#[derive(Debug, clap::Args)]
+pub struct DockerArgs {
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
+    args: Vec<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -78,14 +75,7 @@ pub enum StackCommand {
     /// List a stack's tasks.
     Ps(ListOfArgs),
     /// Not here: commit the stack's directory. Changes nothing, exits 1.
-    Deploy {
-        #[arg(
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            value_name = "ARGS"
-        )]
-        args: Vec<String>,
-    },
+    Deploy(DockerArgs),
     /// Not here: remove the stack's directory from git. Changes nothing, exits 1.
     Rm { stacks: Vec<String> },
 }
@@ -420,8 +410,10 @@ pub fn service(cmd: ServiceCommand) -> anyhow::Result<i32> {
         }
         ServiceCommand::Logs(a) => return logs(a),
         ServiceCommand::Scale { targets } => return not_here(super::gitops_way::scale(&targets)),
-        ServiceCommand::Update { args } => return not_here(super::gitops_way::update(&args)),
-        ServiceCommand::Create { args } => {
+        ServiceCommand::Update(DockerArgs { args }) => {
+            return not_here(super::gitops_way::update(&args))
+        }
+        ServiceCommand::Create(DockerArgs { args }) => {
             return not_here(super::gitops_way::lifecycle(
                 "service create",
                 last_name(&args),
@@ -535,7 +527,7 @@ pub fn stack(cmd: StackCommand) -> anyhow::Result<i32> {
             }
             println!("{}", tasks_table(&v, a.no_trunc));
         }
-        StackCommand::Deploy { args } => {
+        StackCommand::Deploy(DockerArgs { args }) => {
             return not_here(super::gitops_way::lifecycle(
                 "stack deploy",
                 last_name(&args),
