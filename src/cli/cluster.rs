@@ -157,6 +157,36 @@ fn table(header: &[&str]) -> Table {
     t
 }
 
+/// A task listing as its flags ask: JSON, IDs only, or a table.
+fn show_tasks(v: &[TaskView], a: &ListOfArgs) -> anyhow::Result<i32> {
+    if a.json {
+        return json(&v);
+    }
+    if a.quiet {
+        return lines(v.iter().map(|t| {
+            if a.no_trunc {
+                t.id.as_str()
+            } else {
+                short_id(t)
+            }
+        }));
+    }
+    println!("{}", tasks_table(v, a.no_trunc));
+    Ok(0)
+}
+
+/// A service listing as its flags ask: JSON, names only, or a table.
+fn show_services(v: &[ServiceView], as_json: bool, quiet: bool) -> anyhow::Result<i32> {
+    if as_json {
+        return json(&v);
+    }
+    if quiet {
+        return lines(v.iter().map(|s| s.name.as_str()));
+    }
+    println!("{}", services_table(v));
+    Ok(0)
+}
+
 /// One item a line, for scripts (`-q`).
 fn lines<'a>(items: impl Iterator<Item = &'a str>) -> anyhow::Result<i32> {
     for item in items {
@@ -376,32 +406,14 @@ pub fn service(cmd: ServiceCommand) -> anyhow::Result<i32> {
             let keep = Filters::parse(&a.filter, &filter::SERVICE_KEYS)?;
             let v: Vec<ServiceView> = Client::new(&a.server)?.get("/api/v1/services")?;
             let v: Vec<ServiceView> = v.into_iter().filter(|s| keep.service(s)).collect();
-            if a.json {
-                return json(&v);
-            }
-            if a.quiet {
-                return lines(v.iter().map(|s| s.name.as_str()));
-            }
-            println!("{}", services_table(&v));
+            return show_services(&v, a.json, a.quiet);
         }
         ServiceCommand::Ps(a) => {
             let keep = Filters::parse(&a.filter, &filter::TASK_KEYS)?;
             let v: Vec<TaskView> =
                 Client::new(&a.server)?.get(&format!("/api/v1/services/{}/tasks", a.name))?;
             let v: Vec<TaskView> = v.into_iter().filter(|t| keep.task(t)).collect();
-            if a.json {
-                return json(&v);
-            }
-            if a.quiet {
-                return lines(v.iter().map(|t| {
-                    if a.no_trunc {
-                        t.id.as_str()
-                    } else {
-                        short_id(t)
-                    }
-                }));
-            }
-            println!("{}", tasks_table(&v, a.no_trunc));
+            return show_tasks(&v, &a);
         }
         ServiceCommand::Inspect(a) => {
             let v: Service =
@@ -497,13 +509,7 @@ pub fn stack(cmd: StackCommand) -> anyhow::Result<i32> {
                 .into_iter()
                 .filter(|s| s.stack == a.name && keep.service(s))
                 .collect();
-            if a.json {
-                return json(&v);
-            }
-            if a.quiet {
-                return lines(v.iter().map(|s| s.name.as_str()));
-            }
-            println!("{}", services_table(&v));
+            return show_services(&v, a.json, a.quiet);
         }
         StackCommand::Ps(a) => {
             let keep = Filters::parse(&a.filter, &filter::TASK_KEYS)?;
@@ -513,19 +519,7 @@ pub fn stack(cmd: StackCommand) -> anyhow::Result<i32> {
                 .into_iter()
                 .filter(|t| t.service.starts_with(&prefix) && keep.task(t))
                 .collect();
-            if a.json {
-                return json(&v);
-            }
-            if a.quiet {
-                return lines(v.iter().map(|t| {
-                    if a.no_trunc {
-                        t.id.as_str()
-                    } else {
-                        short_id(t)
-                    }
-                }));
-            }
-            println!("{}", tasks_table(&v, a.no_trunc));
+            return show_tasks(&v, &a);
         }
         StackCommand::Deploy(DockerArgs { args }) => {
             return not_here(super::gitops_way::lifecycle(
