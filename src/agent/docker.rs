@@ -216,6 +216,17 @@ impl DockerRuntime {
         Ok(format!("{}.{}", v.major_version, v.minor_version))
     }
 
+    /// The engine's own version, e.g. `20.10.24` (what `node ls` shows).
+    pub async fn engine_version(&self) -> Result<String, RuntimeError> {
+        let v = self
+            .client()
+            .await?
+            .version()
+            .await
+            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
+        Ok(v.version.unwrap_or_default())
+    }
+
     /// Remove task directories whose container is gone (after a crash between remove steps, or
     /// a container removed by hand). Returns the task ids pruned.
     pub async fn prune_task_files(&self) -> Result<Vec<String>, RuntimeError> {

@@ -33,8 +33,8 @@ pub enum ProposeError {
     /// The state machine refused it (its precondition does not hold).
     #[error(transparent)]
     Refused(#[from] ApplyError),
-    /// It could not be made durable.
-    #[error("the store failed: {0}")]
+    /// It could not be committed (no quorum, a store failure).
+    #[error("{0}")]
     Store(String),
 }
 
@@ -65,7 +65,7 @@ pub trait Cluster: Send + Sync + 'static {
     /// Call `f` with the current state (under the store's lock: keep it short).
     fn read_state(&self, f: &mut dyn FnMut(&State));
     /// Carry out `action`, checked and applied as one proposal.
-    fn act(&self, action: Action) -> Result<(), ProposeError>;
+    fn act(self: Arc<Self>, action: Action) -> BoxFuture<'static, Result<(), ProposeError>>;
     /// This node's own report: engine, ports, loops.
     fn node(&self) -> NodeReport;
     /// The git watcher's status (JSON).
@@ -167,9 +167,12 @@ async fn service_tasks(AxState(cluster): Ctx, Path(name): Path<String>) -> Respo
 /// Swap a service back to its previous spec. Checked and applied as one proposal, so the
 /// answer says what really happened.
 async fn rollback(AxState(cluster): Ctx, Path(name): Path<String>) -> Response {
-    match cluster.act(Action::RollbackService {
-        service: name.clone(),
-    }) {
+    match cluster
+        .act(Action::RollbackService {
+            service: name.clone(),
+        })
+        .await
+    {
         Ok(()) => Json(serde_json::json!({ "service": name, "rolled_back": true })).into_response(),
         Err(ProposeError::Refused(e @ ApplyError::NoService(_))) => {
             error(StatusCode::NOT_FOUND, e.to_string())

@@ -151,7 +151,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::spec::units::Duration::parse(s).map(|d| d.as_std())
 }
 
-fn table(header: &[&str]) -> Table {
+pub(super) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(NOTHING).set_header(header.iter().copied());
     t

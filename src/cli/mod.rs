@@ -9,13 +9,16 @@ use crate::logging::{self, LogFormat};
 mod bench;
 mod client;
 mod cluster;
+mod control;
 mod export;
 mod filter;
 mod gitops_way;
+mod node;
 mod plan;
 mod schema;
 mod secret;
 mod source;
+mod swarm;
 mod up;
 mod validate;
 
@@ -48,8 +51,18 @@ enum Command {
     /// Encrypt secrets for the stacks repo with age.
     #[command(subcommand)]
     Secret(secret::Command),
-    /// Watch a git repository of stacks and converge the local Docker Engine onto it.
+    /// Run this node: a new data dir becomes a single-manager cluster (as `init` makes),
+    /// one of a cluster starts that node again.
     Up(up::Args),
+    /// Make a new cluster with this node as its first manager, and run it.
+    Init(swarm::InitArgs),
+    /// Join a cluster with a token, and run this node in it.
+    Join(swarm::JoinArgs),
+    /// Print (or --rotate) the token that joins a worker or a manager.
+    JoinToken(swarm::JoinTokenArgs),
+    /// The cluster's nodes.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
     /// What runs: live and refused commits, services, replicas, update states.
     Status(cluster::StatusArgs),
     /// Fetch the repository now; with --wait, follow the commit until it converges.
@@ -78,7 +91,11 @@ pub fn main() -> i32 {
     // A command whose output goes into `| head` must stop quietly when the pipe closes, as
     // Unix tools do; not the servers (`up`, and `bench`, which runs one), whose sockets would
     // then kill them on a client hanging up.
-    if !matches!(cli.command, Command::Up(_) | Command::Bench(_)) {
+    let server = matches!(
+        cli.command,
+        Command::Up(_) | Command::Init(_) | Command::Join(_)
+    );
+    if !server && !matches!(cli.command, Command::Bench(_)) {
         sigpipe::reset();
     }
     let local_only = match &cli.command {
@@ -90,7 +107,7 @@ pub fn main() -> i32 {
         no_tls_for_git();
     }
     // `up` is a server: its progress is worth seeing by default.
-    let level = if matches!(cli.command, Command::Up(_)) {
+    let level = if server {
         "info"
     } else {
         "warn"
@@ -103,6 +120,10 @@ pub fn main() -> i32 {
         Command::Export(args) => export::run(args),
         Command::Secret(cmd) => secret::run(cmd),
         Command::Up(args) => up::run(args),
+        Command::Init(args) => swarm::init(args),
+        Command::Join(args) => swarm::join(args),
+        Command::JoinToken(args) => swarm::join_token(args),
+        Command::Node(cmd) => node::run(cmd),
         Command::Status(args) => cluster::status(args),
         Command::Sync(args) => cluster::sync(args),
         Command::Service(cmd) => cluster::service(cmd),

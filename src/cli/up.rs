@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::start::{ClusterOptions, Start};
 use crate::gitops::{Auth, Source};
 use crate::manager::{self, UpConfig};
 
@@ -27,10 +28,10 @@ pub struct Args {
     path: Option<String>,
     /// Where the store, the git mirror and the node id live.
     #[arg(long, default_value = ".reconciler")]
-    data_dir: PathBuf,
+    pub data_dir: PathBuf,
     /// Address of the API, status page, /metrics and webhook.
     #[arg(long, default_value = DEFAULT_LISTEN)]
-    listen: SocketAddr,
+    pub listen: SocketAddr,
     /// How often to fetch when no webhook or file change says so.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     poll: Duration,
@@ -65,6 +66,17 @@ pub struct Args {
     /// hostname (repeatable): requests for any other name are refused (DNS rebinding).
     #[arg(long = "api-host", value_name = "NAME")]
     api_hosts: Vec<String>,
+    /// Where the cluster listener (Raft, the CA, the control API; mutual TLS) binds.
+    /// Default: `init`/`join` 0.0.0.0:2377; `up` the address its data dir was made with, or
+    /// loopback on a free port for a new single-node cluster.
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    pub listen_addr: Option<String>,
+    /// The address other nodes reach the cluster listener on (default: the listen address).
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    pub advertise_addr: Option<String>,
+    /// The name `node ls` shows for this node (default: this machine's hostname).
+    #[arg(long)]
+    pub hostname: Option<String>,
 }
 
 /// The API token from the flags, if any.
@@ -83,11 +95,34 @@ fn api_token(args: &Args) -> anyhow::Result<Option<String>> {
     Ok(args.api_token.clone().filter(|t| !t.is_empty()))
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::spec::units::Duration::parse(s).map(|d| d.as_std())
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
+    let files = crate::cluster::files::NodeFiles::new(&args.data_dir);
+    // A data dir of a cluster starts again as that node; a new one becomes a single-manager
+    // cluster, exactly as `init` makes one.
+    let start = if files.exists() {
+        Start::Resume
+    } else {
+        Start::Init
+    };
+    let options = ClusterOptions {
+        listen_addr: args.listen_addr.clone(),
+        advertise_addr: args.advertise_addr.clone(),
+        ..ClusterOptions::default()
+    };
+    serve(args, start, options, |_| {})
+}
+
+/// Run a node until it is told to stop; `started` is called once it is in its cluster.
+pub fn serve(
+    args: Args,
+    start: Start,
+    cluster: ClusterOptions,
+    started: impl FnOnce(&crate::cluster::node::ClusterNode) + Send + 'static,
+) -> anyhow::Result<i32> {
     let token = api_token(&args)?;
     if token.is_none() && !args.listen.ip().is_loopback() {
         anyhow::bail!(
@@ -144,6 +179,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         ingress_bind: args.ingress_bind,
         variables: args.env.variables()?,
         security: crate::api::security::Security::new(token, args.api_hosts.clone()),
+        start,
+        cluster,
+        hostname: args.hostname.clone(),
     };
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
@@ -159,7 +197,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             stop.cancel();
         });
         eprintln!("status: http://{}/  (reconciler status --server http://{})", config.listen, config.listen);
-        manager::run(config, shutdown).await
+        manager::run(config, shutdown, started).await
     })?;
     Ok(0)
 }

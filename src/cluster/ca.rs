@@ -24,7 +24,8 @@ const BACKDATE: Duration = Duration::from_secs(3600);
 const ROOT_CN: &str = "reconciler-root-ca";
 
 /// What a node is allowed to do, as its certificate says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     Manager,
     Worker,
@@ -37,6 +38,21 @@ impl Role {
             Role::Manager => "reconciler-manager",
             Role::Worker => "reconciler-worker",
         }
+    }
+
+    /// The word users type and read: `manager`, `worker`.
+    pub fn word(self) -> &'static str {
+        match self {
+            Role::Manager => "manager",
+            Role::Worker => "worker",
+        }
+    }
+
+    /// A role from the word users type.
+    pub fn from_word(s: &str) -> Option<Role> {
+        [Role::Manager, Role::Worker]
+            .into_iter()
+            .find(|r| r.word() == s)
     }
 
     fn from_name(s: &str) -> Option<Role> {

@@ -4,7 +4,13 @@
 //! build on this; see the manager-cluster issue.)
 
 pub mod ca;
+pub mod config;
+pub mod files;
+pub mod node;
 pub mod raft;
+pub mod rpc;
+pub mod services;
+pub mod start;
 pub mod tls;
 pub mod token;
 

@@ -29,6 +29,8 @@ pub enum Trigger {
     FileChange,
     Webhook,
     SyncNow,
+    /// This manager became the leader and fetched, to start from the branch's head.
+    Leadership,
 }
 
 /// A new head of the tracked branch.

@@ -12,7 +12,7 @@ use supervise::supervise;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -25,7 +25,11 @@ use crate::desired::{self, GitTree, LoadOptions};
 use crate::gitops::{self, Mirror, Watcher, WatcherConfig, WatcherHandle};
 use crate::orchestrator::{IdGen, Orchestrator};
 use crate::secrets::Identities;
-use crate::store::{Availability, Command, Node, NodeRole, State, Store, StoreError};
+use crate::cluster::files::NodeFiles;
+use crate::cluster::node::ClusterNode;
+use crate::cluster::raft::{Answers, Proposal};
+use crate::cluster::start::{ClusterOptions, Start};
+use crate::store::{Availability, Command, Node, NodeRole, State};
 
 pub use content::MirrorContent;
 
@@ -49,12 +53,17 @@ pub struct UpConfig {
     pub variables: std::collections::BTreeMap<String, String>,
     /// The API's Host, Origin and token checks.
     pub security: crate::api::security::Security,
+    /// How this node enters its cluster (a new one, a join, or its data dir's).
+    pub start: Start,
+    pub cluster: ClusterOptions,
+    /// The name `node ls` shows (default: this machine's).
+    pub hostname: Option<String>,
 }
 
-/// What every loop shares: the store and a change counter to wake on.
+/// What every loop shares: the replicated store (read here, written through Raft) and its
+/// change counter to wake on.
 pub struct Shared {
-    store: Mutex<Store>,
-    changed: watch::Sender<u64>,
+    cluster: Arc<ClusterNode>,
     pub node_id: String,
     /// The Docker Engine's last error, while it is unreachable.
     pub engine: RwLock<Option<String>>,
@@ -69,42 +78,56 @@ pub struct Shared {
     pub stale: RwLock<std::collections::BTreeMap<String, Vec<String>>>,
     /// Loops that panicked (and were restarted), with the last panic.
     pub loop_failures: supervise::LoopFailures,
+    /// The last write that could not commit (no quorum), while it lasts.
+    pub quorum: RwLock<Option<String>>,
 }
 
 impl Shared {
-    /// The store, even after a panic elsewhere while it was held: the store's own changes
-    /// cannot be half done (a panicking command is refused and the state rebuilt), and the
-    /// loops only read under the lock.
-    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
-        self.store
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Apply commands in order, in one batch; returns how many applied. Refusals are the
-    /// normal outcome of a precondition (a task deleted in between) and are debug; a store
-    /// failure is an error.
-    pub fn apply(&self, commands: Vec<Command>) -> usize {
+    /// Commit commands in order, as one Raft entry; returns how many applied. Refusals are
+    /// the normal outcome of a precondition (a task deleted in between) and are debug; a
+    /// write that cannot commit is an error, said once while it lasts.
+    pub async fn apply(&self, commands: Vec<Command>) -> usize {
         self.apply_answers(commands)
+            .await
             .iter()
             .filter(|a| a.is_ok())
             .count()
     }
 
-    fn apply_answers(&self, commands: Vec<Command>) -> Vec<Result<(), crate::api::ProposeError>> {
+    async fn apply_answers(
+        &self,
+        commands: Vec<Command>,
+    ) -> Vec<Result<(), crate::api::ProposeError>> {
         if commands.is_empty() {
             return Vec::new();
         }
         // What status will show as a problem is logged once: when the command saying it applies.
         let worth_saying: Vec<Option<Said>> = commands.iter().map(Said::of).collect();
-        let answers = self.store().apply_batch(commands);
-        let mut applied = false;
-        let answers: Vec<_> = answers
+        let n = commands.len();
+        let answers = match self.cluster.propose(Proposal::Commands(commands)).await {
+            Ok(Answers(answers)) => {
+                if self.quorum.write().expect("lock").take().is_some() {
+                    tracing::info!("writes commit again");
+                }
+                answers
+            }
+            Err(e) => {
+                let e = e.to_string();
+                let mut last = self.quorum.write().expect("lock");
+                if last.as_deref() != Some(e.as_str()) {
+                    tracing::error!(error = %e, "a write did not commit");
+                    *last = Some(e.clone());
+                }
+                return (0..n)
+                    .map(|_| Err(crate::api::ProposeError::Store(e.clone())))
+                    .collect();
+            }
+        };
+        answers
             .into_iter()
             .zip(worth_saying)
             .map(|(a, said)| match a {
-                Ok(_) => {
-                    applied = true;
+                Ok(()) => {
                     if let Some(said) = said {
                         said.log();
                     }
@@ -112,46 +135,44 @@ impl Shared {
                 }
                 // A precondition that no longer holds (a task deleted in between) is the normal
                 // end of a step computed a moment ago, not a problem.
-                Err(StoreError::Apply(e)) => {
+                Err(e) => {
                     tracing::debug!(error = %e, "command refused");
                     Err(crate::api::ProposeError::Refused(e))
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "the store failed");
-                    Err(crate::api::ProposeError::Store(e.to_string()))
-                }
             })
-            .collect();
-        if applied {
-            self.changed.send_modify(|v| *v += 1);
-        }
-        answers
+            .collect()
     }
 
     /// A copy of the state for a loop to read without holding the lock.
     pub fn snapshot(&self) -> State {
-        self.store().state().clone()
+        self.cluster.sm.read(State::clone)
     }
 
     /// Read the state under the lock (for cheap queries).
     pub fn with_state<T>(&self, f: impl FnOnce(&State) -> T) -> T {
-        f(self.store().state())
+        self.cluster.sm.read(f)
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
+        self.cluster.sm.subscribe()
     }
 }
 
 impl crate::api::Cluster for Shared {
     fn read_state(&self, f: &mut dyn FnMut(&State)) {
-        f(self.store().state())
+        self.cluster.sm.read(|s| f(s))
     }
 
-    fn act(&self, action: crate::api::Action) -> Result<(), crate::api::ProposeError> {
-        self.apply_answers(vec![action.command()])
-            .pop()
-            .unwrap_or_else(|| Err(crate::api::ProposeError::Store("no answer".into())))
+    fn act(
+        self: Arc<Self>,
+        action: crate::api::Action,
+    ) -> futures::future::BoxFuture<'static, Result<(), crate::api::ProposeError>> {
+        Box::pin(async move {
+            self.apply_answers(vec![action.command()])
+                .await
+                .pop()
+                .unwrap_or_else(|| Err(crate::api::ProposeError::Store("no answer".into())))
+        })
     }
 
     fn node(&self) -> crate::api::views::NodeReport {
@@ -243,18 +264,24 @@ impl Said {
     }
 }
 
-/// Run until `shutdown` is cancelled.
-pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Run until `shutdown` is cancelled. `started` is called once the node is in its cluster
+/// (`init` prints the join commands there).
+pub async fn run(
+    config: UpConfig,
+    shutdown: CancellationToken,
+    started: impl FnOnce(&ClusterNode),
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
     let identities = match &config.identity {
         Some(p) => Some(Identities::from_file(p)?),
         None => Identities::discover(None)?,
     };
-    let store = Store::open(&config.data_dir.join("state.redb"))
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    let node_id = node_id(&config.data_dir)?;
-
+    // The API's port is taken before the cluster is made, so that a port in use leaves no
+    // half-made cluster behind.
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the API on {}", config.listen))?;
     let mirror = Arc::new(
         tokio::task::spawn_blocking({
             let (source, dir) = (config.source.clone(), config.data_dir.clone());
@@ -262,6 +289,17 @@ pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Resul
         })
         .await??,
     );
+    let files = NodeFiles::new(&config.data_dir);
+    let cluster = crate::cluster::start::start(
+        files,
+        config.start.clone(),
+        &config.cluster,
+        shutdown.clone(),
+    )
+    .await?;
+    let node_id = cluster.node_id().to_string();
+    started(&cluster);
+
     let (updates_tx, updates_rx) = mpsc::channel(8);
     let (watcher, handle) = Watcher::new(
         mirror.clone(),
@@ -271,11 +309,9 @@ pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Resul
         },
         updates_tx,
     );
-    let (changed, _) = watch::channel(0);
     let ingress = ingress::Ingress::new(config.ingress_bind);
     let shared = Arc::new(Shared {
-        store: Mutex::new(store),
-        changed,
+        cluster: cluster.clone(),
         node_id: node_id.clone(),
         engine: RwLock::new(None),
         watcher: handle.clone(),
@@ -285,10 +321,8 @@ pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Resul
         port_failures: ingress.failures(),
         stale: Default::default(),
         loop_failures: Default::default(),
+        quorum: Default::default(),
     });
-    shared.apply(vec![Command::UpsertNode {
-        node: local_node(&node_id),
-    }]);
 
     let content = Arc::new(MirrorContent::new(
         mirror.path().to_path_buf(),
@@ -297,14 +331,32 @@ pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Resul
         &config.data_dir,
     ));
     let runtime = DockerRuntime::connect_local().with_node_filter(node_id.clone());
-
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding the API on {}", config.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, repo = %mirror.display_url(), node = %node_id, "reconciler up");
+    // This node as the scheduler sees it; registered again at every start (its address,
+    // capacity and engine may have changed).
+    let mut me = local_node(&node_id, config.hostname.as_deref(), &cluster.info.advertise_addr);
+    me.engine_version = runtime.engine_version().await.unwrap_or_default();
+    {
+        let (shared, stop) = (shared.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            // Retried until it commits: a manager that restarts while the others are away
+            // registers once a quorum is back.
+            while !stop.is_cancelled() {
+                if shared
+                    .apply(vec![Command::UpsertNode { node: me.clone() }])
+                    .await
+                    > 0
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+    tracing::info!(listen = %listener.local_addr()?, repo = %mirror.display_url(), node = %node_id, cluster = %cluster.cluster_id(), "reconciler up");
 
     let mut tasks = tokio::task::JoinSet::new();
-    // Kept across restarts: the channels to the git loop and the API live in the watcher.
+    // Every manager keeps its mirror fetched (its agent reads secrets and repo files from
+    // it); only the leader turns new heads into revisions.
     let watcher = Arc::new(tokio::sync::Mutex::new(watcher));
     let stop = shutdown.clone();
     tasks.spawn(supervise(
@@ -359,39 +411,62 @@ pub async fn run(config: UpConfig, shutdown: CancellationToken) -> anyhow::Resul
         shutdown.clone(),
         move || ingress::Ingress::run(ingress.clone(), s.clone(), stop.clone()),
     ));
-    let cluster: Arc<dyn crate::api::Cluster> = shared.clone();
-    let router =
-        crate::api::router(cluster, config.security.clone()).merge(gitops::webhook_router(
-            gitops::WebhookConfig {
-                secret: config.webhook_secret.clone(),
-                ..Default::default()
-            },
-            handle,
-        ));
+    let api: Arc<dyn crate::api::Cluster> = shared.clone();
+    let router = crate::api::router(api, config.security.clone()).merge(gitops::webhook_router(
+        gitops::WebhookConfig {
+            secret: config.webhook_secret.clone(),
+            ..Default::default()
+        },
+        handle,
+    ));
     tasks.spawn(crate::api::serve::serve(listener, router, shutdown.clone()));
     shutdown.cancelled().await;
     while tasks.join_next().await.is_some() {}
+    let _ = cluster.raft.shutdown().await;
     Ok(())
 }
 
-/// A stable id for this node, kept in the data dir.
-fn node_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
-    let path = data_dir.join("node-id");
-    if let Ok(id) = std::fs::read_to_string(&path) {
-        let id = id.trim().to_string();
-        if !id.is_empty() {
-            return Ok(id);
-        }
-    }
-    let id = IdGen::random().next_id()[..12].to_string();
-    std::fs::write(&path, &id)?;
-    Ok(id)
+/// This machine's name.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
-fn local_node(id: &str) -> Node {
-    let hostname = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
+/// Resolves when this node leads, at once if it does now.
+async fn until_leader(shared: &Shared) {
+    let mut metrics = shared.cluster.leadership();
+    loop {
+        if shared.cluster.is_leader() {
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Resolves when this node stops leading.
+async fn until_not_leader(shared: &Shared) {
+    let mut metrics = shared.cluster.leadership();
+    loop {
+        if !shared.cluster.is_leader() {
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn local_node(id: &str, hostname_flag: Option<&str>, advertise: &str) -> Node {
+    let hostname = hostname_flag.map(str::to_string).unwrap_or_else(hostname);
+    let ip = advertise
+        .parse::<SocketAddr>()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| "127.0.0.1".into());
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
@@ -413,11 +488,12 @@ fn local_node(id: &str) -> Node {
         ready: true,
         os: std::env::consts::OS.to_string(),
         arch: std::env::consts::ARCH.to_string(),
-        ip: "127.0.0.1".into(),
+        ip,
         labels: Default::default(),
         engine_labels: Default::default(),
         nano_cpus: cpus * 1_000_000_000,
         memory_bytes: memory,
+        engine_version: String::new(),
     }
 }
 
@@ -457,11 +533,48 @@ async fn git_loop(this: &GitLoop, updates: &mut mpsc::Receiver<gitops::Update>) 
     let root_name = repo_name(mirror.display_url());
     // Warnings are said once, not again for every commit that still has them.
     let mut warned: std::collections::BTreeSet<String> = Default::default();
+    // The newest head not turned into a revision yet. Every manager's watcher fetches; only
+    // the leader applies, so a follower just remembers the newest head.
+    let mut pending: Option<gitops::Update> = None;
+    // What this manager applied while it leads: the same head twice is said once.
+    let mut done: Option<String> = None;
     loop {
-        let update = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            u = updates.recv() => match u { Some(u) => u, None => return },
+        if !shared.cluster.is_leader() {
+            done = None;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                u = updates.recv() => match u { Some(u) => pending = Some(u), None => return },
+                _ = until_leader(shared) => {
+                    // A new leader starts from the branch's head as it is now, not from what
+                    // its own mirror last saw, so that no commit the old leader had is undone
+                    // and none pushed meanwhile is missed.
+                    tracing::info!("this manager leads: the git loop and the orchestrator run here");
+                    match tokio::time::timeout(Duration::from_secs(30), shared.watcher.sync_now()).await {
+                        Ok(Ok(commit)) => pending = Some(gitops::Update { commit, trigger: gitops::Trigger::Leadership }),
+                        Ok(Err(e)) => tracing::warn!(error = %e, "fetching as the new leader failed; going on with the last head seen"),
+                        Err(_) => tracing::warn!("fetching as the new leader took over 30s; going on with the last head seen"),
+                    }
+                }
+            }
+            continue;
+        }
+        if pending.is_none() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                u = updates.recv() => match u { Some(u) => pending = Some(u), None => return },
+                _ = until_not_leader(shared) => continue,
+            }
+        }
+        while let Ok(u) = updates.try_recv() {
+            pending = Some(u);
+        }
+        let Some(update) = pending.take() else {
+            continue;
         };
+        if done.as_deref() == Some(update.commit.id.as_str()) {
+            continue;
+        }
+        done = Some(update.commit.id.clone());
         let commit = update.commit.id.clone();
         let short = update.commit.short_id();
         let (repo, cfg, commit2, name) = (
@@ -553,7 +666,13 @@ async fn git_loop(this: &GitLoop, updates: &mut mpsc::Receiver<gitops::Update>) 
             Ok(Err(e)) => refuse(vec![format!("{e:#}")]),
             Err(e) => refuse(vec![format!("loading the commit failed: {e}")]),
         };
-        shared.apply(vec![command]);
+        if shared.apply(vec![command]).await == 0 {
+            // Not committed (no quorum, or leadership lost): the next leader, or this one
+            // once it can commit, takes the head again.
+            pending.get_or_insert(update);
+            done = None;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 }
 
@@ -600,21 +719,45 @@ fn repo_name(url: &str) -> String {
     }
 }
 
+/// The orchestrator runs on the leader only: while this manager leads, it steps; when it
+/// stops leading, it waits, and a fresh orchestrator starts from the store next time (all it
+/// needs is there: a new leader loses nothing and repeats nothing).
 async fn orchestrator_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = until_leader(&shared) => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = until_not_leader(&shared) => {
+                tracing::info!("this manager no longer leads: its orchestrator stops");
+            }
+            _ = orchestrate(&shared) => {}
+        }
+    }
+}
+
+async fn orchestrate(shared: &Shared) {
     let mut orch = Orchestrator::new(IdGen::random());
     let mut changes = shared.subscribe();
     loop {
         let step = shared.with_state(|s| orch.step(s, now_ms()));
         let wake = step.wake_at;
-        if shared.apply(step.commands) > 0 {
+        let proposed = !step.commands.is_empty();
+        if shared.apply(step.commands).await > 0 {
             continue; // look again at once: one step's commands often enable the next
+        }
+        if proposed && shared.quorum.read().expect("lock").is_some() {
+            // Nothing committed: do not spin on a write that cannot succeed.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
         }
         let sleep = wake
             .map(|w| Duration::from_millis(w.saturating_sub(now_ms()).max(10)))
             .unwrap_or(Duration::from_secs(1))
             .min(Duration::from_secs(1));
         tokio::select! {
-            _ = shutdown.cancelled() => return,
             _ = changes.changed() => {}
             _ = tokio::time::sleep(sleep) => {}
         }
@@ -667,7 +810,7 @@ async fn agent_loop(
         if reports.engine_down.is_none() {
             *shared.addresses.write().expect("lock") = reports.addresses;
         }
-        shared.apply(reports.commands);
+        shared.apply(reports.commands).await;
         // Upkeep: when the stacks' networks changed (one was removed with its stack), and
         // every UPKEEP otherwise.
         let networks: Vec<String> = state.networks.keys().cloned().collect();

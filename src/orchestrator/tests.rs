@@ -60,6 +60,7 @@ impl Sim {
                     engine_labels: Default::default(),
                     nano_cpus: 2_000_000_000,
                     memory_bytes: 8 << 30,
+                    engine_version: String::new(),
                 },
             })
             .unwrap();

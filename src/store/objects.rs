@@ -218,6 +218,9 @@ pub struct Node {
     /// Capacity, for reservations.
     pub nano_cpus: u64,
     pub memory_bytes: u64,
+    /// The Docker Engine's version, as `node ls` shows it.
+    #[serde(default)]
+    pub engine_version: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,4 +236,15 @@ pub enum Availability {
     Active,
     Pause,
     Drain,
+}
+
+impl Availability {
+    /// As `node ls` shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Availability::Active => "Active",
+            Availability::Pause => "Pause",
+            Availability::Drain => "Drain",
+        }
+    }
 }

@@ -107,7 +107,7 @@ pub enum Event {
     RevisionChanged,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ApplyError {
     #[error("no service {0}")]
     NoService(String),
@@ -117,6 +117,12 @@ pub enum ApplyError {
     TaskExists(String),
     #[error("service {0} has no previous spec to roll back to")]
     NothingToRollBack(String),
+    /// Applying the command panicked (a bug); it was refused alike everywhere.
+    #[error("applying the command failed ({0}); it was refused")]
+    Panicked(String),
+    /// A change to the cluster's own settings that does not hold.
+    #[error("{0}")]
+    Cluster(String),
 }
 
 impl State {

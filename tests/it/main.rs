@@ -2,6 +2,7 @@
 //! the real Docker Engine.
 
 mod cli_gitops_way;
+mod cluster;
 mod docker_runtime;
 mod gitops;
 mod plan_cli;

@@ -46,12 +46,15 @@ impl Reconciler {
             ingress_bind: "127.0.0.1".parse()?,
             variables: Default::default(),
             security: Default::default(),
+            start: crate::cluster::start::Start::Init,
+            cluster: Default::default(),
+            hostname: None,
         };
         // A first commit, so that the watcher runs before the timed ones; `.keep` says that a
         // repo without stacks is meant (the benchmark removes its last stack between runs).
         std::fs::write(repo_dir.join(".keep"), "")?;
         let this = Reconciler {
-            server: tokio::spawn(manager::run(config, shutdown.clone())),
+            server: tokio::spawn(manager::run(config, shutdown.clone(), |_| {})),
             _dir: dir,
             repo_dir,
             repo,

@@ -8,7 +8,6 @@
 //! - [`StateMachine`]: the state in memory; its snapshots, with the last applied log id and
 //!   the membership, in redb, so a restart replays only what came after.
 //!
-//! (The network, `init`/`join` and the loops that propose come next: the manager-cluster issue.)
 
 mod log_store;
 pub mod network;
@@ -17,17 +16,22 @@ mod state_machine;
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
 
-use crate::store::Command;
+use super::config::ClusterChange;
+use crate::store::{ApplyError, Command};
 
-/// One Raft entry's payload: the commands of one proposal, applied in order.
+/// One Raft entry's payload.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Proposal {
-    pub commands: Vec<Command>,
+pub enum Proposal {
+    /// Store commands, applied in order: one orchestrator step, one agent report, one action.
+    Commands(Vec<Command>),
+    /// A change to the cluster's own settings and trust (root CA, join tokens), kept apart
+    /// from the store's state.
+    Cluster(ClusterChange),
 }
 
 /// What applying a proposal answered: one result per command (the reason when refused).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Answers(pub Vec<Result<(), String>>);
+pub struct Answers(pub Vec<Result<(), ApplyError>>);
 
 openraft::declare_raft_types!(
     /// The cluster's Raft types: node IDs are numbers, nodes are addressed by `BasicNode`.

@@ -36,13 +36,17 @@ pub struct TlsPem {
 }
 
 impl TlsPem {
+    /// A manager's listener. A client certificate, when shown, must come from the cluster's
+    /// root; it may be missing, because a node that joins has none yet and may call the CA
+    /// service only: every other RPC refuses a caller without one.
     pub fn server(&self) -> ServerTlsConfig {
         ServerTlsConfig::new()
             .identity(Identity::from_pem(&self.cert, &self.key))
             .client_ca_root(Certificate::from_pem(&self.root))
+            .client_auth_optional(true)
     }
 
-    fn client(&self) -> ClientTlsConfig {
+    pub fn client(&self) -> ClientTlsConfig {
         ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.root))
             .identity(Identity::from_pem(&self.cert, &self.key))
@@ -53,11 +57,41 @@ impl TlsPem {
 /// Dials the other managers; `BasicNode::addr` is `host:port`.
 pub struct Network {
     pub tls: TlsPem,
+    /// Which peers answered their last call: a peer lost and back is said once each way
+    /// (openraft itself retries, and would say it several times a second).
+    pub reachable: Reachability,
+}
+
+pub type Reachability = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<NodeId, bool>>>;
+
+impl Network {
+    pub fn new(tls: TlsPem) -> Network {
+        Network {
+            tls,
+            reachable: Default::default(),
+        }
+    }
 }
 
 pub struct Peer {
     target: NodeId,
+    addr: String,
     client: Result<pb::raft_client::RaftClient<Channel>, String>,
+    reachable: Reachability,
+}
+
+impl Peer {
+    fn answered(&self, ok: bool, why: impl FnOnce() -> String) {
+        let mut map = self.reachable.lock().unwrap_or_else(|e| e.into_inner());
+        let was = map.insert(self.target, ok);
+        match (was, ok) {
+            (Some(true) | None, false) => {
+                tracing::warn!(manager = %self.addr, error = %why(), "a manager is unreachable")
+            }
+            (Some(false), true) => tracing::info!(manager = %self.addr, "a manager is reachable again"),
+            _ => {}
+        }
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -69,7 +103,12 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             .and_then(|e| e.tls_config(self.tls.client()))
             .map(|e| pb::raft_client::RaftClient::new(e.connect_lazy()))
             .map_err(|e| format!("{}: {e}", node.addr));
-        Peer { target, client }
+        Peer {
+            target,
+            addr: node.addr.clone(),
+            client,
+            reachable: self.reachable.clone(),
+        }
     }
 }
 
@@ -127,6 +166,10 @@ impl Peer {
             Rpc::Vote => client.vote(payload).await,
             Rpc::InstallSnapshot => client.install_snapshot(payload).await,
         };
+        match &answer {
+            Ok(_) => self.answered(true, String::new),
+            Err(status) => self.answered(false, || status.message().to_string()),
+        }
         let answer = answer.map_err(|status| {
             if status.code() == tonic::Code::Unavailable {
                 RPCError::Unreachable(Unreachable::new(&std::io::Error::other(status.to_string())))

@@ -12,10 +12,12 @@ use openraft::{
     StorageError, StorageIOError, StoredMembership,
 };
 use redb::{Database, ReadableDatabase, TableDefinition};
-use tokio::sync::RwLock;
+use std::sync::RwLock;
+use tokio::sync::watch;
 
-use super::{io_error, Answers, TypeConfig};
-use crate::store::{apply_caught, Command, State};
+use super::{io_error, Answers, Proposal, TypeConfig};
+use crate::cluster::config::ClusterConfig;
+use crate::store::{apply_caught, ApplyError, Command, State};
 
 type NodeId = u64;
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
@@ -29,6 +31,9 @@ struct Applied {
     last_applied: Option<LogId<NodeId>>,
     membership: Membership,
     state: State,
+    /// The cluster's own settings (none before `init`'s first entry).
+    #[serde(default)]
+    cluster: Option<ClusterConfig>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -37,13 +42,16 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
-/// The state machine; clones share it (a clone builds snapshots).
+/// The state machine; clones share it (a clone builds snapshots). The lock is never held
+/// across an await: readers copy what they need out.
 #[derive(Clone)]
 pub struct StateMachine {
     db: Arc<Database>,
     applied: Arc<RwLock<Applied>>,
     /// Snapshots built by this node, numbered for their ids.
     built: Arc<std::sync::atomic::AtomicU64>,
+    /// Counts the applied entries and installed snapshots: the loops wake on it.
+    changed: Arc<watch::Sender<u64>>,
 }
 
 impl StateMachine {
@@ -57,17 +65,47 @@ impl StateMachine {
             db: Arc::new(db),
             applied: Default::default(),
             built: Default::default(),
+            changed: Arc::new(watch::channel(0).0),
         };
         if let Some(stored) = sm.stored()? {
             let applied: Applied = serde_json::from_slice(&stored.data)?;
-            *sm.applied.try_write().expect("not shared yet") = applied;
+            *sm.write() = applied;
         }
         Ok(sm)
     }
 
+    fn read_lock(&self) -> std::sync::RwLockReadGuard<'_, Applied> {
+        // Applying cannot leave the state half changed (a panicking command is caught), so
+        // a poisoned lock still guards a whole state.
+        self.applied
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
+        self.applied
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Read the state as it is now.
-    pub async fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
-        f(&self.applied.read().await.state)
+    pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.read_lock().state)
+    }
+
+    /// Read the cluster's own settings (none before the first entry of `init` applied).
+    pub fn read_cluster<T>(&self, f: impl FnOnce(Option<&ClusterConfig>) -> T) -> T {
+        f(self.read_lock().cluster.as_ref())
+    }
+
+    /// The index of the last applied entry.
+    pub fn last_applied(&self) -> Option<u64> {
+        self.read_lock().last_applied.map(|l| l.index)
+    }
+
+    /// Wakes when an entry applies or a snapshot is installed.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     fn stored(&self) -> anyhow::Result<Option<StoredSnapshot>> {
@@ -102,21 +140,24 @@ impl StateMachine {
 
 /// One command of a proposal, as the single-node store takes it: checked, then applied; a
 /// refusal (or a panic, a bug) is the command's answer, not the end of the proposal.
-fn apply_one(state: &mut State, command: Command, log_id: LogId<NodeId>) -> Result<(), String> {
-    state.check(&command).map_err(|e| e.to_string())?;
+fn apply_one(
+    state: &mut State,
+    command: Command,
+    log_id: LogId<NodeId>,
+) -> Result<(), ApplyError> {
+    state.check(&command)?;
     match apply_caught(state, command) {
-        Ok(Ok(_events)) => Ok(()),
-        Ok(Err(refused)) => Err(refused.to_string()),
+        Ok(result) => result.map(|_events| ()),
         Err(panic) => {
             tracing::error!(log = %log_id, panic = %panic, "applying a command panicked; it is refused");
-            Err(format!("applying the command failed ({panic})"))
+            Err(ApplyError::Panicked(panic))
         }
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let applied = self.applied.read().await.clone();
+        let applied = self.read_lock().clone();
         let data = serde_json::to_vec(&applied)
             .map_err(|e| StorageIOError::read_state_machine(io_error(e)))?;
         let n = self
@@ -150,7 +191,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<LogId<NodeId>>, Membership), StorageError<NodeId>> {
-        let applied = self.applied.read().await;
+        let applied = self.read_lock();
         Ok((applied.last_applied, applied.membership.clone()))
     }
 
@@ -159,7 +200,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut applied = self.applied.write().await;
+        let mut applied = self.write();
         let mut out = Vec::new();
         for entry in entries {
             applied.last_applied = Some(entry.log_id);
@@ -171,13 +212,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 // Every manager applies the same proposals in the same order: a command
                 // refused here is refused alike everywhere, so the states stay the same.
-                EntryPayload::Normal(proposal) => proposal
-                    .commands
+                EntryPayload::Normal(Proposal::Commands(commands)) => commands
                     .into_iter()
                     .map(|command| apply_one(&mut applied.state, command, entry.log_id))
                     .collect(),
+                EntryPayload::Normal(Proposal::Cluster(change)) => {
+                    vec![change
+                        .apply(&mut applied.cluster)
+                        .map_err(ApplyError::Cluster)]
+                }
             };
             out.push(Answers(answers));
+        }
+        drop(applied);
+        if !out.is_empty() {
+            self.changed.send_modify(|n| *n += 1);
         }
         Ok(out)
     }
@@ -207,7 +256,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             data,
         })?;
-        *self.applied.write().await = incoming;
+        *self.write() = incoming;
+        self.changed.send_modify(|n| *n += 1);
         Ok(())
     }
 

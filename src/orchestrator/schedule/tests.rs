@@ -23,6 +23,7 @@ fn node(id: &str) -> Node {
         engine_labels: Default::default(),
         nano_cpus: 4_000_000_000,
         memory_bytes: 8 << 30,
+        engine_version: String::new(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: real git repositories made on the spot and the
 //! real `reconciler` binary run as a process.
 
+pub mod cluster;
 pub mod up;
 
 use std::path::{Path, PathBuf};

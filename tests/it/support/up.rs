@@ -264,7 +264,11 @@ impl Drop for Up {
         } else {
             self.data.path().to_path_buf()
         };
-        if let Ok(id) = std::fs::read_to_string(data.join("node-id")) {
+        let node_id = std::fs::read_to_string(data.join("node.json"))
+            .ok()
+            .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
+            .and_then(|v| v["node_id"].as_str().map(str::to_string));
+        if let Some(id) = node_id {
             let id = id.trim();
             if !id.is_empty() && !id.contains('/') {
                 for root in ["/run/reconciler", "/dev/shm/reconciler"] {

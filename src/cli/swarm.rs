@@ -1,0 +1,138 @@
+//! `init`, `join` and `join-token`: making a cluster and growing it, with the output a Swarm
+//! user knows from `docker swarm init`.
+
+use std::time::Duration;
+
+use crate::cluster::ca::Role;
+use crate::cluster::rpc::pb;
+use crate::cluster::start::{ClusterOptions, Start};
+
+use super::control::{Control, NodeArgs};
+use super::up;
+
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    up: up::Args,
+    /// Lifetime of node certificates (renewed automatically).
+    #[arg(long, default_value = "2160h", value_parser = up::parse_duration)]
+    cert_expiry: Duration,
+    /// Raft entries between snapshots (older entries are then dropped).
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_interval: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct JoinArgs {
+    /// The join token (`reconciler join-token manager` on a manager prints it).
+    #[arg(long, env = "RECONCILER_JOIN_TOKEN", hide_env_values = true)]
+    token: String,
+    /// A manager's cluster address, host:port.
+    manager: String,
+    #[command(flatten)]
+    up: up::Args,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct JoinTokenArgs {
+    /// Whose token: worker or manager.
+    #[arg(value_parser = ["worker", "manager"])]
+    role: String,
+    /// Print the token only.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Replace the token: the old one is refused from now on.
+    #[arg(long)]
+    rotate: bool,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+fn default_listen(args: &up::Args) -> Option<String> {
+    Some(
+        args.listen_addr
+            .clone()
+            .unwrap_or_else(|| "0.0.0.0:2377".into()),
+    )
+}
+
+pub fn init(args: InitArgs) -> anyhow::Result<i32> {
+    let options = ClusterOptions {
+        listen_addr: default_listen(&args.up),
+        advertise_addr: args.up.advertise_addr.clone(),
+        cert_expiry: args.cert_expiry,
+        snapshot_interval: args.snapshot_interval,
+    };
+    let data_dir = args.up.data_dir.clone();
+    up::serve(args.up, Start::Init, options, move |node| {
+        let tokens = node.sm.read_cluster(|c| {
+            c.map(|c| (c.worker_token.clone(), c.manager_token.clone()))
+        });
+        let addr = &node.info.advertise_addr;
+        println!(
+            "Cluster initialized: current node ({}) is now a manager.\n",
+            node.node_id()
+        );
+        if let Some((worker, manager)) = tokens {
+            let dir = data_dir.display();
+            println!("To add a manager to this cluster, run the following command:\n\n    reconciler join --token {manager} {addr}\n");
+            println!("To add a worker to this cluster, run the following command:\n\n    reconciler join --token {worker} {addr}\n");
+            println!("(`reconciler join-token manager|worker --data-dir {dir}` prints them again.)");
+        }
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+    })
+}
+
+pub fn join(args: JoinArgs) -> anyhow::Result<i32> {
+    let options = ClusterOptions {
+        listen_addr: default_listen(&args.up),
+        advertise_addr: args.up.advertise_addr.clone(),
+        ..ClusterOptions::default()
+    };
+    up::serve(
+        args.up,
+        Start::Join {
+            token: args.token,
+            manager: args.manager,
+        },
+        options,
+        |node| {
+            println!(
+                "This node joined the cluster {} as a {} (node {}).",
+                node.cluster_id(),
+                node.info.role.word(),
+                node.node_id()
+            );
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+        },
+    )
+}
+
+pub fn join_token(args: JoinTokenArgs) -> anyhow::Result<i32> {
+    let role = Role::from_word(&args.role).expect("clap checked the role");
+    let mut control = Control::connect(&args.node)?;
+    let (word, rotate) = (role.word().to_string(), args.rotate);
+    let answer = control.call(async move |c| {
+        c.join_token(pb::JoinTokenRequest {
+            role: word,
+            rotate,
+        })
+        .await
+    })?;
+    if args.quiet {
+        println!("{}", answer.token);
+        return Ok(0);
+    }
+    if args.rotate {
+        println!("Successfully rotated {} join token.\n", role.word());
+    }
+    println!(
+        "To add a {} to this cluster, run the following command:\n\n    reconciler join --token {} {}\n",
+        role.word(),
+        answer.token,
+        control.addr
+    );
+    Ok(0)
+}

@@ -1,0 +1,217 @@
+//! A manager's part in the cluster once it runs: its Raft, its state machine, who it is, and
+//! how it commits. Every write goes through [`ClusterNode::propose`]: on the leader straight
+//! into Raft, on a follower forwarded to the leader over the Control service.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ServerState};
+use sha2::{Digest as _, Sha256};
+use tonic::transport::Channel;
+
+use super::ca::Role;
+use super::files::{NodeFiles, NodeInfo};
+use super::raft::network::TlsPem;
+use super::raft::{Answers, Proposal, StateMachine, TypeConfig};
+use super::rpc::{self, pb};
+
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// How long a write may wait for a quorum before the caller is told it has none.
+pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Raft's number for a node: derived from its ID, so every manager computes the same one
+/// and no table has to be kept in step.
+pub fn raft_id(node_id: &str) -> u64 {
+    let digest = Sha256::digest(node_id.as_bytes());
+    let mut n = [0u8; 8];
+    n.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(n).max(1)
+}
+
+/// Why a write did not commit.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProposeError {
+    #[error("no quorum: the write was not committed within {secs}s; a majority of the managers must be reachable ({why})", secs = PROPOSE_TIMEOUT.as_secs(), why = .0)]
+    NoQuorum(String),
+    #[error("no leader is elected yet; try again in a moment")]
+    NoLeader,
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub struct ClusterNode {
+    pub info: NodeInfo,
+    pub raft_id: u64,
+    pub raft: Raft,
+    pub sm: StateMachine,
+    pub tls: TlsPem,
+    pub files: NodeFiles,
+    /// Channels to the other managers, by address.
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl ClusterNode {
+    pub fn new(info: NodeInfo, raft: Raft, sm: StateMachine, tls: TlsPem, files: NodeFiles) -> Self {
+        ClusterNode {
+            raft_id: raft_id(&info.node_id),
+            info,
+            raft,
+            sm,
+            tls,
+            files,
+            channels: Default::default(),
+        }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.info.node_id
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.info.cluster_id
+    }
+
+    /// A Control client to the manager at `addr`, as this node.
+    pub fn control(&self, addr: &str) -> anyhow::Result<pb::control_client::ControlClient<Channel>> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let channel = match channels.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let c = rpc::dial(addr, &self.tls)?;
+                channels.insert(addr.to_string(), c.clone());
+                c
+            }
+        };
+        Ok(pb::control_client::ControlClient::new(channel))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.state == ServerState::Leader && m.current_leader == Some(self.raft_id)
+    }
+
+    /// The leader as this node knows it: Raft number and address.
+    pub fn leader(&self) -> Option<(u64, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node.addr))
+    }
+
+    /// The managers in the membership (voters and learners), by Raft number.
+    pub fn managers(&self) -> BTreeMap<u64, (String, bool)> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, n)| (*id, (n.addr.clone(), voters.contains(id))))
+            .collect()
+    }
+
+    /// Wakes whenever this node gains or loses the leadership (and on other Raft changes).
+    pub fn leadership(&self) -> tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, BasicNode>> {
+        self.raft.metrics()
+    }
+
+    /// Commit a proposal: here if this node leads, else at the leader. Waits at most
+    /// [`PROPOSE_TIMEOUT`] for a quorum.
+    pub async fn propose(&self, proposal: Proposal) -> Result<Answers, ProposeError> {
+        match tokio::time::timeout(PROPOSE_TIMEOUT, self.propose_inner(proposal)).await {
+            Ok(r) => r,
+            Err(_) => Err(ProposeError::NoQuorum(self.quorum_report())),
+        }
+    }
+
+    async fn propose_inner(&self, proposal: Proposal) -> Result<Answers, ProposeError> {
+        let mut wait = Duration::from_millis(50);
+        loop {
+            match self.propose_local(proposal.clone()).await {
+                Ok(answers) => return Ok(answers),
+                Err(Forward::To(addr)) => match self.forward(&addr, &proposal).await {
+                    Ok(answers) => return Ok(answers),
+                    // The leader moved or is unreachable: look again.
+                    Err(e) => tracing::debug!(leader = %addr, error = %e, "forwarding a write failed; retrying"),
+                },
+                Err(Forward::Unknown) => {}
+                Err(Forward::Fatal(e)) => return Err(ProposeError::Failed(e)),
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Commit through this node's Raft, or say where the leader is.
+    pub async fn propose_local(&self, proposal: Proposal) -> Result<Answers, Forward> {
+        match self.raft.client_write(proposal).await {
+            Ok(written) => Ok(written.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                match (f.leader_id, f.leader_node) {
+                    (Some(id), _) if id == self.raft_id => Err(Forward::Unknown),
+                    (_, Some(node)) => Err(Forward::To(node.addr)),
+                    _ => Err(Forward::Unknown),
+                }
+            }
+            Err(e) => Err(Forward::Fatal(e.to_string())),
+        }
+    }
+
+    async fn forward(&self, addr: &str, proposal: &Proposal) -> anyhow::Result<Answers> {
+        let mut client = self.control(addr)?;
+        let answer = client
+            .propose(rpc::json(proposal).map_err(|s| anyhow::anyhow!(s.message().to_string()))?)
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        Ok(serde_json::from_slice(&answer.into_inner().json)?)
+    }
+
+    /// What this manager knows of the quorum, for the message of a write that did not commit.
+    pub fn quorum_report(&self) -> String {
+        let m = self.raft.metrics().borrow().clone();
+        let voters = m.membership_config.membership().voter_ids().count();
+        match m.current_leader {
+            None => format!("no leader is known to this manager; {voters} managers in all"),
+            Some(l) if l == self.raft_id => format!(
+                "this manager leads but has not heard from a majority of the {voters} managers for {}",
+                m.millis_since_quorum_ack
+                    .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+                    .unwrap_or_else(|| "a while".into())
+            ),
+            Some(_) => format!("the leader did not answer; {voters} managers in all"),
+        }
+    }
+}
+
+/// Where a write must go instead.
+#[derive(Debug)]
+pub enum Forward {
+    To(String),
+    /// No leader known yet (an election is under way).
+    Unknown,
+    Fatal(String),
+}
+
+/// The role a manager's certificate must carry for manager-only calls.
+pub fn require_manager(
+    who: &super::ca::NodeIdentity,
+    cluster_id: &str,
+    what: &str,
+) -> Result<(), tonic::Status> {
+    if who.cluster_id != cluster_id {
+        return Err(tonic::Status::permission_denied(format!(
+            "the certificate belongs to another cluster ({}), not {cluster_id}",
+            who.cluster_id
+        )));
+    }
+    if who.role != Role::Manager {
+        return Err(tonic::Status::permission_denied(format!(
+            "{} is a {}: {what} is for managers only",
+            who.node_id,
+            who.role.word()
+        )));
+    }
+    Ok(())
+}

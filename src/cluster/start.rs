@@ -1,0 +1,377 @@
+//! Starting a manager: `init` makes a new cluster, `join` enters one with a token, and a data
+//! dir that belongs to a cluster already is started again from its files. All three end the
+//! same way: Raft and the gRPC listener running, a [`ClusterNode`] to commit through.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context as _};
+use openraft::BasicNode;
+use tokio_util::sync::CancellationToken;
+
+use super::ca::{self, NodeIdentity, Role, RootCa};
+use super::config::{ClusterChange, ClusterConfig};
+use super::files::{NodeFiles, NodeInfo};
+use super::node::{raft_id, ClusterNode};
+use super::raft::network::{Network, Service as RaftService, TlsPem};
+use super::raft::{LogStore, Proposal, StateMachine};
+use super::rpc::{self, pb};
+use super::services::{CaService, ControlService, LEADER_ADDR};
+use super::token::JoinToken;
+
+/// The settings of the cluster listener and of Raft.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Where the cluster listener binds (`--listen-addr`); `None`: the saved one, or
+    /// loopback on a port the system picks (the single-node default).
+    pub listen_addr: Option<String>,
+    /// What other nodes dial (`--advertise-addr`); default: the listen address.
+    pub advertise_addr: Option<String>,
+    pub cert_expiry: Duration,
+    /// Entries between snapshots (`--snapshot-interval`).
+    pub snapshot_interval: u64,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            listen_addr: None,
+            advertise_addr: None,
+            cert_expiry: ca::DEFAULT_CERT_EXPIRY,
+            snapshot_interval: 10_000,
+        }
+    }
+}
+
+/// How this node comes to be in a cluster.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// A new cluster with this node as its first manager.
+    Init,
+    /// Enter the cluster of the manager at `manager` with `token`.
+    Join { token: String, manager: String },
+    /// The data dir belongs to a cluster already.
+    Resume,
+}
+
+/// Start this node's part in the cluster. The listener and Raft stop with `shutdown`.
+pub async fn start(
+    files: NodeFiles,
+    how: Start,
+    options: &ClusterOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Arc<ClusterNode>> {
+    std::fs::create_dir_all(files.dir())
+        .with_context(|| format!("creating the data directory {}", files.dir().display()))?;
+    match how {
+        Start::Resume => resume(files, options, shutdown).await,
+        Start::Init | Start::Join { .. } if files.exists() => {
+            let info = files.load()?;
+            bail!(
+                "{} belongs to cluster {} already (node {}, {}); start it with `reconciler up --data-dir {}`, or give another --data-dir",
+                files.dir().display(),
+                info.cluster_id,
+                info.node_id,
+                info.role.word(),
+                files.dir().display()
+            )
+        }
+        Start::Init => init(files, options, shutdown).await,
+        Start::Join { token, manager } => join(files, &token, &manager, options, shutdown).await,
+    }
+}
+
+/// Bind the listener and work out the address to advertise.
+async fn listen(
+    listen_addr: &str,
+    advertise: Option<&str>,
+) -> anyhow::Result<(tokio::net::TcpListener, String)> {
+    let listener = tokio::net::TcpListener::bind(listen_addr)
+        .await
+        .with_context(|| format!("binding the cluster listener on {listen_addr}"))?;
+    let bound = listener.local_addr()?;
+    let advertise = match advertise {
+        Some(a) if a.contains(':') => a.to_string(),
+        // An address without a port advertises the port bound.
+        Some(a) => format!("{a}:{}", bound.port()),
+        None if bound.ip().is_unspecified() => bail!(
+            "the cluster listener is on {bound}, every address of this machine: say which one other nodes reach it on with --advertise-addr"
+        ),
+        None => bound.to_string(),
+    };
+    Ok((listener, advertise))
+}
+
+/// A new random ID of `len` characters from `[0-9a-z]`, as Swarm's IDs look.
+pub fn random_id(len: usize) -> String {
+    use ring::rand::SecureRandom as _;
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut bytes = vec![0u8; len];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the system's random source works");
+    // 252 = 7 * 36: a byte below it maps without bias; the rare one above is drawn again.
+    bytes
+        .iter()
+        .map(|b| {
+            let mut b = *b;
+            while b >= 252 {
+                let mut one = [0u8; 1];
+                ring::rand::SystemRandom::new()
+                    .fill(&mut one)
+                    .expect("the system's random source works");
+                b = one[0];
+            }
+            ALPHABET[(b % 36) as usize] as char
+        })
+        .collect()
+}
+
+async fn init(
+    files: NodeFiles,
+    options: &ClusterOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Arc<ClusterNode>> {
+    let listen_addr = options
+        .listen_addr
+        .clone()
+        .unwrap_or_else(|| "127.0.0.1:0".into());
+    let (listener, advertise) = listen(&listen_addr, options.advertise_addr.as_deref()).await?;
+    let cluster_id = random_id(25);
+    // A data dir of a single node from before the cluster keeps its node ID, so that the
+    // containers it labelled are still its own.
+    let node_id = legacy_node_id(&files).unwrap_or_else(|| random_id(12));
+    let now = SystemTime::now();
+    let root = RootCa::generate(&cluster_id, now)?;
+    let (key, csr) = ca::new_key_and_request()?;
+    let identity = NodeIdentity {
+        node_id: node_id.clone(),
+        role: Role::Manager,
+        cluster_id: cluster_id.clone(),
+    };
+    let cert = root.sign(&csr, &identity, now, options.cert_expiry)?;
+    let tls = TlsPem {
+        root: root.cert_pem().to_string(),
+        cert,
+        key: key.to_string(),
+    };
+    files.save_credentials(&tls)?;
+    let config = ClusterConfig {
+        id: cluster_id.clone(),
+        root_cert_pem: root.cert_pem().to_string(),
+        root_key_pem: root
+            .key_pem()
+            .context("a new root has its key")?
+            .to_string(),
+        worker_token: JoinToken::generate(root.digest())?.to_string(),
+        manager_token: JoinToken::generate(root.digest())?.to_string(),
+        cert_expiry: options.cert_expiry,
+        removed: Default::default(),
+    };
+    let info = NodeInfo {
+        node_id,
+        cluster_id,
+        role: Role::Manager,
+        listen_addr: listen_addr.clone(),
+        advertise_addr: advertise.clone(),
+        managers: vec![advertise.clone()],
+    };
+    let node = launch(files.clone(), info.clone(), tls, listener, options, shutdown).await?;
+    node.raft
+        .initialize([(node.raft_id, BasicNode::new(&advertise))].into_iter().collect::<std::collections::BTreeMap<_, _>>())
+        .await
+        .context("starting Raft")?;
+    let answers = node
+        .propose(Proposal::Cluster(ClusterChange::Init(config)))
+        .await
+        .context("committing the new cluster's settings")?;
+    if let Some(Err(e)) = answers.0.into_iter().next() {
+        bail!("committing the new cluster's settings: {e}");
+    }
+    // Written last: a data dir with node.json is a cluster's, whole.
+    files.save(&info)?;
+    Ok(node)
+}
+
+fn legacy_node_id(files: &NodeFiles) -> Option<String> {
+    let id = std::fs::read_to_string(files.dir().join("node-id")).ok()?;
+    let id = id.trim();
+    (!id.is_empty()).then(|| id.to_string())
+}
+
+async fn join(
+    files: NodeFiles,
+    token: &str,
+    manager: &str,
+    options: &ClusterOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Arc<ClusterNode>> {
+    let token: JoinToken = token
+        .trim()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("the join token is malformed: {e}"))?;
+    // The root, fetched trusting nothing, then checked against the token's digest: a
+    // server in the middle cannot pass its own.
+    let mut ca_client = pb::ca_client::CaClient::new(rpc::dial_unverified(manager)?);
+    let root_pem = ca_client
+        .get_root_certificate(pb::Empty {})
+        .await
+        .map_err(|s| anyhow::anyhow!("cannot reach the manager at {manager}: {}", s.message()))?
+        .into_inner()
+        .pem;
+    let root = RootCa::from_pem(&root_pem, None)
+        .with_context(|| format!("the manager at {manager} sent no usable CA certificate"))?;
+    if !token.trusts(root.cert_der()) {
+        bail!(
+            "the CA certificate of the manager at {manager} does not match the join token: the token is of another cluster, or someone between here and {manager} poses as it"
+        );
+    }
+    let listen_addr = options
+        .listen_addr
+        .clone()
+        .unwrap_or_else(|| "0.0.0.0:2377".into());
+    let (listener, advertise) = listen(&listen_addr, options.advertise_addr.as_deref()).await?;
+    let (key, csr) = ca::new_key_and_request()?;
+    let mut ca_client = pb::ca_client::CaClient::new(rpc::dial_with_root(manager, &root_pem)?);
+    let issued = ca_client
+        .issue_node_certificate(pb::IssueRequest {
+            csr_pem: csr,
+            token: token.to_string(),
+            hostname: crate::manager::hostname(),
+            advertise_addr: advertise.clone(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("the manager at {manager} refused to join this node: {}", s.message()))?
+        .into_inner();
+    let role = Role::from_word(&issued.role)
+        .with_context(|| format!("the manager answered an unknown role {:?}", issued.role))?;
+    if role == Role::Worker {
+        bail!(
+            "this is a worker token: worker nodes (taking tasks from the managers' dispatcher) come with the next release; join with the manager token (`reconciler join-token manager`) for now"
+        );
+    }
+    let tls = TlsPem {
+        root: root_pem,
+        cert: issued.certificate_pem,
+        key: key.to_string(),
+    };
+    files.save_credentials(&tls)?;
+    let info = NodeInfo {
+        node_id: issued.node_id,
+        cluster_id: issued.cluster_id,
+        role,
+        listen_addr,
+        advertise_addr: advertise.clone(),
+        managers: vec![manager.to_string()],
+    };
+    let node = launch(files.clone(), info.clone(), tls, listener, options, shutdown).await?;
+    // Ask the leader to take this manager into Raft; the manager dialled may not be it.
+    let mut target = manager.to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = node
+            .control(&target)?
+            .add_manager(pb::AddManagerRequest {
+                advertise_addr: advertise.clone(),
+            })
+            .await;
+        match answer {
+            Ok(_) => break,
+            Err(status) => {
+                if let Some(leader) = status
+                    .metadata()
+                    .get(LEADER_ADDR)
+                    .and_then(|v| v.to_str().ok())
+                {
+                    target = leader.to_string();
+                } else if tokio::time::Instant::now() > deadline {
+                    bail!("the cluster did not take this manager into Raft: {}", status.message());
+                } else {
+                    tracing::debug!(error = %status.message(), "joining Raft; retrying");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+        }
+    }
+    files.save(&info)?;
+    Ok(node)
+}
+
+async fn resume(
+    files: NodeFiles,
+    options: &ClusterOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Arc<ClusterNode>> {
+    let mut info = files.load()?;
+    let tls = files.credentials()?;
+    if let Some(l) = &options.listen_addr {
+        info.listen_addr = l.clone();
+    }
+    let (listener, advertise) = listen(
+        &info.listen_addr,
+        options
+            .advertise_addr
+            .as_deref()
+            .or(Some(info.advertise_addr.as_str())),
+    )
+    .await?;
+    if advertise != info.advertise_addr {
+        tracing::warn!(was = %info.advertise_addr, now = %advertise, "this manager's advertised address changed; the others still dial the old one");
+    }
+    launch(files, info, tls, listener, options, shutdown).await
+}
+
+/// Raft and the gRPC listener, running until `shutdown`.
+async fn launch(
+    files: NodeFiles,
+    info: NodeInfo,
+    tls: TlsPem,
+    listener: tokio::net::TcpListener,
+    options: &ClusterOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Arc<ClusterNode>> {
+    let log = LogStore::open(&files.raft_log())
+        .with_context(|| format!("opening {}", files.raft_log().display()))?;
+    let sm = StateMachine::open(&files.raft_state())
+        .with_context(|| format!("opening {}", files.raft_state().display()))?;
+    let config = openraft::Config {
+        cluster_name: info.cluster_id.clone(),
+        // A leader that dies is replaced in well under a second: followers stand for election
+        // after 0.5 to 1 s without a heartbeat.
+        heartbeat_interval: 100,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(options.snapshot_interval.max(1)),
+        max_in_snapshot_log_to_keep: 100,
+        ..Default::default()
+    };
+    let raft = openraft::Raft::new(
+        raft_id(&info.node_id),
+        Arc::new(config.validate().context("Raft settings")?),
+        Network::new(tls.clone()),
+        log,
+        sm.clone(),
+    )
+    .await
+    .context("starting Raft")?;
+    let node = Arc::new(ClusterNode::new(info, raft, sm, tls.clone(), files));
+    let server = tonic::transport::Server::builder()
+        .tls_config(tls.server())
+        .context("the cluster listener's TLS settings")?
+        .add_service(RaftService::new(node.raft.clone(), node.cluster_id()))
+        .add_service(CaService::new(node.clone()))
+        .add_service(ControlService::new(node.clone()));
+    let (raft, stop) = (node.raft.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        if let Err(e) = server
+            .serve_with_incoming_shutdown(incoming, stop.cancelled())
+            .await
+        {
+            tracing::error!(error = %e, "the cluster listener failed");
+        }
+        let _ = raft.shutdown().await;
+    });
+    tracing::info!(node = %node.node_id(), cluster = %node.cluster_id(), addr = %node.info.advertise_addr, "cluster listener up");
+    Ok(node)
+}

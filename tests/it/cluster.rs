@@ -1,0 +1,301 @@
+//! The manager cluster with real processes: `init` and `join` on 127.0.x.y addresses, each
+//! manager with its own data dir, mutual TLS between them, SIGKILL for failure.
+
+use std::time::{Duration, Instant};
+
+use reconciler::store::TaskState;
+use reconciler::testing;
+
+use crate::support::cluster::{manager, Cluster};
+use crate::support::up::{compose, images, stack_name};
+use crate::support::{stderr, stdout, GitRepo};
+
+const T: Duration = Duration::from_secs(60);
+
+fn statuses(nodes: &serde_json::Value) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["hostname"].as_str().unwrap().to_string(),
+                n["manager_status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn three_managers_form_a_cluster_that_every_one_of_them_describes_alike() {
+    let repo = GitRepo::new();
+    repo.write(&[(".keep", Some(""))]);
+    repo.commit("empty");
+    let cluster = Cluster::start(repo, 3, &[]);
+    // From each manager: the same three nodes, one Leader, two Reachable, and `*` on the
+    // manager that answered.
+    let deadline = Instant::now() + T;
+    for i in 0..3 {
+        loop {
+            let nodes = cluster.nodes(i);
+            let ok = nodes.as_ref().is_some_and(|n| {
+                let s = statuses(n);
+                s.len() == 3
+                    && s.iter().filter(|(_, st)| st == "Leader").count() == 1
+                    && s.iter().filter(|(_, st)| st == "Reachable").count() == 2
+            });
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node ls on m{} never showed one Leader and two Reachable: {nodes:?}\n{}",
+                i + 1,
+                cluster.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let table = cluster.managers[i].cli(&["node", "ls"]);
+        assert!(table.status.success(), "{}", stderr(&table));
+        let text = stdout(&table);
+        assert!(
+            text.lines().next().unwrap().split_whitespace().collect::<Vec<_>>()
+                == ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER", "STATUS", "ENGINE", "VERSION"],
+            "{text}"
+        );
+        let me = cluster.managers[i].node_id().unwrap();
+        let mine = text.lines().find(|l| l.contains(&me)).unwrap();
+        assert!(mine.contains(&format!("{me} *")), "{text}");
+        assert_eq!(text.matches(" *").count(), 1, "{text}");
+        assert!(mine.contains(&format!("m{}", i + 1)), "{text}");
+    }
+}
+
+#[test]
+fn a_join_with_a_malformed_wrong_rotated_or_foreign_token_is_refused() {
+    let repo = GitRepo::new();
+    repo.write(&[(".keep", Some(""))]);
+    repo.commit("empty");
+    let cluster = Cluster::start(repo, 1, &[]);
+    let good = cluster.token("manager");
+    let join = |token: &str| {
+        let m = manager(5, &cluster.repo);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_reconciler"))
+            .args([
+                "join",
+                "--token",
+                token,
+                &cluster.managers[0].addr,
+                "--listen-addr",
+                &m.addr,
+                "--repo",
+                &cluster.repo.path().display().to_string(),
+                "--data-dir",
+                &m.dir(),
+                "--listen",
+                m.api.trim_start_matches("http://"),
+            ])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "joined with {token}");
+        assert!(
+            m.node_id().is_none(),
+            "a refused join leaves no cluster data dir"
+        );
+        stderr(&out)
+    };
+
+    let err = join("SWMTKN-1-nonsense");
+    assert!(err.contains("the join token is malformed"), "{err}");
+
+    // The right cluster's digest, a secret it never issued.
+    let parts: Vec<&str> = good.split('-').collect();
+    let wrong = format!("SWMTKN-1-{}-{}", parts[2], "0".repeat(25));
+    let err = join(&wrong);
+    assert!(err.contains("the join token is not valid"), "{err}");
+
+    // A token that was good until it was rotated.
+    let out = cluster.managers[0].cli(&["join-token", "manager", "--rotate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("Successfully rotated manager join token."));
+    let rotated = cluster.token("manager");
+    assert_ne!(rotated, good);
+    let err = join(&good);
+    assert!(err.contains("the join token is not valid"), "{err}");
+
+    // Another cluster's token names another CA: the joining node refuses this manager's
+    // root before it sends anything.
+    let other_repo = GitRepo::new();
+    other_repo.write(&[(".keep", Some(""))]);
+    other_repo.commit("empty");
+    let other = Cluster::start(other_repo, 1, &[]);
+    let foreign = other.token("manager");
+    let err = join(&foreign);
+    assert!(
+        err.contains("does not match the join token"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_control_api_refuses_a_caller_without_a_certificate_or_with_another_clusters() {
+    let repo = GitRepo::new();
+    repo.write(&[(".keep", Some(""))]);
+    repo.commit("empty");
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        let other = GitRepo::new();
+        other.write(&[(".keep", Some(""))]);
+        other.commit("empty");
+        (Cluster::start(repo, 1, &[]), Cluster::start(other, 1, &[]))
+    })
+    .await
+    .unwrap();
+    let addr = a.managers[0].addr.clone();
+
+    // B's manager certificate, against A: TLS itself fails (A's listener trusts only its root).
+    let out = b.managers[0].cli(&["node", "ls", "--host", &addr]);
+    assert!(!out.status.success());
+
+    // No client certificate at all: the CA may be asked for the root, nothing else.
+    let root = std::fs::read_to_string(a.managers[0].data.path().join("node/certificates/root-ca.crt")).unwrap();
+    let channel = reconciler::cluster::rpc::dial_with_root(&addr, &root).unwrap();
+    let mut ca = reconciler::cluster::rpc::pb::ca_client::CaClient::new(channel.clone());
+    let fetched = ca
+        .get_root_certificate(reconciler::cluster::rpc::pb::Empty {})
+        .await
+        .unwrap();
+    assert_eq!(fetched.into_inner().pem, root);
+    let mut control = reconciler::cluster::rpc::pb::control_client::ControlClient::new(channel);
+    let refused = control
+        .list_nodes(reconciler::cluster::rpc::pb::Empty {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+    let refused = control
+        .join_token(reconciler::cluster::rpc::pb::JoinTokenRequest {
+            role: "manager".into(),
+            rotate: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+}
+
+fn web(image: &str, replicas: u32) -> String {
+    format!(
+        r#"services:
+  web:
+    image: {image}
+    stop_grace_period: 1s
+    deploy:
+      replicas: {replicas}
+      update_config:
+        parallelism: 1
+        delay: 1s
+        monitor: 1s
+"#
+    )
+}
+
+/// The tasks of a service, from a manager's API (none while it does not answer).
+async fn tasks(
+    m: &crate::support::cluster::Manager,
+    service: &str,
+) -> Vec<reconciler::api::views::TaskView> {
+    let Ok(resp) = reqwest::Client::new()
+        .get(format!("{}/api/v1/services/{service}/tasks", m.api))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+    else {
+        return Vec::new();
+    };
+    resp.json().await.unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_killed_mid_update_is_replaced_and_the_update_finishes_once() {
+    if !images().await {
+        return;
+    }
+    let stack = stack_name("ha");
+    let service = format!("{stack}_web");
+    let repo = GitRepo::new();
+    repo.write(&[(&compose(&stack), Some(&web(&testing::images::busybox(1), 6)))]);
+    let c1 = repo.commit("v1");
+    let stack2 = stack.clone();
+    let mut cluster = tokio::task::spawn_blocking(move || Cluster::start(repo, 3, &[&stack2]))
+        .await
+        .unwrap();
+    let converged = |s: &reconciler::api::views::StatusView, commit: &str| {
+        s.revision.applied.as_ref().is_some_and(|a| a.commit == commit) && s.converged
+    };
+    // Converged on v1, seen from every manager (each runs its share of the tasks).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut all = true;
+        for m in &cluster.managers {
+            all &= m.status().await.is_some_and(|s| converged(&s, &c1));
+        }
+        if all {
+            break;
+        }
+        assert!(Instant::now() < deadline, "v1 never converged\n{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = tasks(&cluster.managers[0], &service).await;
+    assert_eq!(before.iter().filter(|t| t.state == TaskState::Running).count(), 6);
+
+    // v2, and the leader killed once the update is under way.
+    cluster.repo.write(&[(&compose(&stack), Some(&web(&testing::images::busybox(2), 6)))]);
+    let c2 = cluster.repo.commit("v2");
+    let leader = tokio::task::block_in_place(|| cluster.leader(T));
+    let deadline = Instant::now() + T;
+    loop {
+        let t = tasks(&cluster.managers[leader], &service).await;
+        if t.iter().any(|t| t.image.ends_with(":2") && t.state == TaskState::Running) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the update never started\n{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.managers[leader].kill();
+    let killed_at = Instant::now();
+    let next = tokio::task::block_in_place(|| cluster.leader(T));
+    assert_ne!(next, leader);
+    eprintln!("new leader after {:?}", killed_at.elapsed());
+    // The killed manager comes back from its data dir: its agent runs its tasks again.
+    cluster.managers[leader].up();
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut all = true;
+        for m in &cluster.managers {
+            all &= m.status().await.is_some_and(|s| converged(&s, &c2));
+        }
+        if all {
+            break;
+        }
+        assert!(Instant::now() < deadline, "v2 never converged after the failover\n{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Six slots, one running task each, all v2; and as many containers as running tasks.
+    let after = tasks(&cluster.managers[next], &service).await;
+    let running: Vec<_> = after
+        .iter()
+        .filter(|t| t.state == TaskState::Running && t.desired_state == TaskState::Running)
+        .collect();
+    let mut slots: Vec<u64> = running.iter().filter_map(|t| t.slot).collect();
+    slots.sort();
+    assert_eq!(slots, [1, 2, 3, 4, 5, 6], "{running:#?}");
+    assert!(running.iter().all(|t| t.image.ends_with(":2")), "{running:#?}");
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-q", "--filter", &format!("label=com.docker.stack.namespace={stack}")])
+        .output()
+        .unwrap();
+    let containers = String::from_utf8_lossy(&out.stdout).split_whitespace().count();
+    assert_eq!(containers, 6, "containers running for the stack\n{}", cluster.logs());
+}

@@ -1,0 +1,300 @@
+//! A cluster of real `reconciler` processes on one machine: each manager with its own data
+//! dir, its own 127.0.0.x address (cluster listener, API and published ports), all on the one
+//! Docker Engine. Killed with SIGKILL when the test says so, and always when dropped; the
+//! containers of the test's stacks are removed by label.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use reconciler::api::views::StatusView;
+
+use super::up::free_port;
+use super::GitRepo;
+
+pub struct Manager {
+    pub name: String,
+    /// The cluster listener, host:port.
+    pub addr: String,
+    pub api: String,
+    pub ip: String,
+    pub data: tempfile::TempDir,
+    child: Option<Child>,
+    repo: PathBuf,
+}
+
+impl Manager {
+    /// The node's data dir.
+    pub fn dir(&self) -> String {
+        self.data.path().join("node").display().to_string()
+    }
+
+    fn spawn(&mut self, command: &[String]) {
+        let mut args: Vec<String> = command.to_vec();
+        args.extend([
+            "--repo".into(),
+            self.repo.display().to_string(),
+            "--data-dir".into(),
+            self.dir(),
+            "--listen".into(),
+            self.api.trim_start_matches("http://").to_string(),
+            "--hostname".into(),
+            self.name.clone(),
+            "--ingress-bind".into(),
+            self.ip.clone(),
+            "--poll".into(),
+            "2s".into(),
+        ]);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.path().join("node.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_reconciler"))
+            .args(&args)
+            .env("RUST_LOG", "reconciler=debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start reconciler");
+        self.child = Some(child);
+    }
+
+    /// Start this node again from its data dir.
+    pub fn up(&mut self) {
+        self.spawn(&["up".into()]);
+    }
+
+    /// SIGKILL: no goodbye to the others, containers left running.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("node.log")).unwrap_or_default()
+    }
+
+    /// Run the CLI against this node's data dir.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_reconciler"))
+            .args(args)
+            .args(["--data-dir", &self.dir()])
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run reconciler")
+    }
+
+    pub async fn status(&self) -> Option<StatusView> {
+        reqwest::Client::new()
+            .get(format!("{}/api/v1/status", self.api))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
+    }
+
+    pub fn node_id(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.data.path().join("node/node.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["node_id"].as_str().map(str::to_string)
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        self.kill();
+        if let Some(id) = self.node_id() {
+            for root in ["/run/reconciler", "/dev/shm/reconciler"] {
+                let _ = std::fs::remove_dir_all(std::path::Path::new(root).join(id.as_str()));
+            }
+            remove(&format!("label=org.reconciler.node={id}"));
+        }
+    }
+}
+
+fn remove(filter: &str) {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--filter", filter])
+        .output()
+        .unwrap();
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    if !ids.is_empty() {
+        let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
+    }
+}
+
+pub struct Cluster {
+    pub repo: GitRepo,
+    pub managers: Vec<Manager>,
+    /// Stacks this test made (their networks are removed at the end).
+    pub stacks: Vec<String>,
+}
+
+/// A distinct loopback address per manager, per test (tests run in parallel).
+fn address(i: usize) -> String {
+    let n = std::process::id() % 200 + 20;
+    format!("127.0.{}.{}", n, 10 + i)
+}
+
+pub fn manager(i: usize, repo: &GitRepo) -> Manager {
+    let ip = address(i);
+    Manager {
+        name: format!("m{}", i + 1),
+        addr: format!("{ip}:{}", free_port()),
+        api: format!("http://{ip}:{}", free_port()),
+        ip,
+        data: tempfile::tempdir().unwrap(),
+        child: None,
+        repo: repo.path().to_path_buf(),
+    }
+}
+
+impl Cluster {
+    /// `init` on the first manager, then `join` with the manager token for the others; returns
+    /// once all are in Raft.
+    pub fn start(repo: GitRepo, managers: usize, stacks: &[&str]) -> Cluster {
+        let mut cluster = Cluster {
+            managers: (0..managers).map(|i| manager(i, &repo)).collect(),
+            repo,
+            stacks: stacks.iter().map(|s| s.to_string()).collect(),
+        };
+        let first = &mut cluster.managers[0];
+        let listen = first.addr.clone();
+        first.spawn(&["init".into(), "--listen-addr".into(), listen]);
+        cluster.wait_for_node(0);
+        let token = cluster.token("manager");
+        let leader = cluster.managers[0].addr.clone();
+        for i in 1..managers {
+            let m = &mut cluster.managers[i];
+            let listen = m.addr.clone();
+            m.spawn(&[
+                "join".into(),
+                "--token".into(),
+                token.clone(),
+                leader.clone(),
+                "--listen-addr".into(),
+                listen,
+            ]);
+            cluster.wait_for_node(i);
+        }
+        cluster
+    }
+
+    /// Until the node wrote its node.json (it does once it is in the cluster).
+    pub fn wait_for_node(&self, i: usize) {
+        let m = &self.managers[i];
+        let start = Instant::now();
+        while m.node_id().is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{} never joined; log:\n{}",
+                m.name,
+                m.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn token(&self, role: &str) -> String {
+        let out = self.managers[0].cli(&["join-token", role, "-q"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// `node ls --json` as `i` answers it.
+    pub fn nodes(&self, i: usize) -> Option<serde_json::Value> {
+        let out = self.managers[i].cli(&["node", "ls", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// The index of the manager that `node ls` on the running ones agree leads, waiting for
+    /// one to be elected.
+    pub fn leader(&self, timeout: Duration) -> usize {
+        let start = Instant::now();
+        loop {
+            for (i, m) in self.managers.iter().enumerate() {
+                if !m.is_running() {
+                    continue;
+                }
+                if let Some(v) = self.nodes(i) {
+                    let leader = v["nodes"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|n| n["manager_status"] == "Leader")
+                        .and_then(|n| n["hostname"].as_str().map(str::to_string));
+                    if let Some(l) = leader {
+                        if let Some(j) = self
+                            .managers
+                            .iter()
+                            .position(|m| m.name == l && m.is_running())
+                        {
+                            return j;
+                        }
+                    }
+                }
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "no leader among the running managers after {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.managers
+            .iter()
+            .map(|m| {
+                let log = m.log();
+                let lines: Vec<&str> = log.lines().collect();
+                format!(
+                    "--- {} ---\n{}",
+                    m.name,
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in &mut self.managers {
+            m.kill();
+        }
+        for stack in &self.stacks {
+            remove(&format!("label=com.docker.stack.namespace={stack}"));
+            let out = Command::new("docker")
+                .args([
+                    "network",
+                    "ls",
+                    "-q",
+                    "--filter",
+                    &format!("label=com.docker.stack.namespace={stack}"),
+                ])
+                .output()
+                .unwrap();
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("docker").args(["network", "rm", id]).output();
+            }
+        }
+    }
+}
