@@ -15,13 +15,12 @@ pub enum LogFormat {
 /// Install the global subscriber. Safe to call more than once (later calls are ignored), which
 /// keeps tests that run the CLI in-process simple.
 pub fn init(format: LogFormat, default_level: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-            // openraft logs every retry to an unreachable peer at error level, several times a
-            // second; the cluster says what matters itself (a peer lost and back, a write
-            // without quorum). `RUST_LOG=openraft=info` shows it all.
-            EnvFilter::new(format!("{default_level},openraft=off"))
-        });
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        // openraft logs every retry to an unreachable peer at error level, several times a
+        // second; the cluster says what matters itself (a peer lost and back, a write
+        // without quorum). `RUST_LOG=openraft=info` shows it all.
+        EnvFilter::new(format!("{default_level},openraft=off"))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

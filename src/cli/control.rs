@@ -66,10 +66,14 @@ impl Control {
             .block_on(async move { f(client).await })
             .map(tonic::Response::into_inner)
             .map_err(|s| match s.code() {
-                tonic::Code::Unavailable if s.message().contains("error trying to connect")
-                    || s.message().contains("transport error") =>
+                tonic::Code::Unavailable
+                    if s.message().contains("error trying to connect")
+                        || s.message().contains("transport error") =>
                 {
-                    anyhow::anyhow!("cannot reach the manager at {addr} (is the node running?): {}", s.message())
+                    anyhow::anyhow!(
+                        "cannot reach the manager at {addr} (is the node running?): {}",
+                        s.message()
+                    )
                 }
                 _ => anyhow::anyhow!("{}", s.message()),
             })

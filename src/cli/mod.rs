@@ -107,11 +107,7 @@ pub fn main() -> i32 {
         no_tls_for_git();
     }
     // `up` is a server: its progress is worth seeing by default.
-    let level = if server {
-        "info"
-    } else {
-        "warn"
-    };
+    let level = if server { "info" } else { "warn" };
     logging::init(cli.log_format, level);
     let result = match cli.command {
         Command::Validate(args) => validate::run(args),

@@ -35,7 +35,8 @@ fn ls(args: LsArgs) -> anyhow::Result<i32> {
     let mut control = Control::connect(&args.node)?;
     let answer = control.call(async |c| c.list_nodes(pb::Empty {}).await)?;
     let mut list: NodeList = serde_json::from_slice(&answer.json)?;
-    list.nodes.sort_by(|a, b| (&a.hostname, &a.id).cmp(&(&b.hostname, &b.id)));
+    list.nodes
+        .sort_by(|a, b| (&a.hostname, &a.id).cmp(&(&b.hostname, &b.id)));
     if args.json {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(0);

@@ -65,9 +65,9 @@ pub fn init(args: InitArgs) -> anyhow::Result<i32> {
     };
     let data_dir = args.up.data_dir.clone();
     up::serve(args.up, Start::Init, options, move |node| {
-        let tokens = node.sm.read_cluster(|c| {
-            c.map(|c| (c.worker_token.clone(), c.manager_token.clone()))
-        });
+        let tokens = node
+            .sm
+            .read_cluster(|c| c.map(|c| (c.worker_token.clone(), c.manager_token.clone())));
         let addr = &node.info.advertise_addr;
         println!(
             "Cluster initialized: current node ({}) is now a manager.\n",
@@ -77,7 +77,9 @@ pub fn init(args: InitArgs) -> anyhow::Result<i32> {
             let dir = data_dir.display();
             println!("To add a manager to this cluster, run the following command:\n\n    reconciler join --token {manager} {addr}\n");
             println!("To add a worker to this cluster, run the following command:\n\n    reconciler join --token {worker} {addr}\n");
-            println!("(`reconciler join-token manager|worker --data-dir {dir}` prints them again.)");
+            println!(
+                "(`reconciler join-token manager|worker --data-dir {dir}` prints them again.)"
+            );
         }
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
@@ -115,11 +117,8 @@ pub fn join_token(args: JoinTokenArgs) -> anyhow::Result<i32> {
     let mut control = Control::connect(&args.node)?;
     let (word, rotate) = (role.word().to_string(), args.rotate);
     let answer = control.call(async move |c| {
-        c.join_token(pb::JoinTokenRequest {
-            role: word,
-            rotate,
-        })
-        .await
+        c.join_token(pb::JoinTokenRequest { role: word, rotate })
+            .await
     })?;
     if args.quiet {
         println!("{}", answer.token);

@@ -54,7 +54,13 @@ pub struct ClusterNode {
 }
 
 impl ClusterNode {
-    pub fn new(info: NodeInfo, raft: Raft, sm: StateMachine, tls: TlsPem, files: NodeFiles) -> Self {
+    pub fn new(
+        info: NodeInfo,
+        raft: Raft,
+        sm: StateMachine,
+        tls: TlsPem,
+        files: NodeFiles,
+    ) -> Self {
         ClusterNode {
             raft_id: raft_id(&info.node_id),
             info,
@@ -75,7 +81,10 @@ impl ClusterNode {
     }
 
     /// A Control client to the manager at `addr`, as this node.
-    pub fn control(&self, addr: &str) -> anyhow::Result<pb::control_client::ControlClient<Channel>> {
+    pub fn control(
+        &self,
+        addr: &str,
+    ) -> anyhow::Result<pb::control_client::ControlClient<Channel>> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         let channel = match channels.get(addr) {
             Some(c) => c.clone(),
@@ -113,7 +122,9 @@ impl ClusterNode {
     }
 
     /// Wakes whenever this node gains or loses the leadership (and on other Raft changes).
-    pub fn leadership(&self) -> tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, BasicNode>> {
+    pub fn leadership(
+        &self,
+    ) -> tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, BasicNode>> {
         self.raft.metrics()
     }
 
@@ -134,7 +145,9 @@ impl ClusterNode {
                 Err(Forward::To(addr)) => match self.forward(&addr, &proposal).await {
                     Ok(answers) => return Ok(answers),
                     // The leader moved or is unreachable: look again.
-                    Err(e) => tracing::debug!(leader = %addr, error = %e, "forwarding a write failed; retrying"),
+                    Err(e) => {
+                        tracing::debug!(leader = %addr, error = %e, "forwarding a write failed; retrying")
+                    }
                 },
                 Err(Forward::Unknown) => {}
                 Err(Forward::Fatal(e)) => return Err(ProposeError::Failed(e)),

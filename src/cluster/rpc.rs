@@ -67,7 +67,10 @@ pub fn dial_unverified(addr: &str) -> anyhow::Result<Channel> {
         async move {
             let tcp = tokio::net::TcpStream::connect(&target).await?;
             let tls = connector
-                .connect(ServerName::try_from(Role::Manager.name()).expect("a DNS name"), tcp)
+                .connect(
+                    ServerName::try_from(Role::Manager.name()).expect("a DNS name"),
+                    tcp,
+                )
                 .await?;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
         }
@@ -130,10 +133,9 @@ impl ServerCertVerifier for TrustNothingYet {
 /// Who called, from the client certificate of the connection; refused without one.
 pub fn caller<T>(req: &Request<T>) -> Result<NodeIdentity, Status> {
     let certs = req.peer_certs();
-    let leaf = certs
-        .as_ref()
-        .and_then(|c| c.first())
-        .ok_or_else(|| Status::unauthenticated("no client certificate: this call is for the nodes of the cluster"))?;
+    let leaf = certs.as_ref().and_then(|c| c.first()).ok_or_else(|| {
+        Status::unauthenticated("no client certificate: this call is for the nodes of the cluster")
+    })?;
     ca::identity(leaf).map_err(|e| Status::unauthenticated(e.to_string()))
 }
 

@@ -54,9 +54,10 @@ impl pb::ca_server::Ca for CaService {
         req: Request<pb::IssueRequest>,
     ) -> Result<Response<pb::IssueResponse>, Status> {
         let req = req.into_inner();
-        let offered: JoinToken = req.token.parse().map_err(|e| {
-            Status::invalid_argument(format!("the join token is malformed: {e}"))
-        })?;
+        let offered: JoinToken = req
+            .token
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("the join token is malformed: {e}")))?;
         let (root, role, expiry) = self
             .node
             .sm
@@ -76,11 +77,13 @@ impl pb::ca_server::Ca for CaService {
             .ok_or_else(|| Status::unavailable("this manager has no cluster set up yet"))?;
         let root = root.map_err(|e| Status::internal(format!("the cluster's CA: {e:#}")))?;
         let Some(role) = role else {
-            return Err(Status::permission_denied(if offered.trusts(root.cert_der()) {
-                "the join token is not valid: it was rotated, or it was never this cluster's; ask a manager for the current one (`reconciler join-token worker|manager`)"
-            } else {
-                "the join token belongs to another cluster (its CA digest does not match this cluster's root)"
-            }));
+            return Err(Status::permission_denied(
+                if offered.trusts(root.cert_der()) {
+                    "the join token is not valid: it was rotated, or it was never this cluster's; ask a manager for the current one (`reconciler join-token worker|manager`)"
+                } else {
+                    "the join token belongs to another cluster (its CA digest does not match this cluster's root)"
+                },
+            ));
         };
         let node_id = super::start::random_id(12);
         let identity = NodeIdentity {
@@ -106,7 +109,9 @@ impl pb::ca_server::Ca for CaService {
     ) -> Result<Response<pb::IssueResponse>, Status> {
         let who = caller(&req)?;
         if who.cluster_id != self.node.cluster_id() {
-            return Err(Status::permission_denied("a certificate of another cluster"));
+            return Err(Status::permission_denied(
+                "a certificate of another cluster",
+            ));
         }
         let (root, expiry, removed) = self
             .node
@@ -141,7 +146,12 @@ impl pb::ca_server::Ca for CaService {
             .unwrap_or(who.role);
         let identity = NodeIdentity { role, ..who };
         let cert = root
-            .sign(&req.into_inner().csr_pem, &identity, SystemTime::now(), expiry)
+            .sign(
+                &req.into_inner().csr_pem,
+                &identity,
+                SystemTime::now(),
+                expiry,
+            )
             .map_err(|e| Status::invalid_argument(format!("the certificate request: {e:#}")))?;
         Ok(Response::new(pb::IssueResponse {
             node_id: identity.node_id,
@@ -269,7 +279,12 @@ impl pb::control_server::Control for ControlService {
                         hostname: n.hostname.clone(),
                         status: if n.ready { "Ready" } else { "Down" }.into(),
                         availability: n.availability.name().into(),
-                        role: if manager.is_some() { "manager" } else { "worker" }.into(),
+                        role: if manager.is_some() {
+                            "manager"
+                        } else {
+                            "worker"
+                        }
+                        .into(),
                         manager_status: match manager {
                             None => String::new(),
                             Some(_) if leader == Some(rid) => "Leader".into(),
@@ -368,7 +383,9 @@ impl pb::control_server::Control for ControlService {
         if !voters.contains(&id) {
             raft.add_learner(id, BasicNode::new(&addr), true)
                 .await
-                .map_err(|e| Status::unavailable(format!("adding {} as a learner: {e}", who.node_id)))?;
+                .map_err(|e| {
+                    Status::unavailable(format!("adding {} as a learner: {e}", who.node_id))
+                })?;
             raft.change_membership(ChangeMembers::AddVoterIds([id].into()), false)
                 .await
                 .map_err(|e| Status::unavailable(format!("making {} a voter: {e}", who.node_id)))?;
@@ -387,7 +404,9 @@ impl pb::control_server::Control for ControlService {
     async fn health(&self, req: Request<pb::Empty>) -> Result<Response<pb::Json>, Status> {
         let who = caller(&req)?;
         if who.cluster_id != self.node.cluster_id() {
-            return Err(Status::permission_denied("a certificate of another cluster"));
+            return Err(Status::permission_denied(
+                "a certificate of another cluster",
+            ));
         }
         json(&Health {
             node_id: self.node.node_id().to_string(),

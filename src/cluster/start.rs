@@ -176,9 +176,21 @@ async fn init(
         advertise_addr: advertise.clone(),
         managers: vec![advertise.clone()],
     };
-    let node = launch(files.clone(), info.clone(), tls, listener, options, shutdown).await?;
+    let node = launch(
+        files.clone(),
+        info.clone(),
+        tls,
+        listener,
+        options,
+        shutdown,
+    )
+    .await?;
     node.raft
-        .initialize([(node.raft_id, BasicNode::new(&advertise))].into_iter().collect::<std::collections::BTreeMap<_, _>>())
+        .initialize(
+            [(node.raft_id, BasicNode::new(&advertise))]
+                .into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        )
         .await
         .context("starting Raft")?;
     let answers = node
@@ -241,7 +253,12 @@ async fn join(
             advertise_addr: advertise.clone(),
         })
         .await
-        .map_err(|s| anyhow::anyhow!("the manager at {manager} refused to join this node: {}", s.message()))?
+        .map_err(|s| {
+            anyhow::anyhow!(
+                "the manager at {manager} refused to join this node: {}",
+                s.message()
+            )
+        })?
         .into_inner();
     let role = Role::from_word(&issued.role)
         .with_context(|| format!("the manager answered an unknown role {:?}", issued.role))?;
@@ -264,7 +281,15 @@ async fn join(
         advertise_addr: advertise.clone(),
         managers: vec![manager.to_string()],
     };
-    let node = launch(files.clone(), info.clone(), tls, listener, options, shutdown).await?;
+    let node = launch(
+        files.clone(),
+        info.clone(),
+        tls,
+        listener,
+        options,
+        shutdown,
+    )
+    .await?;
     // Ask the leader to take this manager into Raft; the manager dialled may not be it.
     let mut target = manager.to_string();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -285,7 +310,10 @@ async fn join(
                 {
                     target = leader.to_string();
                 } else if tokio::time::Instant::now() > deadline {
-                    bail!("the cluster did not take this manager into Raft: {}", status.message());
+                    bail!(
+                        "the cluster did not take this manager into Raft: {}",
+                        status.message()
+                    );
                 } else {
                     tracing::debug!(error = %status.message(), "joining Raft; retrying");
                     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -21,14 +21,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::executor::Executor;
 use crate::agent::DockerRuntime;
-use crate::desired::{self, GitTree, LoadOptions};
-use crate::gitops::{self, Mirror, Watcher, WatcherConfig, WatcherHandle};
-use crate::orchestrator::{IdGen, Orchestrator};
-use crate::secrets::Identities;
 use crate::cluster::files::NodeFiles;
 use crate::cluster::node::ClusterNode;
 use crate::cluster::raft::{Answers, Proposal};
 use crate::cluster::start::{ClusterOptions, Start};
+use crate::desired::{self, GitTree, LoadOptions};
+use crate::gitops::{self, Mirror, Watcher, WatcherConfig, WatcherHandle};
+use crate::orchestrator::{IdGen, Orchestrator};
+use crate::secrets::Identities;
 use crate::store::{Availability, Command, Node, NodeRole, State};
 
 pub use content::MirrorContent;
@@ -333,7 +333,11 @@ pub async fn run(
     let runtime = DockerRuntime::connect_local().with_node_filter(node_id.clone());
     // This node as the scheduler sees it; registered again at every start (its address,
     // capacity and engine may have changed).
-    let mut me = local_node(&node_id, config.hostname.as_deref(), &cluster.info.advertise_addr);
+    let mut me = local_node(
+        &node_id,
+        config.hostname.as_deref(),
+        &cluster.info.advertise_addr,
+    );
     me.engine_version = runtime.engine_version().await.unwrap_or_default();
     {
         let (shared, stop) = (shared.clone(), shutdown.clone());

@@ -61,8 +61,21 @@ fn three_managers_form_a_cluster_that_every_one_of_them_describes_alike() {
         assert!(table.status.success(), "{}", stderr(&table));
         let text = stdout(&table);
         assert!(
-            text.lines().next().unwrap().split_whitespace().collect::<Vec<_>>()
-                == ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER", "STATUS", "ENGINE", "VERSION"],
+            text.lines()
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                == [
+                    "ID",
+                    "HOSTNAME",
+                    "STATUS",
+                    "AVAILABILITY",
+                    "MANAGER",
+                    "STATUS",
+                    "ENGINE",
+                    "VERSION"
+                ],
             "{text}"
         );
         let me = cluster.managers[i].node_id().unwrap();
@@ -134,10 +147,7 @@ fn a_join_with_a_malformed_wrong_rotated_or_foreign_token_is_refused() {
     let other = Cluster::start(other_repo, 1, &[]);
     let foreign = other.token("manager");
     let err = join(&foreign);
-    assert!(
-        err.contains("does not match the join token"),
-        "{err}"
-    );
+    assert!(err.contains("does not match the join token"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -160,7 +170,13 @@ async fn the_control_api_refuses_a_caller_without_a_certificate_or_with_another_
     assert!(!out.status.success());
 
     // No client certificate at all: the CA may be asked for the root, nothing else.
-    let root = std::fs::read_to_string(a.managers[0].data.path().join("node/certificates/root-ca.crt")).unwrap();
+    let root = std::fs::read_to_string(
+        a.managers[0]
+            .data
+            .path()
+            .join("node/certificates/root-ca.crt"),
+    )
+    .unwrap();
     let channel = reconciler::cluster::rpc::dial_with_root(&addr, &root).unwrap();
     let mut ca = reconciler::cluster::rpc::pb::ca_client::CaClient::new(channel.clone());
     let fetched = ca
@@ -224,14 +240,21 @@ async fn a_leader_killed_mid_update_is_replaced_and_the_update_finishes_once() {
     let stack = stack_name("ha");
     let service = format!("{stack}_web");
     let repo = GitRepo::new();
-    repo.write(&[(&compose(&stack), Some(&web(&testing::images::busybox(1), 6)))]);
+    repo.write(&[(
+        &compose(&stack),
+        Some(&web(&testing::images::busybox(1), 6)),
+    )]);
     let c1 = repo.commit("v1");
     let stack2 = stack.clone();
     let mut cluster = tokio::task::spawn_blocking(move || Cluster::start(repo, 3, &[&stack2]))
         .await
         .unwrap();
     let converged = |s: &reconciler::api::views::StatusView, commit: &str| {
-        s.revision.applied.as_ref().is_some_and(|a| a.commit == commit) && s.converged
+        s.revision
+            .applied
+            .as_ref()
+            .is_some_and(|a| a.commit == commit)
+            && s.converged
     };
     // Converged on v1, seen from every manager (each runs its share of the tasks).
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -243,23 +266,42 @@ async fn a_leader_killed_mid_update_is_replaced_and_the_update_finishes_once() {
         if all {
             break;
         }
-        assert!(Instant::now() < deadline, "v1 never converged\n{}", cluster.logs());
+        assert!(
+            Instant::now() < deadline,
+            "v1 never converged\n{}",
+            cluster.logs()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let before = tasks(&cluster.managers[0], &service).await;
-    assert_eq!(before.iter().filter(|t| t.state == TaskState::Running).count(), 6);
+    assert_eq!(
+        before
+            .iter()
+            .filter(|t| t.state == TaskState::Running)
+            .count(),
+        6
+    );
 
     // v2, and the leader killed once the update is under way.
-    cluster.repo.write(&[(&compose(&stack), Some(&web(&testing::images::busybox(2), 6)))]);
+    cluster.repo.write(&[(
+        &compose(&stack),
+        Some(&web(&testing::images::busybox(2), 6)),
+    )]);
     let c2 = cluster.repo.commit("v2");
     let leader = tokio::task::block_in_place(|| cluster.leader(T));
     let deadline = Instant::now() + T;
     loop {
         let t = tasks(&cluster.managers[leader], &service).await;
-        if t.iter().any(|t| t.image.ends_with(":2") && t.state == TaskState::Running) {
+        if t.iter()
+            .any(|t| t.image.ends_with(":2") && t.state == TaskState::Running)
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "the update never started\n{}", cluster.logs());
+        assert!(
+            Instant::now() < deadline,
+            "the update never started\n{}",
+            cluster.logs()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     cluster.managers[leader].kill();
@@ -279,7 +321,11 @@ async fn a_leader_killed_mid_update_is_replaced_and_the_update_finishes_once() {
         if all {
             break;
         }
-        assert!(Instant::now() < deadline, "v2 never converged after the failover\n{}", cluster.logs());
+        assert!(
+            Instant::now() < deadline,
+            "v2 never converged after the failover\n{}",
+            cluster.logs()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Six slots, one running task each, all v2; and as many containers as running tasks.
@@ -291,11 +337,26 @@ async fn a_leader_killed_mid_update_is_replaced_and_the_update_finishes_once() {
     let mut slots: Vec<u64> = running.iter().filter_map(|t| t.slot).collect();
     slots.sort();
     assert_eq!(slots, [1, 2, 3, 4, 5, 6], "{running:#?}");
-    assert!(running.iter().all(|t| t.image.ends_with(":2")), "{running:#?}");
+    assert!(
+        running.iter().all(|t| t.image.ends_with(":2")),
+        "{running:#?}"
+    );
     let out = std::process::Command::new("docker")
-        .args(["ps", "-q", "--filter", &format!("label=com.docker.stack.namespace={stack}")])
+        .args([
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=com.docker.stack.namespace={stack}"),
+        ])
         .output()
         .unwrap();
-    let containers = String::from_utf8_lossy(&out.stdout).split_whitespace().count();
-    assert_eq!(containers, 6, "containers running for the stack\n{}", cluster.logs());
+    let containers = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .count();
+    assert_eq!(
+        containers,
+        6,
+        "containers running for the stack\n{}",
+        cluster.logs()
+    );
 }

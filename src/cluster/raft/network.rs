@@ -88,7 +88,9 @@ impl Peer {
             (Some(true) | None, false) => {
                 tracing::warn!(manager = %self.addr, error = %why(), "a manager is unreachable")
             }
-            (Some(false), true) => tracing::info!(manager = %self.addr, "a manager is reachable again"),
+            (Some(false), true) => {
+                tracing::info!(manager = %self.addr, "a manager is reachable again")
+            }
             _ => {}
         }
     }

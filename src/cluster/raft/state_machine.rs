@@ -140,11 +140,7 @@ impl StateMachine {
 
 /// One command of a proposal, as the single-node store takes it: checked, then applied; a
 /// refusal (or a panic, a bug) is the command's answer, not the end of the proposal.
-fn apply_one(
-    state: &mut State,
-    command: Command,
-    log_id: LogId<NodeId>,
-) -> Result<(), ApplyError> {
+fn apply_one(state: &mut State, command: Command, log_id: LogId<NodeId>) -> Result<(), ApplyError> {
     state.check(&command)?;
     match apply_caught(state, command) {
         Ok(result) => result.map(|_events| ()),

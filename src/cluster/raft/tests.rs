@@ -81,7 +81,10 @@ async fn a_proposal_applies_like_a_store_batch_and_a_restart_starts_from_the_sna
     let Answers(a) = &answers[0];
     assert_eq!(a.len(), 3);
     assert!(a[0].is_ok(), "{a:?}");
-    assert!(a[1].as_ref().unwrap_err().to_string().contains("nope"), "{a:?}");
+    assert!(
+        a[1].as_ref().unwrap_err().to_string().contains("nope"),
+        "{a:?}"
+    );
     // The revision created the service; it has no previous spec, so the rollback is refused too.
     assert!(a[2].is_err(), "{a:?}");
     assert!(sm.read(|s| s.services.contains_key("web_app")));
@@ -129,7 +132,9 @@ async fn appended_entries_and_the_vote_survive_reopening_the_log() {
     use openraft::RaftLogReader as _;
     let entries = log.try_get_log_entries(1..=2).await.unwrap();
     assert_eq!(entries.len(), 2);
-    assert!(matches!(&entries[0].payload, EntryPayload::Normal(Proposal::Commands(c)) if c.len() == 1));
+    assert!(
+        matches!(&entries[0].payload, EntryPayload::Normal(Proposal::Commands(c)) if c.len() == 1)
+    );
 }
 
 mod over_the_network {

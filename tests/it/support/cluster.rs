@@ -4,7 +4,7 @@
 //! containers of the test's stacks are removed by label.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use reconciler::api::views::StatusView;
@@ -132,7 +132,10 @@ fn remove(filter: &str) {
         .map(str::to_string)
         .collect();
     if !ids.is_empty() {
-        let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
+        let _ = Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&ids)
+            .output();
     }
 }
 
@@ -210,7 +213,11 @@ impl Cluster {
 
     pub fn token(&self, role: &str) -> String {
         let out = self.managers[0].cli(&["join-token", role, "-q"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
