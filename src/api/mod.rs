@@ -119,7 +119,9 @@ pub fn status_view(cluster: &dyn Cluster) -> StatusView {
     read(cluster, |s| {
         let services = services(s);
         StatusView {
-            converged: node.engine_error.is_none() && converged(&services),
+            converged: node.engine_error.is_none()
+                && node.cluster_error.is_none()
+                && converged(&services),
             node,
             revision: s.revision.clone(),
             git,

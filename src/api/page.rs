@@ -58,7 +58,8 @@ pub async fn page(AxState(cluster): Ctx) -> Html<String> {
         if v.converged { "converged" } else { "converging" },
         esc(&v.node.ingress_backend),
         refused,
-        v.node.engine_error.as_ref().map(|e| format!("<p class=bad>Docker Engine: {}</p>", esc(e))).unwrap_or_default(),
+        v.node.engine_error.as_ref().map(|e| format!("<p class=bad>Docker Engine: {}</p>", esc(e))).unwrap_or_default()
+            + &v.node.cluster_error.as_ref().map(|e| format!("<p class=bad>Cluster: writes do not commit: {}</p>", esc(e))).unwrap_or_default(),
         rows
     ))
 }

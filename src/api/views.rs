@@ -31,6 +31,9 @@ pub struct NodeReport {
     /// Loops that panicked and were restarted, with the last panic.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub loop_failures: BTreeMap<String, String>,
+    /// Set while this node's writes do not commit (no quorum of managers, no leader).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_error: Option<String>,
 }
 
 /// A map keyed by port, its keys written as JSON object keys are: text. (Flattened into

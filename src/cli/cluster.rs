@@ -352,6 +352,9 @@ pub fn status(args: StatusArgs) -> anyhow::Result<i32> {
         Some(e) => println!("Docker Engine:  unreachable: {e}"),
         None => println!("Docker Engine:  ok"),
     }
+    if let Some(e) = &v.node.cluster_error {
+        println!("Cluster:        writes do not commit: {e}");
+    }
     for (port, e) in &v.node.port_failures {
         println!("Port {port}:      cannot be published: {e}");
     }

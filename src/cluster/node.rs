@@ -22,6 +22,9 @@ pub type Raft = openraft::Raft<TypeConfig>;
 /// How long a write may wait for a quorum before the caller is told it has none.
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A leader without word from a majority for this long says so (elections take under 1 s).
+const QUORUM_SILENCE_MS: u64 = 3000;
+
 /// Raft's number for a node: derived from its ID, so every manager computes the same one
 /// and no table has to be kept in step.
 pub fn raft_id(node_id: &str) -> u64 {
@@ -179,6 +182,26 @@ impl ClusterNode {
             .await
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
         Ok(serde_json::from_slice(&answer.into_inner().json)?)
+    }
+
+    /// Why this manager cannot commit now, as far as it can tell without trying: no leader
+    /// known, or leading without word from a majority for a while.
+    pub fn problem(&self) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        let voters = m.membership_config.membership().voter_ids().count();
+        match m.current_leader {
+            None => Some(format!(
+                "no leader: this manager cannot reach a majority of the {voters} managers"
+            )),
+            Some(l) if l == self.raft_id => match m.millis_since_quorum_ack {
+                Some(ms) if ms > QUORUM_SILENCE_MS => Some(format!(
+                    "no quorum: this manager leads but has not heard from a majority of the {voters} managers for {:.0}s",
+                    ms as f64 / 1000.0
+                )),
+                _ => None,
+            },
+            Some(_) => None,
+        }
     }
 
     /// What this manager knows of the quorum, for the message of a write that did not commit.

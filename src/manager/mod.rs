@@ -184,6 +184,10 @@ impl crate::api::Cluster for Shared {
             port_failures: self.port_failures.read().expect("lock").clone(),
             stale_containers: self.stale.read().expect("lock").clone(),
             loop_failures: self.loop_failures.read().expect("lock").clone(),
+            cluster_error: self
+                .cluster
+                .problem()
+                .or_else(|| self.quorum.read().expect("lock").clone()),
         }
     }
 

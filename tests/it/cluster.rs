@@ -360,3 +360,74 @@ async fn a_leader_killed_mid_update_is_replaced_and_the_update_finishes_once() {
         cluster.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manager_left_without_a_majority_says_so_and_catches_up_when_they_return() {
+    let repo = GitRepo::new();
+    repo.write(&[(".keep", Some(""))]);
+    let c1 = repo.commit("empty");
+    let mut cluster = tokio::task::spawn_blocking(move || Cluster::start(repo, 3, &[]))
+        .await
+        .unwrap();
+    let applied = |s: &reconciler::api::views::StatusView, c: &str| {
+        s.revision.applied.as_ref().is_some_and(|a| a.commit == c)
+    };
+    let deadline = Instant::now() + T;
+    while !cluster.managers[2]
+        .status()
+        .await
+        .is_some_and(|s| applied(&s, &c1))
+    {
+        assert!(Instant::now() < deadline, "{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Two of three gone: the one left cannot commit, and its status says why.
+    cluster.managers[0].kill();
+    cluster.managers[1].kill();
+    let deadline = Instant::now() + T;
+    let problem = loop {
+        let s = cluster.managers[2].status().await.unwrap();
+        if let Some(e) = s.node.cluster_error.clone() {
+            assert!(!s.converged);
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no quorum problem shown\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(problem.contains("majority of the 3 managers"), "{problem}");
+    let text = cluster.managers[2].cli(&["node", "ls"]);
+    assert!(
+        text.status.success(),
+        "node ls answers without a quorum: {}",
+        stderr(&text)
+    );
+    // A commit pushed meanwhile is not applied by the minority...
+    cluster.repo.write(&[(".keep", Some("x"))]);
+    let c2 = cluster.repo.commit("while partitioned");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = cluster.managers[2].status().await.unwrap();
+    assert!(applied(&s, &c1), "{s:?}");
+    // ...and is, once the others are back, on all three.
+    cluster.managers[0].up();
+    cluster.managers[1].up();
+    let deadline = Instant::now() + T;
+    for m in &cluster.managers {
+        while !m
+            .status()
+            .await
+            .is_some_and(|s| applied(&s, &c2) && s.node.cluster_error.is_none())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{} never caught up\n{}",
+                m.name,
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
