@@ -20,6 +20,10 @@ pub struct InitArgs {
     /// Raft entries between snapshots (older entries are then dropped).
     #[arg(long, default_value_t = 10_000)]
     snapshot_interval: u64,
+    /// Recover a manager whose cluster lost its quorum for good: a new cluster of this
+    /// manager alone, from its data dir, with the state, CA and tokens it had.
+    #[arg(long)]
+    force_new_cluster: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -58,19 +62,32 @@ fn default_listen(args: &up::Args) -> Option<String> {
 
 pub fn init(args: InitArgs) -> anyhow::Result<i32> {
     let options = ClusterOptions {
-        listen_addr: default_listen(&args.up),
+        // A recovered manager keeps the address it had unless told otherwise.
+        listen_addr: if args.force_new_cluster {
+            args.up.listen_addr.clone()
+        } else {
+            default_listen(&args.up)
+        },
         advertise_addr: args.up.advertise_addr.clone(),
         cert_expiry: args.cert_expiry,
         snapshot_interval: args.snapshot_interval,
     };
     let data_dir = args.up.data_dir.clone();
-    up::serve(args.up, Start::Init, options, move |node| {
+    let (start, said) = if args.force_new_cluster {
+        (
+            Start::ForceNewCluster,
+            "Cluster forced anew from this manager's data",
+        )
+    } else {
+        (Start::Init, "Cluster initialized")
+    };
+    up::serve(args.up, start, options, move |node| {
         let tokens = node
             .sm
             .read_cluster(|c| c.map(|c| (c.worker_token.clone(), c.manager_token.clone())));
         let addr = &node.info.advertise_addr;
         println!(
-            "Cluster initialized: current node ({}) is now a manager.\n",
+            "{said}: current node ({}) is now a manager.\n",
             node.node_id()
         );
         if let Some((worker, manager)) = tokens {

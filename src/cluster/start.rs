@@ -52,6 +52,9 @@ pub enum Start {
     Join { token: String, manager: String },
     /// The data dir belongs to a cluster already.
     Resume,
+    /// The data dir's manager lost its quorum for good: make a new single-manager cluster
+    /// of it, keeping the state, the CA and the tokens (`init --force-new-cluster`).
+    ForceNewCluster,
 }
 
 /// Start this node's part in the cluster. The listener and Raft stop with `shutdown`.
@@ -65,6 +68,11 @@ pub async fn start(
         .with_context(|| format!("creating the data directory {}", files.dir().display()))?;
     match how {
         Start::Resume => resume(files, options, shutdown).await,
+        Start::ForceNewCluster if !files.exists() => bail!(
+            "{} holds no cluster to recover (no node.json): --force-new-cluster starts a manager of a cluster that lost its quorum, from its data dir",
+            files.dir().display()
+        ),
+        Start::ForceNewCluster => force_new_cluster(files, options, shutdown).await,
         Start::Init | Start::Join { .. } if files.exists() => {
             let info = files.load()?;
             bail!(
@@ -349,6 +357,107 @@ async fn resume(
     launch(files, info, tls, listener, options, shutdown).await
 }
 
+async fn force_new_cluster(
+    files: NodeFiles,
+    options: &ClusterOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Arc<ClusterNode>> {
+    use openraft::storage::{RaftLogStorage as _, RaftStateMachine as _};
+    use openraft::RaftLogReader as _;
+    let info = files.load()?;
+    anyhow::ensure!(
+        info.role == Role::Manager,
+        "only a manager's data dir holds the cluster's state; this one is a worker's"
+    );
+    // Everything this manager has: its last snapshot, then every entry of its log after it.
+    let restored = {
+        let mut log = LogStore::open(&files.raft_log())?;
+        let mut sm = StateMachine::open(&files.raft_state())?;
+        let from = sm.last_applied().map(|i| i + 1).unwrap_or(0);
+        let last = log
+            .get_log_state()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the Raft log: {e}"))?
+            .last_log_id
+            .map(|l| l.index);
+        if let Some(last) = last.filter(|l| *l >= from) {
+            let entries = log
+                .try_get_log_entries(from..=last)
+                .await
+                .map_err(|e| anyhow::anyhow!("reading the Raft log: {e}"))?;
+            sm.apply(entries)
+                .await
+                .map_err(|e| anyhow::anyhow!("replaying the Raft log: {e}"))?;
+        }
+        let mut restored = sm.restored();
+        // The other nodes are gone as far as this cluster knows. The other managers hold the
+        // old log: were they to come back, their Raft messages must not mix with the new
+        // one's, so their certificates are refused from now on (they join again with a fresh
+        // data dir, as in Swarm).
+        let mut others = Vec::new();
+        for (id, node) in restored.state.nodes.iter_mut() {
+            if *id != info.node_id {
+                node.ready = false;
+                if node.role == crate::store::NodeRole::Manager {
+                    others.push(id.clone());
+                }
+            }
+        }
+        if let Some(c) = restored.cluster.as_mut() {
+            c.removed.extend(others);
+        }
+        restored
+    };
+    // The old databases stay beside the new ones, renamed, in case they are wanted.
+    for path in [files.raft_log(), files.raft_state()] {
+        let mut old = path.clone().into_os_string();
+        old.push(".before-force-new-cluster");
+        std::fs::rename(&path, &old).with_context(|| format!("moving {} aside", path.display()))?;
+    }
+    let tls = files.credentials()?;
+    let listen_addr = options
+        .listen_addr
+        .clone()
+        .unwrap_or_else(|| info.listen_addr.clone());
+    let (listener, advertise) = listen(
+        &listen_addr,
+        options
+            .advertise_addr
+            .as_deref()
+            .or(Some(info.advertise_addr.as_str())),
+    )
+    .await?;
+    let info = NodeInfo {
+        listen_addr,
+        advertise_addr: advertise.clone(),
+        managers: vec![advertise.clone()],
+        ..info
+    };
+    let node = launch(
+        files.clone(),
+        info.clone(),
+        tls,
+        listener,
+        options,
+        shutdown,
+    )
+    .await?;
+    node.raft
+        .initialize(
+            [(node.raft_id, BasicNode::new(&advertise))]
+                .into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        )
+        .await
+        .context("starting Raft")?;
+    node.propose(Proposal::Restore(Box::new(restored)))
+        .await
+        .context("committing the state carried over")?;
+    files.save(&info)?;
+    tracing::warn!(node = %info.node_id, "forced a new cluster of this manager alone, with the old cluster's state; add managers again with `reconciler join`");
+    Ok(node)
+}
+
 /// Raft and the gRPC listener, running until `shutdown`.
 async fn launch(
     files: NodeFiles,
@@ -386,7 +495,11 @@ async fn launch(
     let server = tonic::transport::Server::builder()
         .tls_config(tls.server())
         .context("the cluster listener's TLS settings")?
-        .add_service(RaftService::new(node.raft.clone(), node.cluster_id()))
+        .add_service(RaftService::new(
+            node.raft.clone(),
+            node.cluster_id(),
+            Some(node.sm.clone()),
+        ))
         .add_service(CaService::new(node.clone()))
         .add_service(ControlService::new(node.clone()));
     let (raft, stop) = (node.raft.clone(), shutdown.clone());

@@ -431,3 +431,104 @@ async fn a_manager_left_without_a_majority_says_so_and_catches_up_when_they_retu
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn force_new_cluster_recovers_the_last_manager_standing_with_its_data() {
+    if !images().await {
+        return;
+    }
+    let stack = stack_name("fnc");
+    let repo = GitRepo::new();
+    repo.write(&[(
+        &compose(&stack),
+        Some(&web(&testing::images::busybox(1), 2)),
+    )]);
+    let c1 = repo.commit("v1");
+    let stack2 = stack.clone();
+    let mut cluster = tokio::task::spawn_blocking(move || Cluster::start(repo, 3, &[&stack2]))
+        .await
+        .unwrap();
+    let converged = |s: &reconciler::api::views::StatusView, c: &str| {
+        s.revision.applied.as_ref().is_some_and(|a| a.commit == c) && s.converged
+    };
+    let deadline = Instant::now() + T;
+    while !cluster.managers[2]
+        .status()
+        .await
+        .is_some_and(|s| converged(&s, &c1))
+    {
+        assert!(Instant::now() < deadline, "{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Two managers lost for good; the third, alone, cannot commit. It is stopped and
+    // started again as a new cluster of one, from its data dir.
+    cluster.managers[0].kill();
+    cluster.managers[1].kill();
+    cluster.managers[2].kill();
+    let survivor = &mut cluster.managers[2];
+    let id = survivor.node_id().unwrap();
+    survivor.run(&["init", "--force-new-cluster"]);
+    let deadline = Instant::now() + T;
+    let status = loop {
+        if let Some(s) = survivor.status().await {
+            if s.node.cluster_error.is_none() && s.revision.applied.is_some() {
+                break s;
+            }
+        }
+        assert!(Instant::now() < deadline, "{}", survivor.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The state came along: the live commit and the service.
+    assert_eq!(status.revision.applied.as_ref().unwrap().commit, c1);
+    assert!(status
+        .services
+        .iter()
+        .any(|s| s.name == format!("{stack}_web")));
+    assert_eq!(survivor.node_id().unwrap(), id, "the node keeps its ID");
+    let nodes = cluster.nodes(2).unwrap();
+    let leaders: Vec<_> = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["manager_status"] == "Leader")
+        .collect();
+    assert_eq!(leaders.len(), 1, "{nodes}");
+    assert_eq!(leaders[0]["id"], id.as_str());
+
+    // It commits again, and a manager with a fresh data dir joins it with the old token.
+    cluster.repo.write(&[(
+        &compose(&stack),
+        Some(&web(&testing::images::busybox(2), 2)),
+    )]);
+    let c2 = cluster.repo.commit("v2");
+    let deadline = Instant::now() + T;
+    // (Applied, not converged: the tasks the lost managers ran stay theirs until node
+    // failure is handled, the workers' issue.)
+    while !cluster.managers[2]
+        .status()
+        .await
+        .is_some_and(|s| s.revision.applied.as_ref().is_some_and(|a| a.commit == c2))
+    {
+        assert!(Instant::now() < deadline, "{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let token = {
+        let out = cluster.managers[2].cli(&["join-token", "manager", "-q"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).trim().to_string()
+    };
+    let mut fresh = manager(4, &cluster.repo);
+    let (leader, listen) = (cluster.managers[2].addr.clone(), fresh.addr.clone());
+    fresh.run(&["join", "--token", &token, &leader, "--listen-addr", &listen]);
+    cluster.managers.push(fresh);
+    tokio::task::block_in_place(|| cluster.wait_for_node(3));
+    let deadline = Instant::now() + T;
+    while !cluster.managers[3]
+        .status()
+        .await
+        .is_some_and(|s| s.revision.applied.as_ref().is_some_and(|a| a.commit == c2))
+    {
+        assert!(Instant::now() < deadline, "{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

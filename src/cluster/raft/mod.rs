@@ -27,6 +27,16 @@ pub enum Proposal {
     /// A change to the cluster's own settings and trust (root CA, join tokens), kept apart
     /// from the store's state.
     Cluster(ClusterChange),
+    /// The whole state and settings of a cluster this one was forced out of
+    /// (`init --force-new-cluster`): the new log's first entry after its membership.
+    Restore(Box<Restored>),
+}
+
+/// What `--force-new-cluster` carries over from the old cluster.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Restored {
+    pub state: crate::store::State,
+    pub cluster: Option<super::config::ClusterConfig>,
 }
 
 /// What applying a proposal answered: one result per command (the reason when refused).

@@ -218,13 +218,20 @@ impl RaftNetwork<TypeConfig> for Peer {
 pub struct Service {
     raft: Raft,
     cluster_id: String,
+    /// Where the removed nodes are known (none in tests of Raft alone).
+    sm: Option<super::StateMachine>,
 }
 
 impl Service {
-    pub fn new(raft: Raft, cluster_id: &str) -> pb::raft_server::RaftServer<Service> {
+    pub fn new(
+        raft: Raft,
+        cluster_id: &str,
+        sm: Option<super::StateMachine>,
+    ) -> pb::raft_server::RaftServer<Service> {
         pb::raft_server::RaftServer::new(Service {
             raft,
             cluster_id: cluster_id.to_string(),
+            sm,
         })
     }
 
@@ -243,6 +250,15 @@ impl Service {
                 who.node_id,
                 who.role.name(),
                 self.cluster_id
+            )));
+        }
+        let removed = self.sm.as_ref().is_some_and(|sm| {
+            sm.read_cluster(|c| c.is_some_and(|c| c.removed.contains(&who.node_id)))
+        });
+        if removed {
+            return Err(Status::permission_denied(format!(
+                "{} was removed from the cluster",
+                who.node_id
             )));
         }
         Ok(())

@@ -15,7 +15,7 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 use std::sync::RwLock;
 use tokio::sync::watch;
 
-use super::{io_error, Answers, Proposal, TypeConfig};
+use super::{io_error, Answers, Proposal, Restored, TypeConfig};
 use crate::cluster::config::ClusterConfig;
 use crate::store::{apply_caught, ApplyError, Command, State};
 
@@ -101,6 +101,15 @@ impl StateMachine {
     /// The index of the last applied entry.
     pub fn last_applied(&self) -> Option<u64> {
         self.read_lock().last_applied.map(|l| l.index)
+    }
+
+    /// Everything applied so far, to carry into a new cluster (`--force-new-cluster`).
+    pub fn restored(&self) -> Restored {
+        let applied = self.read_lock();
+        Restored {
+            state: applied.state.clone(),
+            cluster: applied.cluster.clone(),
+        }
     }
 
     /// Wakes when an entry applies or a snapshot is installed.
@@ -212,6 +221,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     .into_iter()
                     .map(|command| apply_one(&mut applied.state, command, entry.log_id))
                     .collect(),
+                EntryPayload::Normal(Proposal::Restore(restored)) => {
+                    let Restored { state, cluster } = *restored;
+                    applied.state = state;
+                    applied.cluster = cluster;
+                    vec![Ok(())]
+                }
                 EntryPayload::Normal(Proposal::Cluster(change)) => {
                     vec![change
                         .apply(&mut applied.cluster)

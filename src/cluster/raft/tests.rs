@@ -200,7 +200,7 @@ mod over_the_network {
         )
         .await
         .unwrap();
-        let service = Service::new(raft.clone(), ca.cluster_id());
+        let service = Service::new(raft.clone(), ca.cluster_id(), None);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tonic::transport::Server::builder()
             .tls_config(tls.server())

@@ -65,6 +65,12 @@ impl Manager {
         self.spawn(&["up".into()]);
     }
 
+    /// Start this node with another command (its own flags added).
+    pub fn run(&mut self, command: &[&str]) {
+        let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
+        self.spawn(&command);
+    }
+
     /// SIGKILL: no goodbye to the others, containers left running.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -152,6 +158,7 @@ fn address(i: usize) -> String {
     format!("127.0.{}.{}", n, 10 + i)
 }
 
+/// A manager not started yet, the `i`-th of its test.
 pub fn manager(i: usize, repo: &GitRepo) -> Manager {
     let ip = address(i);
     Manager {
