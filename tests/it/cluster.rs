@@ -504,11 +504,7 @@ async fn force_new_cluster_recovers_the_last_manager_standing_with_its_data() {
     let deadline = Instant::now() + T;
     // (Applied, not converged: the tasks the lost managers ran stay theirs until node
     // failure is handled, the workers' issue.)
-    while !cluster.managers[2]
-        .status()
-        .await
-        .is_some_and(|s| s.revision.applied.as_ref().is_some_and(|a| a.commit == c2))
-    {
+    while !applied_on(&cluster.managers[2], &c2).await {
         assert!(Instant::now() < deadline, "{}", cluster.logs());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -523,12 +519,16 @@ async fn force_new_cluster_recovers_the_last_manager_standing_with_its_data() {
     cluster.managers.push(fresh);
     tokio::task::block_in_place(|| cluster.wait_for_node(3));
     let deadline = Instant::now() + T;
-    while !cluster.managers[3]
-        .status()
-        .await
-        .is_some_and(|s| s.revision.applied.as_ref().is_some_and(|a| a.commit == c2))
-    {
+    while !applied_on(&cluster.managers[3], &c2).await {
         assert!(Instant::now() < deadline, "{}", cluster.logs());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Is `commit` the live one on this manager?
+async fn applied_on(m: &crate::support::cluster::Manager, commit: &str) -> bool {
+    let status = m.status().await;
+    status
+        .and_then(|s| s.revision.applied)
+        .is_some_and(|a| a.commit == commit)
 }
