@@ -184,7 +184,7 @@ async fn init(
         advertise_addr: advertise.clone(),
         managers: vec![advertise.clone()],
     };
-    let node = launch(
+    let node = launch_alone(
         files.clone(),
         info.clone(),
         tls,
@@ -193,14 +193,6 @@ async fn init(
         shutdown,
     )
     .await?;
-    node.raft
-        .initialize(
-            [(node.raft_id, BasicNode::new(&advertise))]
-                .into_iter()
-                .collect::<std::collections::BTreeMap<_, _>>(),
-        )
-        .await
-        .context("starting Raft")?;
     let answers = node
         .propose(Proposal::Cluster(ClusterChange::Init(config)))
         .await
@@ -433,7 +425,7 @@ async fn force_new_cluster(
         managers: vec![advertise.clone()],
         ..info
     };
-    let node = launch(
+    let node = launch_alone(
         files.clone(),
         info.clone(),
         tls,
@@ -442,6 +434,25 @@ async fn force_new_cluster(
         shutdown,
     )
     .await?;
+    node.propose(Proposal::Restore(Box::new(restored)))
+        .await
+        .context("committing the state carried over")?;
+    files.save(&info)?;
+    tracing::warn!(node = %info.node_id, "forced a new cluster of this manager alone, with the old cluster's state; add managers again with `reconciler join`");
+    Ok(node)
+}
+
+/// A cluster of this manager alone: Raft's first membership is this node.
+async fn launch_alone(
+    files: NodeFiles,
+    info: NodeInfo,
+    tls: TlsPem,
+    listener: tokio::net::TcpListener,
+    options: &ClusterOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Arc<ClusterNode>> {
+    let advertise = info.advertise_addr.clone();
+    let node = launch(files, info, tls, listener, options, shutdown).await?;
     node.raft
         .initialize(
             [(node.raft_id, BasicNode::new(&advertise))]
@@ -450,11 +461,6 @@ async fn force_new_cluster(
         )
         .await
         .context("starting Raft")?;
-    node.propose(Proposal::Restore(Box::new(restored)))
-        .await
-        .context("committing the state carried over")?;
-    files.save(&info)?;
-    tracing::warn!(node = %info.node_id, "forced a new cluster of this manager alone, with the old cluster's state; add managers again with `reconciler join`");
     Ok(node)
 }
 
