@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::desired::DesiredState;
 use crate::spec::{load_stack, NoFiles, Variables};
-use crate::store::{Availability, Node, NodeRole, State, TaskState, UpdateState};
+use crate::store::{ApplyError, Availability, Node, NodeRole, State, TaskState, UpdateState};
 
 /// How a simulated image behaves once started.
 #[derive(Clone, Copy)]
@@ -263,6 +263,41 @@ fn deploys_and_scales_by_commit() {
         .collect();
     assert_eq!(slots.len(), 2);
     assert!(slots.iter().all(|s| s.unwrap() <= 2));
+}
+
+/// Two leaders, one deposed a moment ago, each step from the same view; Raft commits both
+/// steps, one after the other. The slots are filled once: the second step's tasks are refused
+/// at apply time because their slots hold a live task of that version already.
+#[test]
+fn a_step_computed_by_a_deposed_leader_fills_no_slot_twice() {
+    let mut sim = Sim::new();
+    sim.commit("c1", &web("web:1", 3, STOP_FIRST));
+    let view = sim.state.clone();
+    let old = Orchestrator::new(IdGen::seeded(1)).step(&view, sim.now);
+    let new = Orchestrator::new(IdGen::seeded(2)).step(&view, sim.now);
+    let creates = |cmds: &[Command]| {
+        cmds.iter()
+            .filter(|c| matches!(c, Command::CreateTask { .. }))
+            .count()
+    };
+    assert_eq!(creates(&new.commands), 3);
+    assert_eq!(creates(&old.commands), 3);
+    let mut refused = 0;
+    for c in new.commands.into_iter().chain(old.commands) {
+        if let Err(ApplyError::SlotTaken { .. }) = sim.state.apply(c) {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 3);
+    sim.run(2_000);
+    assert_eq!(sim.running_images(), ["web:1"; 3]);
+    assert_eq!(sim.state.tasks.len(), 3, "no duplicate task was ever made");
+
+    // During a rolling update the new version's task may share its slot with the old one
+    // (start-first): a new version is not a duplicate.
+    sim.commit("c2", &web("web:2", 3, START_FIRST));
+    sim.run(10_000);
+    assert_eq!(sim.running_images(), ["web:2"; 3]);
 }
 
 #[test]

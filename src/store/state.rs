@@ -115,6 +115,12 @@ pub enum ApplyError {
     NoTask(String),
     #[error("task {0} exists already")]
     TaskExists(String),
+    #[error("{place} of service {service} holds a live task of that version already ({task})")]
+    SlotTaken {
+        service: String,
+        place: String,
+        task: String,
+    },
     #[error("service {0} has no previous spec to roll back to")]
     NothingToRollBack(String),
     /// Applying the command panicked (a bug); it was refused alike everywhere.
@@ -135,6 +141,29 @@ impl State {
                 }
                 if !self.services.contains_key(&task.service) {
                     return Err(ApplyError::NoService(task.service.clone()));
+                }
+                // A slot (a node, for a global service) holds one live task of a version: a
+                // step computed on a stale view, or by a leader deposed meanwhile, cannot fill
+                // it twice. (A rolling update's new task has a new version; a restart's
+                // predecessor has stopped.)
+                let taken = self.tasks.values().find(|t| {
+                    t.service == task.service
+                        && t.service_version == task.service_version
+                        && t.is_live()
+                        && match task.slot {
+                            Some(slot) => t.slot == Some(slot),
+                            None => t.slot.is_none() && t.node == task.node,
+                        }
+                });
+                if let Some(t) = taken {
+                    return Err(ApplyError::SlotTaken {
+                        service: task.service.clone(),
+                        place: match task.slot {
+                            Some(slot) => format!("slot {slot}"),
+                            None => format!("node {}", task.node),
+                        },
+                        task: t.id.clone(),
+                    });
                 }
             }
             Command::SetTaskDesiredState { id, .. }
