@@ -3,7 +3,14 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let descriptors = protox::compile(["proto/raft.proto", "proto/cluster.proto"], ["proto"])?;
+    let descriptors = protox::compile(
+        [
+            "proto/raft.proto",
+            "proto/cluster.proto",
+            "proto/etcd_kv.proto",
+        ],
+        ["proto"],
+    )?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
