@@ -48,7 +48,8 @@ impl Control {
         let channel = rt.block_on(async { rpc::dial(&addr, &tls) })?;
         Ok(Control {
             addr,
-            client: pb::control_client::ControlClient::new(channel),
+            client: pb::control_client::ControlClient::new(channel)
+                .max_decoding_message_size(crate::cluster::raft::network::MAX_MESSAGE),
             rt,
         })
     }

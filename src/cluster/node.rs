@@ -97,7 +97,9 @@ impl ClusterNode {
                 c
             }
         };
-        Ok(pb::control_client::ControlClient::new(channel))
+        Ok(pb::control_client::ControlClient::new(channel)
+            .max_decoding_message_size(super::raft::network::MAX_MESSAGE)
+            .max_encoding_message_size(super::raft::network::MAX_MESSAGE))
     }
 
     pub fn is_leader(&self) -> bool {

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use super::ca::{self, NodeIdentity, Role, RootCa};
 use super::config::ClusterChange;
 use super::node::{raft_id, require_manager, ClusterNode, Forward};
+use super::raft::network::MAX_MESSAGE;
 use super::raft::{Answers, Proposal};
 use super::rpc::{caller, from_json, json, pb};
 use super::token::JoinToken;
@@ -169,6 +170,8 @@ pub struct ControlService {
 impl ControlService {
     pub fn new(node: Arc<ClusterNode>) -> pb::control_server::ControlServer<ControlService> {
         pb::control_server::ControlServer::new(ControlService { node })
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
     }
 
     /// The caller, who must be a manager of this cluster, not removed.

@@ -479,13 +479,19 @@ async fn launch(
         .with_context(|| format!("opening {}", files.raft_state().display()))?;
     let config = openraft::Config {
         cluster_name: info.cluster_id.clone(),
-        // A leader that dies is replaced in well under a second: followers stand for election
-        // after 0.5 to 1 s without a heartbeat.
-        heartbeat_interval: 100,
-        election_timeout_min: 500,
-        election_timeout_max: 1000,
+        // openraft gives each AppendEntries one heartbeat interval to be answered, and an
+        // entry can be a revision of the whole repository (megabytes for a thousand
+        // services, encoded, sent, decoded and fsynced by the follower): the interval must
+        // carry that. Followers stand for election after the leader's lease
+        // (election_timeout_max) and their own timeout have both passed since the last
+        // heartbeat: 2.25 to 3 s here, where Swarm's default is about 10 s.
+        heartbeat_interval: 250,
+        election_timeout_min: 750,
+        election_timeout_max: 1500,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(options.snapshot_interval.max(1)),
         max_in_snapshot_log_to_keep: 100,
+        // Entries may be whole revisions: a few per message keeps each message bounded.
+        max_payload_entries: 32,
         ..Default::default()
     };
     let raft = openraft::Raft::new(

@@ -55,7 +55,12 @@ pub struct Args {
 const WAIT: Duration = Duration::from_secs(60);
 
 pub async fn run(args: Args) -> anyhow::Result<i32> {
-    let dir = tempfile::tempdir()?;
+    // RECONCILER_BENCH_KEEP=1 keeps the data dirs and logs for a look afterwards.
+    let mut dir = tempfile::tempdir()?;
+    if std::env::var_os("RECONCILER_BENCH_KEEP").is_some() {
+        dir.disable_cleanup(true);
+        eprintln!("keeping {}", dir.path().display());
+    }
     let mut ours = Managers::start(dir.path()).await?;
     let mut etcd = if args.no_etcd {
         None
@@ -403,25 +408,35 @@ impl Managers {
         }
     }
 
-    /// The leader's index, as the live managers see it.
+    /// The leader's index, once every live manager names the same one.
     async fn leader_index(&self) -> anyhow::Result<usize> {
         let start = Instant::now();
         loop {
+            let mut named = Vec::new();
             for m in self.managers.iter().filter(|m| m.child.is_some()) {
-                if let Ok(list) = self.nodes(&m.addr).await {
-                    if let Some(l) = list.nodes.iter().find(|n| n.manager_status == "Leader") {
-                        if let Some(i) = self
-                            .managers
-                            .iter()
-                            .position(|m| m.addr == l.addr && m.child.is_some())
-                        {
-                            return Ok(i);
-                        }
+                let leader = match self.nodes(&m.addr).await {
+                    Ok(list) => list
+                        .nodes
+                        .into_iter()
+                        .find(|n| n.manager_status == "Leader")
+                        .map(|n| n.addr),
+                    Err(_) => None,
+                };
+                named.push(leader);
+            }
+            if let Some(Some(addr)) = named.first() {
+                if named.iter().all(|n| n.as_ref() == Some(addr)) {
+                    if let Some(i) = self
+                        .managers
+                        .iter()
+                        .position(|m| &m.addr == addr && m.child.is_some())
+                    {
+                        return Ok(i);
                     }
                 }
             }
             if start.elapsed() > WAIT {
-                bail!("no leader among the managers");
+                bail!("the managers do not agree on a leader");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -566,8 +581,9 @@ impl Managers {
             }
             if start.elapsed() > Duration::from_secs(300) {
                 bail!(
-                    "the store holds {} of {want} tasks after 300 s",
-                    tasks.len()
+                    "the store holds {} of {want} tasks after 300 s (the managers' logs: {})",
+                    tasks.len(),
+                    self.managers[0].dir.with_extension("log").display()
                 );
             }
             tokio::time::sleep(Duration::from_millis(500)).await;

@@ -25,6 +25,11 @@ pub mod pb {
 }
 
 type NodeId = u64;
+
+/// The largest message between managers. An entry holds a whole revision (every stack's
+/// spec: megabytes for a repository of a thousand services), and gRPC's default of 4 MiB
+/// would stop replication at the first big commit.
+pub const MAX_MESSAGE: usize = 512 << 20;
 type Raft = openraft::Raft<TypeConfig>;
 
 /// A node's certificate, key and the cluster's root, in PEM, as tonic takes them.
@@ -103,7 +108,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         // Lazy: the connection is made (and made again) by the first call that needs it.
         let client = Endpoint::from_shared(format!("https://{}", node.addr))
             .and_then(|e| e.tls_config(self.tls.client()))
-            .map(|e| pb::raft_client::RaftClient::new(e.connect_lazy()))
+            .map(|e| {
+                pb::raft_client::RaftClient::new(e.connect_lazy())
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE)
+            })
             .map_err(|e| format!("{}: {e}", node.addr));
         Peer {
             target,
@@ -233,6 +242,8 @@ impl Service {
             cluster_id: cluster_id.to_string(),
             sm,
         })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE)
     }
 
     /// Only a manager of this cluster takes part in Raft (a worker's certificate is valid TLS,
