@@ -4,7 +4,7 @@
 //!
 //! The API sees the cluster only through [`Cluster`]: what it may read and the few
 //! [`Action`]s it may ask for. It knows nothing of the manager's loops, so either can change
-//! alone (and the cluster issue can put Raft behind the same handle).
+//! alone (Raft sits behind the same handle: `act` is committed through it).
 
 mod metrics;
 mod page;

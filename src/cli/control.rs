@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use tonic::transport::Channel;
 
 use crate::cluster::files::NodeFiles;
@@ -66,18 +65,16 @@ impl Control {
         self.rt
             .block_on(async move { f(client).await })
             .map(tonic::Response::into_inner)
-            .map_err(|s| match s.code() {
-                tonic::Code::Unavailable
-                    if s.message().contains("error trying to connect")
-                        || s.message().contains("transport error") =>
-                {
+            .map_err(|s| match s.message() {
+                // The channel's own errors (what a node that is down gives), whatever code
+                // tonic puts on them.
+                m if m.contains("connect error") || m.contains("transport error") => {
                     anyhow::anyhow!(
                         "cannot reach the manager at {addr} (is the node running?): {}",
                         s.message()
                     )
                 }
-                _ => anyhow::anyhow!("{}", s.message()),
+                _ => anyhow::anyhow!("the manager at {addr}: {}", s.message()),
             })
-            .with_context(|| format!("asking the manager at {addr}"))
     }
 }
