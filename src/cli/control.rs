@@ -36,7 +36,7 @@ impl Control {
             );
         }
         let info = files.load()?;
-        let tls = files.credentials()?;
+        let creds = crate::cluster::tls::Credentials::new(files.credentials()?)?;
         let addr = args
             .host
             .clone()
@@ -44,7 +44,7 @@ impl Control {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let channel = rt.block_on(async { rpc::dial(&addr, &tls) })?;
+        let channel = rt.block_on(async { rpc::dial(&addr, &creds) })?;
         Ok(Control {
             addr,
             client: pb::control_client::ControlClient::new(channel)

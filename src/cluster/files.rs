@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 use super::ca::Role;
-use super::raft::network::TlsPem;
+use super::tls::TlsPem;
 
 /// Who this node is, and where its cluster listener is.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

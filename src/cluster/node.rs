@@ -13,9 +13,9 @@ use tonic::transport::Channel;
 
 use super::ca::Role;
 use super::files::{NodeFiles, NodeInfo};
-use super::raft::network::TlsPem;
 use super::raft::{Answers, Proposal, StateMachine, TypeConfig};
 use super::rpc::{self, pb};
+use super::tls::Credentials;
 
 pub type Raft = openraft::Raft<TypeConfig>;
 
@@ -50,7 +50,8 @@ pub struct ClusterNode {
     pub raft_id: u64,
     pub raft: Raft,
     pub sm: StateMachine,
-    pub tls: TlsPem,
+    /// This node's certificate of the moment (renewals replace it).
+    pub creds: std::sync::Arc<Credentials>,
     pub files: NodeFiles,
     /// Channels to the other managers, by address.
     channels: Mutex<HashMap<String, Channel>>,
@@ -61,7 +62,7 @@ impl ClusterNode {
         info: NodeInfo,
         raft: Raft,
         sm: StateMachine,
-        tls: TlsPem,
+        creds: std::sync::Arc<Credentials>,
         files: NodeFiles,
     ) -> Self {
         ClusterNode {
@@ -69,7 +70,7 @@ impl ClusterNode {
             info,
             raft,
             sm,
-            tls,
+            creds,
             files,
             channels: Default::default(),
         }
@@ -92,7 +93,7 @@ impl ClusterNode {
         let channel = match channels.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let c = rpc::dial(addr, &self.tls)?;
+                let c = rpc::dial(addr, &self.creds)?;
                 channels.insert(addr.to_string(), c.clone());
                 c
             }

@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::DigitallySignedStruct;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
-use super::ca::{self, NodeIdentity, Role};
-use super::raft::network::TlsPem;
+use super::ca::{self, NodeIdentity};
+use super::tls::{self, Credentials};
 
 /// The generated gRPC code.
 pub mod pb {
@@ -30,23 +31,30 @@ fn endpoint(addr: &str, scheme: &str) -> anyhow::Result<Endpoint> {
 }
 
 /// Dial a manager as this node: mutual TLS, and the other end must hold a manager
-/// certificate of the same root.
-pub fn dial(addr: &str, tls: &TlsPem) -> anyhow::Result<Channel> {
-    Ok(endpoint(addr, "https")?
-        .tls_config(tls.client())?
-        .connect_lazy())
+/// certificate of the same root. Each new connection presents the node's certificate of the
+/// moment (it changes on renewal, promote and demote).
+pub fn dial(addr: &str, creds: &Arc<Credentials>) -> anyhow::Result<Channel> {
+    dial_tls(addr, tls::client_config(creds)?)
 }
 
 /// Dial a manager that must hold a manager certificate of `root_pem`, with no certificate of
 /// our own (a node joining, once it trusts the root).
 pub fn dial_with_root(addr: &str, root_pem: &str) -> anyhow::Result<Channel> {
-    Ok(endpoint(addr, "https")?
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(root_pem))
-                .domain_name(Role::Manager.name()),
-        )?
-        .connect_lazy())
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(
+            CertificateDer::from_pem_slice(root_pem.as_bytes())
+                .context("the CA certificate is not PEM")?,
+        )
+        .context("the CA certificate is not usable as a root")?;
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    dial_tls(addr, config)
 }
 
 /// Dial a manager trusting nothing it shows: only for fetching the root certificate, which
@@ -60,18 +68,20 @@ pub fn dial_unverified(addr: &str) -> anyhow::Result<Channel> {
     .with_custom_certificate_verifier(Arc::new(TrustNothingYet))
     .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
+    dial_tls(addr, config)
+}
+
+/// A lazy channel to `addr` whose connections are TLS by `config`, checking the manager's
+/// name (the role in its certificate).
+fn dial_tls(addr: &str, config: rustls::ClientConfig) -> anyhow::Result<Channel> {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let target = addr.to_string();
     let connect = tower::service_fn(move |_: http::Uri| {
         let (connector, target) = (connector.clone(), target.clone());
         async move {
             let tcp = tokio::net::TcpStream::connect(&target).await?;
-            let tls = connector
-                .connect(
-                    ServerName::try_from(Role::Manager.name()).expect("a DNS name"),
-                    tcp,
-                )
-                .await?;
+            let _ = tcp.set_nodelay(true);
+            let tls = connector.connect(tls::manager_name(), tcp).await?;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
         }
     });

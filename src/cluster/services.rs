@@ -46,7 +46,7 @@ impl pb::ca_server::Ca for CaService {
         _req: Request<pb::Empty>,
     ) -> Result<Response<pb::RootCertificate>, Status> {
         Ok(Response::new(pb::RootCertificate {
-            pem: self.node.tls.root.clone(),
+            pem: self.node.creds.root_pem().to_string(),
         }))
     }
 
@@ -339,12 +339,7 @@ impl pb::control_server::Control for ControlService {
             Status::invalid_argument(format!("no role {:?}: manager or worker", req.role))
         })?;
         if req.rotate {
-            let digest = ca::digest(
-                &ca::RootCa::from_pem(&self.node.tls.root, None)
-                    .map_err(|e| Status::internal(e.to_string()))?
-                    .cert_der()
-                    .clone(),
-            );
+            let digest = ca::digest(self.node.creds.root_der());
             let token = JoinToken::generate(digest).map_err(|e| Status::internal(e.to_string()))?;
             let answers = self
                 .node

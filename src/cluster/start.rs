@@ -13,10 +13,11 @@ use super::ca::{self, NodeIdentity, Role, RootCa};
 use super::config::{ClusterChange, ClusterConfig};
 use super::files::{NodeFiles, NodeInfo};
 use super::node::{raft_id, ClusterNode};
-use super::raft::network::{Network, Service as RaftService, TlsPem};
+use super::raft::network::{Network, Service as RaftService};
 use super::raft::{LogStore, Proposal, StateMachine};
 use super::rpc::{self, pb};
 use super::services::{CaService, ControlService, LEADER_ADDR};
+use super::tls::{self, ClientAuth, Credentials, TlsPem};
 use super::token::JoinToken;
 
 /// The settings of the cluster listener and of Raft.
@@ -494,19 +495,20 @@ async fn launch(
         max_payload_entries: 32,
         ..Default::default()
     };
+    let creds = Credentials::new(tls).context("this node's certificates")?;
     let raft = openraft::Raft::new(
         raft_id(&info.node_id),
         Arc::new(config.validate().context("Raft settings")?),
-        Network::new(tls.clone()),
+        Network::new(creds.clone()),
         log,
         sm.clone(),
     )
     .await
     .context("starting Raft")?;
-    let node = Arc::new(ClusterNode::new(info, raft, sm, tls.clone(), files));
+    let node = Arc::new(ClusterNode::new(info, raft, sm, creds.clone(), files));
+    let tls_config = tls::server_config(&creds, ClientAuth::Optional)
+        .context("the cluster listener's TLS settings")?;
     let server = tonic::transport::Server::builder()
-        .tls_config(tls.server())
-        .context("the cluster listener's TLS settings")?
         .add_service(RaftService::new(
             node.raft.clone(),
             node.cluster_id(),
@@ -516,7 +518,7 @@ async fn launch(
         .add_service(ControlService::new(node.clone()));
     let (raft, stop) = (node.raft.clone(), shutdown.clone());
     tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming = tls::incoming(listener, tls_config);
         if let Err(e) = server
             .serve_with_incoming_shutdown(incoming, stop.cancelled())
             .await

@@ -9,7 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::ca::{self, NodeIdentity, Role, RootCa, DEFAULT_CERT_EXPIRY};
-use super::tls::{self, NodeCredentials};
+use super::tls::{self, ClientAuth, Credentials, TlsPem};
 use super::token::JoinToken;
 
 const T: Duration = Duration::from_secs(10);
@@ -23,7 +23,7 @@ fn identity(node: &str, role: Role, ca: &RootCa) -> NodeIdentity {
 }
 
 /// A node's credentials as a join gives them: its own key, a certificate the CA signed.
-fn credentials(ca: &RootCa, node: &str, role: Role) -> NodeCredentials {
+fn credentials(ca: &RootCa, node: &str, role: Role) -> TlsPem {
     let (key, csr) = ca::new_key_and_request().unwrap();
     let cert = ca
         .sign(
@@ -33,15 +33,25 @@ fn credentials(ca: &RootCa, node: &str, role: Role) -> NodeCredentials {
             DEFAULT_CERT_EXPIRY,
         )
         .unwrap();
-    NodeCredentials::from_pem(ca.cert_pem(), &cert, &key).unwrap()
+    TlsPem {
+        root: ca.cert_pem().into(),
+        cert,
+        key: key.to_string(),
+    }
+}
+
+fn live(pem: &TlsPem) -> Arc<Credentials> {
+    Credentials::new(pem.clone()).unwrap()
 }
 
 /// One TLS server accepting one connection: answers the client's identity as it sees it, or
 /// why the handshake failed.
 async fn serve_once(
-    server: &NodeCredentials,
+    server: &TlsPem,
 ) -> (u16, tokio::task::JoinHandle<Result<NodeIdentity, String>>) {
-    let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(server).unwrap()));
+    let acceptor = TlsAcceptor::from(Arc::new(
+        tls::server_config(&live(server), ClientAuth::Required).unwrap(),
+    ));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let task = tokio::spawn(async move {
@@ -80,7 +90,7 @@ async fn a_node_certificate_from_the_cluster_ca_opens_a_mutual_tls_link() {
     let manager = credentials(&ca, "m1", Role::Manager);
     let worker = credentials(&ca, "w1", Role::Worker);
     let (port, server) = serve_once(&manager).await;
-    let answer = tokio::time::timeout(T, dial(port, tls::client_config(&worker).unwrap()))
+    let answer = tokio::time::timeout(T, dial(port, tls::client_config(&live(&worker)).unwrap()))
         .await
         .unwrap();
     assert_eq!(answer.as_deref(), Ok("w1"));
@@ -88,7 +98,7 @@ async fn a_node_certificate_from_the_cluster_ca_opens_a_mutual_tls_link() {
     let seen = server.await.unwrap().unwrap();
     assert_eq!(seen, identity("w1", Role::Worker, &ca));
     assert_eq!(
-        manager.identity().unwrap(),
+        live(&manager).identity(),
         identity("m1", Role::Manager, &ca)
     );
 }
@@ -119,9 +129,9 @@ async fn a_client_without_a_certificate_or_from_another_cluster_is_refused() {
 
     // A certificate from another cluster's CA, which trusts this cluster's root: still no.
     let mut stranger = credentials(&other, "x1", Role::Manager);
-    stranger.root = ca.cert_der().clone();
+    stranger.root = ca.cert_pem().into();
     let (port, server) = serve_once(&manager).await;
-    let answer = tokio::time::timeout(T, dial(port, tls::client_config(&stranger).unwrap()))
+    let answer = tokio::time::timeout(T, dial(port, tls::client_config(&live(&stranger)).unwrap()))
         .await
         .unwrap();
     assert!(answer.is_err(), "{answer:?}");
@@ -137,12 +147,12 @@ async fn a_node_refuses_a_manager_of_another_cluster_and_a_worker_posing_as_a_ma
 
     // A server in the middle with a certificate of its own cluster.
     let impostor = credentials(&other, "m9", Role::Manager);
-    let (port, _server) = serve_once(&NodeCredentials {
-        root: ca.cert_der().clone(),
+    let (port, _server) = serve_once(&TlsPem {
+        root: ca.cert_pem().into(),
         ..impostor
     })
     .await;
-    let answer = tokio::time::timeout(T, dial(port, tls::client_config(&node).unwrap()))
+    let answer = tokio::time::timeout(T, dial(port, tls::client_config(&live(&node)).unwrap()))
         .await
         .unwrap();
     let err = answer.unwrap_err();
@@ -152,7 +162,7 @@ async fn a_node_refuses_a_manager_of_another_cluster_and_a_worker_posing_as_a_ma
     // names the worker role, not the manager's name.
     let worker_server = credentials(&ca, "w2", Role::Worker);
     let (port, _server) = serve_once(&worker_server).await;
-    let answer = tokio::time::timeout(T, dial(port, tls::client_config(&node).unwrap()))
+    let answer = tokio::time::timeout(T, dial(port, tls::client_config(&live(&node)).unwrap()))
         .await
         .unwrap();
     let err = answer.unwrap_err();

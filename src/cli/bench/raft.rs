@@ -19,10 +19,10 @@ use anyhow::{bail, Context as _};
 
 use super::engine::{median, rss_bytes};
 use crate::cluster::files::NodeFiles;
-use crate::cluster::raft::network::TlsPem;
 use crate::cluster::raft::Proposal;
 use crate::cluster::rpc::{self, pb};
 use crate::cluster::services::NodeList;
+use crate::cluster::tls::Credentials;
 use crate::store::{Availability, Command, Node, NodeRole};
 
 /// etcd's generated client.
@@ -248,7 +248,7 @@ struct Manager {
 
 struct Managers {
     repo: PathBuf,
-    tls: TlsPem,
+    tls: std::sync::Arc<Credentials>,
     managers: Vec<Manager>,
     http: reqwest::Client,
 }
@@ -342,7 +342,7 @@ impl Managers {
         let listen = managers[0].addr.clone();
         managers[0].spawn(&["init", "--listen-addr", &listen], &repo)?;
         managers[0].wait_joined().await?;
-        let tls = NodeFiles::new(&managers[0].dir).credentials()?;
+        let tls = Credentials::new(NodeFiles::new(&managers[0].dir).credentials()?)?;
         let mut this = Managers {
             repo,
             tls,

@@ -2,6 +2,8 @@
 //! messages in JSON ([`pb::Payload`]). Only a manager of this cluster may call: the caller's
 //! certificate says so, whatever address it comes from.
 
+use std::sync::Arc;
+
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -11,13 +13,12 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{
-    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
-};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::TypeConfig;
 use crate::cluster::ca::{self, Role};
+use crate::cluster::tls::Credentials;
 
 /// The generated gRPC code.
 pub mod pb {
@@ -32,36 +33,9 @@ type NodeId = u64;
 pub const MAX_MESSAGE: usize = 512 << 20;
 type Raft = openraft::Raft<TypeConfig>;
 
-/// A node's certificate, key and the cluster's root, in PEM, as tonic takes them.
-#[derive(Clone)]
-pub struct TlsPem {
-    pub root: String,
-    pub cert: String,
-    pub key: String,
-}
-
-impl TlsPem {
-    /// A manager's listener. A client certificate, when shown, must come from the cluster's
-    /// root; it may be missing, because a node that joins has none yet and may call the CA
-    /// service only: every other RPC refuses a caller without one.
-    pub fn server(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert, &self.key))
-            .client_ca_root(Certificate::from_pem(&self.root))
-            .client_auth_optional(true)
-    }
-
-    pub fn client(&self) -> ClientTlsConfig {
-        ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.root))
-            .identity(Identity::from_pem(&self.cert, &self.key))
-            .domain_name(Role::Manager.name())
-    }
-}
-
 /// Dials the other managers; `BasicNode::addr` is `host:port`.
 pub struct Network {
-    pub tls: TlsPem,
+    pub creds: Arc<Credentials>,
     /// Which peers answered their last call: a peer lost and back is said once each way
     /// (openraft itself retries, and would say it several times a second).
     pub reachable: Reachability,
@@ -70,9 +44,9 @@ pub struct Network {
 pub type Reachability = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<NodeId, bool>>>;
 
 impl Network {
-    pub fn new(tls: TlsPem) -> Network {
+    pub fn new(creds: Arc<Credentials>) -> Network {
         Network {
-            tls,
+            creds,
             reachable: Default::default(),
         }
     }
@@ -106,10 +80,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
         // Lazy: the connection is made (and made again) by the first call that needs it.
-        let client = Endpoint::from_shared(format!("https://{}", node.addr))
-            .and_then(|e| e.tls_config(self.tls.client()))
-            .map(|e| {
-                pb::raft_client::RaftClient::new(e.connect_lazy())
+        let client = crate::cluster::rpc::dial(&node.addr, &self.creds)
+            .map(|channel| {
+                pb::raft_client::RaftClient::new(channel)
                     .max_decoding_message_size(MAX_MESSAGE)
                     .max_encoding_message_size(MAX_MESSAGE)
             })

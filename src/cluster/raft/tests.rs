@@ -148,10 +148,11 @@ mod over_the_network {
     use openraft::BasicNode;
     use tokio::net::TcpListener;
 
-    use super::super::network::{pb, Network, Service, TlsPem};
+    use super::super::network::{pb, Network, Service};
     use super::super::{Answers, LogStore, Proposal, StateMachine, TypeConfig};
     use super::revision;
     use crate::cluster::ca::{self, NodeIdentity, Role, RootCa, DEFAULT_CERT_EXPIRY};
+    use crate::cluster::tls::{self as node_tls, ClientAuth, Credentials, TlsPem};
 
     const T: Duration = Duration::from_secs(20);
 
@@ -194,7 +195,7 @@ mod over_the_network {
         let raft = openraft::Raft::new(
             id,
             Arc::new(config.validate().unwrap()),
-            Network::new(tls.clone()),
+            Network::new(Credentials::new(tls.clone()).unwrap()),
             log,
             sm.clone(),
         )
@@ -202,12 +203,11 @@ mod over_the_network {
         .unwrap();
         let service = Service::new(raft.clone(), ca.cluster_id(), None);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tonic::transport::Server::builder()
-            .tls_config(tls.server())
-            .unwrap()
-            .add_service(service);
+        let tls_config =
+            node_tls::server_config(&Credentials::new(tls).unwrap(), ClientAuth::Optional).unwrap();
+        let server = tonic::transport::Server::builder().add_service(service);
         tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let incoming = node_tls::incoming(listener, tls_config);
             let _ = server
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
@@ -311,21 +311,7 @@ mod over_the_network {
         // A worker of the same cluster has a valid certificate, but no say in Raft.
         let worker = tls(&ca, "w1", Role::Worker);
         let addr = &members[&survivors[0].id].addr;
-        let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
-            .unwrap()
-            .tls_config(
-                tonic::transport::ClientTlsConfig::new()
-                    .ca_certificate(tonic::transport::Certificate::from_pem(&worker.root))
-                    .identity(tonic::transport::Identity::from_pem(
-                        &worker.cert,
-                        &worker.key,
-                    ))
-                    .domain_name(Role::Manager.name()),
-            )
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = crate::cluster::rpc::dial(addr, &Credentials::new(worker).unwrap()).unwrap();
         let refused = pb::raft_client::RaftClient::new(channel)
             .vote(pb::Payload {
                 json: b"{}".to_vec(),
