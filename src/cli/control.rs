@@ -22,6 +22,8 @@ pub struct NodeArgs {
 
 pub struct Control {
     pub addr: String,
+    /// The node whose data dir is used (whose certificate the calls show).
+    pub node_id: String,
     pub client: pb::control_client::ControlClient<Channel>,
     pub rt: tokio::runtime::Runtime,
 }
@@ -47,6 +49,7 @@ impl Control {
         let channel = rt.block_on(async { rpc::dial(&addr, &creds) })?;
         Ok(Control {
             addr,
+            node_id: info.node_id.clone(),
             client: pb::control_client::ControlClient::new(channel)
                 .max_decoding_message_size(crate::cluster::raft::network::MAX_MESSAGE),
             rt,

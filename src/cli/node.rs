@@ -1,7 +1,9 @@
-//! `node ls` (and, as they come, inspect, promote, demote, rm): the cluster's nodes as the
-//! manager asked sees them.
+//! `node ls | inspect | promote | demote | rm`: the cluster's nodes as the manager asked sees
+//! them, and the changes of role and membership (made by the leader, whichever manager is
+//! asked). A node is named by its ID, a unique ID prefix, or its hostname, as docker takes it.
 
-use crate::cluster::rpc::pb;
+use crate::cluster::lifecycle::{Action, NodeChange, NodeInspect};
+use crate::cluster::rpc::{self, pb};
 use crate::cluster::services::NodeList;
 
 use super::control::{Control, NodeArgs};
@@ -11,6 +13,49 @@ pub enum NodeCommand {
     /// List the nodes: status, availability, and each manager's part in Raft.
     #[command(alias = "list")]
     Ls(LsArgs),
+    /// Show nodes in detail (JSON, or --pretty); without a name, the node of --data-dir.
+    Inspect(InspectArgs),
+    /// Make workers managers: each enters Raft once it has its manager certificate.
+    Promote(ChangeArgs),
+    /// Make managers workers: each leaves Raft first (at least one manager stays).
+    Demote(ChangeArgs),
+    /// Remove nodes from the cluster: down workers, or any worker with --force. Their
+    /// certificates are refused from then on.
+    #[command(alias = "remove")]
+    Rm(RmArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// ID, ID prefix or hostname; `self` for the node of --data-dir.
+    #[arg(default_value = "self")]
+    nodes: Vec<String>,
+    /// Human-readable text instead of JSON.
+    #[arg(long)]
+    pretty: bool,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ChangeArgs {
+    /// ID, ID prefix or hostname.
+    #[arg(required = true)]
+    nodes: Vec<String>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RmArgs {
+    /// ID, ID prefix or hostname.
+    #[arg(required = true)]
+    nodes: Vec<String>,
+    /// Remove a node that is not down.
+    #[arg(short, long)]
+    force: bool,
+    #[command(flatten)]
+    node: NodeArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -28,6 +73,133 @@ pub struct LsArgs {
 pub fn run(cmd: NodeCommand) -> anyhow::Result<i32> {
     match cmd {
         NodeCommand::Ls(args) => ls(args),
+        NodeCommand::Inspect(args) => inspect(args),
+        NodeCommand::Promote(args) => change(&args.node, &args.nodes, Action::Promote),
+        NodeCommand::Demote(args) => change(&args.node, &args.nodes, Action::Demote),
+        NodeCommand::Rm(args) => change(
+            &args.node,
+            &args.nodes,
+            Action::Remove { force: args.force },
+        ),
+    }
+}
+
+/// Each node in turn, as docker does: every one is tried, each failure said, and the exit
+/// status is 1 if any failed.
+fn change(args: &NodeArgs, nodes: &[String], action: Action) -> anyhow::Result<i32> {
+    let mut control = Control::connect(args)?;
+    let mut failed = false;
+    for name in nodes {
+        let change = NodeChange {
+            node: name.clone(),
+            action,
+        };
+        let body = rpc::json(&change).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        match control.call(async |c| c.change_node(body).await) {
+            Ok(answer) => println!("{}", serde_json::from_slice::<String>(&answer.json)?),
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(i32::from(failed))
+}
+
+fn inspect(args: InspectArgs) -> anyhow::Result<i32> {
+    let mut control = Control::connect(&args.node)?;
+    let mut found = Vec::new();
+    let mut failed = false;
+    for name in &args.nodes {
+        let name = if name == "self" {
+            control.node_id.clone()
+        } else {
+            name.clone()
+        };
+        let body = rpc::json(&name).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        match control.call(async |c| c.inspect_node(body).await) {
+            Ok(answer) => found.push(serde_json::from_slice::<NodeInspect>(&answer.json)?),
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    if args.pretty {
+        for (i, n) in found.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            print!("{}", pretty(n));
+        }
+    } else {
+        println!("{}", serde_json::to_string_pretty(&found)?);
+    }
+    Ok(i32::from(failed))
+}
+
+/// `node inspect --pretty`, laid out as docker's.
+fn pretty(n: &NodeInspect) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "ID:\t\t\t{}", n.id);
+    if !n.spec.labels.is_empty() {
+        let _ = writeln!(out, "Labels:");
+        for (k, v) in &n.spec.labels {
+            let _ = writeln!(out, " - {k}={v}");
+        }
+    }
+    let _ = writeln!(out, "Hostname:\t\t{}", n.description.hostname);
+    let _ = writeln!(out, "Status:");
+    let _ = writeln!(out, " State:\t\t\t{}", capital(&n.status.state));
+    let _ = writeln!(out, " Availability:\t\t{}", capital(&n.spec.availability));
+    let _ = writeln!(out, " Address:\t\t{}", n.status.addr);
+    if let Some(m) = &n.manager_status {
+        let _ = writeln!(out, "Manager Status:");
+        let _ = writeln!(out, " Address:\t\t{}", m.addr);
+        let _ = writeln!(out, " Raft Status:\t\t{}", capital(&m.reachability));
+        let _ = writeln!(out, " Leader:\t\t{}", if m.leader { "Yes" } else { "No" });
+    }
+    let _ = writeln!(out, "Platform:");
+    let _ = writeln!(out, " Operating System:\t{}", n.description.platform.os);
+    let _ = writeln!(
+        out,
+        " Architecture:\t\t{}",
+        n.description.platform.architecture
+    );
+    let _ = writeln!(out, "Resources:");
+    let _ = writeln!(
+        out,
+        " CPUs:\t\t\t{}",
+        n.description.resources.nano_cpus / 1_000_000_000
+    );
+    let _ = writeln!(
+        out,
+        " Memory:\t\t{}",
+        format!(
+            "{:.4}GiB",
+            n.description.resources.memory_bytes as f64 / f64::from(1u32 << 30)
+        )
+    );
+    let _ = writeln!(
+        out,
+        "Engine Version:\t\t{}",
+        n.description.engine.engine_version
+    );
+    if !n.description.engine.labels.is_empty() {
+        let _ = writeln!(out, "Engine Labels:");
+        for (k, v) in &n.description.engine.labels {
+            let _ = writeln!(out, " - {k}={v}");
+        }
+    }
+    out
+}
+
+fn capital(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
     }
 }
 

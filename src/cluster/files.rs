@@ -75,6 +75,13 @@ impl NodeFiles {
         )
     }
 
+    /// Change `node.json` in place.
+    pub fn update(&self, change: impl FnOnce(&mut NodeInfo)) -> anyhow::Result<()> {
+        let mut info = self.load()?;
+        change(&mut info);
+        self.save(&info)
+    }
+
     /// The node's certificate, key and the cluster's root, as its links use them.
     pub fn credentials(&self) -> anyhow::Result<TlsPem> {
         let dir = self.dir.join(CERTS);

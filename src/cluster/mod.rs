@@ -1,13 +1,15 @@
-//! The manager cluster's trust, after swarmkit's `ca/`: the cluster's own root CA, node
-//! certificates that say who a node is, Swarm-format join tokens, and the mutual-TLS
-//! configuration every link between nodes uses. (Raft, the gRPC services and `init`/`join`
-//! build on this; see the manager-cluster issue.)
+//! The manager cluster: its trust, after swarmkit's `ca/` (the cluster's own root CA, node
+//! certificates that say who a node is and are renewed as they age, Swarm-format join tokens,
+//! mutual TLS on every link), Raft between the managers, the gRPC services beside it, and
+//! how a node starts (`init`, `join`, or again from its data dir).
 
 pub mod ca;
 pub mod config;
 pub mod files;
+pub mod lifecycle;
 pub mod node;
 pub mod raft;
+pub mod renew;
 pub mod rpc;
 pub mod services;
 pub mod start;

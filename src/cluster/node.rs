@@ -103,6 +103,48 @@ impl ClusterNode {
             .max_encoding_message_size(super::raft::network::MAX_MESSAGE))
     }
 
+    /// The role the cluster gives a node now, by its record in the store.
+    pub fn role_of(&self, node_id: &str) -> Option<Role> {
+        self.sm.read(|s| {
+            s.nodes.get(node_id).map(|n| match n.role {
+                crate::store::NodeRole::Manager => Role::Manager,
+                crate::store::NodeRole::Worker => Role::Worker,
+            })
+        })
+    }
+
+    /// Is this node in Raft's membership (a voter or a learner)?
+    pub fn in_raft(&self) -> bool {
+        self.managers().contains_key(&self.raft_id)
+    }
+
+    /// The managers to ask, best first: this node when it is one, then the others of the
+    /// membership it knows, then those its data dir remembers.
+    pub fn manager_addresses(&self) -> Vec<String> {
+        let managers = self.managers();
+        let mut out = Vec::new();
+        if let Some((addr, _)) = managers.get(&self.raft_id) {
+            out.push(addr.clone());
+        }
+        if let Some((_, addr)) = self.leader() {
+            out.push(addr);
+        }
+        out.extend(managers.values().map(|(a, _)| a.clone()));
+        out.extend(self.info.managers.iter().cloned());
+        let mut seen = std::collections::HashSet::new();
+        out.retain(|a| seen.insert(a.clone()));
+        out
+    }
+
+    /// Forget the connections made so far: the next call dials again, with the certificate
+    /// of the moment (after a renewal that changed this node's role).
+    pub fn redial(&self) {
+        self.channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     pub fn is_leader(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
         m.state == ServerState::Leader && m.current_leader == Some(self.raft_id)

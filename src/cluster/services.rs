@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::ca::{self, NodeIdentity, Role, RootCa};
 use super::config::ClusterChange;
+use super::lifecycle::{self, NodeChange};
 use super::node::{raft_id, require_manager, ClusterNode, Forward};
 use super::raft::network::MAX_MESSAGE;
 use super::raft::{Answers, Proposal};
@@ -136,15 +137,7 @@ impl pb::ca_server::Ca for CaService {
         let root = root.map_err(|e| Status::internal(format!("the cluster's CA: {e:#}")))?;
         // The role is the cluster's word now (promote and demote change it), not the old
         // certificate's.
-        let role = self
-            .node
-            .sm
-            .read(|s| s.nodes.get(&who.node_id).map(|n| n.role))
-            .map(|r| match r {
-                crate::store::NodeRole::Manager => Role::Manager,
-                crate::store::NodeRole::Worker => Role::Worker,
-            })
-            .unwrap_or(who.role);
+        let role = self.node.role_of(&who.node_id).unwrap_or(who.role);
         let identity = NodeIdentity { role, ..who };
         let cert = root
             .sign(
@@ -177,73 +170,23 @@ impl ControlService {
     /// The caller, who must be a manager of this cluster, not removed.
     fn manager<T>(&self, req: &Request<T>, what: &str) -> Result<NodeIdentity, Status> {
         let who = caller(req)?;
-        require_manager(&who, self.node.cluster_id(), what)?;
+        // Removed first: the most telling answer for a node that is out.
         self.not_removed(&who)?;
-        Ok(who)
-    }
-
-    fn not_removed(&self, who: &NodeIdentity) -> Result<(), Status> {
-        if self
-            .node
-            .sm
-            .read_cluster(|c| c.is_some_and(|c| c.removed.contains(&who.node_id)))
-        {
+        require_manager(&who, self.node.cluster_id(), what)?;
+        // A demoted manager's older connections still show its manager certificate: the
+        // cluster's word on its role counts.
+        if self.node.role_of(&who.node_id) == Some(Role::Worker) {
             return Err(Status::permission_denied(format!(
-                "node {} was removed from the cluster; its certificate is no longer accepted",
+                "{} is a worker now: {what} is for managers only",
                 who.node_id
             )));
         }
-        Ok(())
-    }
-}
-
-/// One node as `node ls` shows it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct NodeStatus {
-    pub id: String,
-    pub hostname: String,
-    /// `Ready` or `Down`.
-    pub status: String,
-    pub availability: String,
-    pub role: String,
-    /// `Leader`, `Reachable` or `Unreachable`; empty for a worker.
-    pub manager_status: String,
-    pub engine_version: String,
-    /// The cluster address of a manager.
-    pub addr: String,
-}
-
-/// The answer of ListNodes.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct NodeList {
-    /// The node that answered (the CLI marks it with `*`).
-    pub answered_by: String,
-    pub nodes: Vec<NodeStatus>,
-}
-
-/// The answer of Health.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Health {
-    pub node_id: String,
-    pub leader: Option<u64>,
-}
-
-const PING: Duration = Duration::from_secs(1);
-
-#[tonic::async_trait]
-impl pb::control_server::Control for ControlService {
-    async fn propose(&self, req: Request<pb::Json>) -> Result<Response<pb::Json>, Status> {
-        self.manager(&req, "committing to the store")?;
-        let proposal: Proposal = from_json(req.get_ref())?;
-        match self.node.propose_local(proposal).await {
-            Ok(answers) => json(&answers).map(Response::new),
-            Err(Forward::To(_)) | Err(Forward::Unknown) => Err(not_leader(&self.node)),
-            Err(Forward::Fatal(e)) => Err(Status::internal(e)),
-        }
+        Ok(who)
     }
 
-    async fn list_nodes(&self, req: Request<pb::Empty>) -> Result<Response<pb::Json>, Status> {
-        self.manager(&req, "listing nodes")?;
+    /// Every node with its status, and each manager's part in Raft as seen from here
+    /// (reachable: answers a health call within a second).
+    async fn list(&self) -> NodeList {
         let managers = self.node.managers();
         let leader = self.node.raft.metrics().borrow().current_leader;
         // Reachable: answers a health call within a second, from here.
@@ -322,11 +265,79 @@ impl pb::control_server::Control for ControlService {
                 });
             }
         }
-        json(&NodeList {
+        NodeList {
             answered_by: self.node.node_id().to_string(),
             nodes,
-        })
-        .map(Response::new)
+        }
+    }
+
+    fn not_removed(&self, who: &NodeIdentity) -> Result<(), Status> {
+        if self
+            .node
+            .sm
+            .read_cluster(|c| c.is_some_and(|c| c.removed.contains(&who.node_id)))
+        {
+            return Err(Status::permission_denied(format!(
+                "node {} was removed from the cluster; its certificate is no longer accepted",
+                who.node_id
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One node as `node ls` shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct NodeStatus {
+    pub id: String,
+    pub hostname: String,
+    /// `Ready` or `Down`.
+    pub status: String,
+    pub availability: String,
+    pub role: String,
+    /// `Leader`, `Reachable` or `Unreachable`; empty for a worker.
+    pub manager_status: String,
+    pub engine_version: String,
+    /// The cluster address of a manager.
+    pub addr: String,
+}
+
+/// The answer of ListNodes.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct NodeList {
+    /// The node that answered (the CLI marks it with `*`).
+    pub answered_by: String,
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// The answer of Health.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Health {
+    pub node_id: String,
+    pub leader: Option<u64>,
+    /// The role the cluster gives the caller now (a node that is not in Raft learns of its
+    /// promotion this way).
+    #[serde(default)]
+    pub your_role: Option<Role>,
+}
+
+const PING: Duration = Duration::from_secs(1);
+
+#[tonic::async_trait]
+impl pb::control_server::Control for ControlService {
+    async fn propose(&self, req: Request<pb::Json>) -> Result<Response<pb::Json>, Status> {
+        self.manager(&req, "committing to the store")?;
+        let proposal: Proposal = from_json(req.get_ref())?;
+        match self.node.propose_local(proposal).await {
+            Ok(answers) => json(&answers).map(Response::new),
+            Err(Forward::To(_)) | Err(Forward::Unknown) => Err(not_leader(&self.node)),
+            Err(Forward::Fatal(e)) => Err(Status::internal(e)),
+        }
+    }
+
+    async fn list_nodes(&self, req: Request<pb::Empty>) -> Result<Response<pb::Json>, Status> {
+        self.manager(&req, "listing nodes")?;
+        json(&self.list().await).map(Response::new)
     }
 
     async fn join_token(
@@ -394,9 +405,37 @@ impl pb::control_server::Control for ControlService {
 
     async fn change_node(&self, req: Request<pb::Json>) -> Result<Response<pb::Json>, Status> {
         self.manager(&req, "changing nodes")?;
-        Err(Status::unimplemented(
-            "promote, demote and rm come with the next slice of the manager cluster",
-        ))
+        let change: NodeChange = from_json(req.get_ref())?;
+        // Membership changes are the leader's to make: a follower passes the request on, as
+        // the manager the caller reached.
+        if !self.node.is_leader() {
+            let Some((_, leader)) = self.node.leader() else {
+                return Err(Status::unavailable(
+                    "no leader is elected: a majority of the managers must be reachable",
+                ));
+            };
+            let mut client = self
+                .node
+                .control(&leader)
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            return client.change_node(json(&change)?).await;
+        }
+        let message = lifecycle::change(&self.node, change).await?;
+        json(&message).map(Response::new)
+    }
+
+    async fn inspect_node(&self, req: Request<pb::Json>) -> Result<Response<pb::Json>, Status> {
+        self.manager(&req, "inspecting nodes")?;
+        let name: String = from_json(req.get_ref())?;
+        let id = lifecycle::resolve(&self.node, &name)?;
+        let list = self.list().await;
+        let status = list.nodes.iter().find(|n| n.id == id).cloned();
+        let node = self
+            .node
+            .sm
+            .read(|s| s.nodes.get(&id).cloned())
+            .ok_or_else(|| Status::not_found(format!("no such node: {name}")))?;
+        json(&lifecycle::inspect(node, status)).map(Response::new)
     }
 
     async fn health(&self, req: Request<pb::Empty>) -> Result<Response<pb::Json>, Status> {
@@ -409,6 +448,7 @@ impl pb::control_server::Control for ControlService {
         json(&Health {
             node_id: self.node.node_id().to_string(),
             leader: self.node.raft.metrics().borrow().current_leader,
+            your_role: self.node.role_of(&who.node_id),
         })
         .map(Response::new)
     }

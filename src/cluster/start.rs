@@ -291,18 +291,25 @@ async fn join(
         shutdown,
     )
     .await?;
-    // Ask the leader to take this manager into Raft; the manager dialled may not be it.
+    enter_raft(&node, manager).await?;
+    files.save(&info)?;
+    Ok(node)
+}
+
+/// Ask the leader to take this manager into Raft (as a learner, then a voter); `manager` is
+/// any manager, which names the leader if it is not.
+pub async fn enter_raft(node: &ClusterNode, manager: &str) -> anyhow::Result<()> {
     let mut target = manager.to_string();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let answer = node
             .control(&target)?
             .add_manager(pb::AddManagerRequest {
-                advertise_addr: advertise.clone(),
+                advertise_addr: node.info.advertise_addr.clone(),
             })
             .await;
         match answer {
-            Ok(_) => break,
+            Ok(_) => return Ok(()),
             Err(status) => {
                 if let Some(leader) = status
                     .metadata()
@@ -322,8 +329,6 @@ async fn join(
             }
         }
     }
-    files.save(&info)?;
-    Ok(node)
 }
 
 async fn resume(
@@ -527,6 +532,7 @@ async fn launch(
         }
         let _ = raft.shutdown().await;
     });
+    tokio::spawn(super::renew::run(node.clone(), shutdown.clone()));
     tracing::info!(node = %node.node_id(), cluster = %node.cluster_id(), addr = %node.info.advertise_addr, "cluster listener up");
     Ok(node)
 }

@@ -342,6 +342,12 @@ pub async fn run(
         config.hostname.as_deref(),
         &cluster.info.advertise_addr,
     );
+    // The role is the cluster's (promote and demote change it), not this process's to say.
+    let role = cluster.role_of(&node_id).unwrap_or(cluster.info.role);
+    me.role = match role {
+        crate::cluster::ca::Role::Manager => NodeRole::Manager,
+        crate::cluster::ca::Role::Worker => NodeRole::Worker,
+    };
     me.engine_version = runtime.engine_version().await.unwrap_or_default();
     {
         let (shared, stop) = (shared.clone(), shutdown.clone());

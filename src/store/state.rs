@@ -60,6 +60,11 @@ pub enum Command {
     UpsertNode {
         node: Node,
     },
+    /// `node rm`: the node leaves the store (its certificate is refused by the cluster's
+    /// own settings, committed beside).
+    RemoveNode {
+        id: String,
+    },
     CreateTask {
         task: Box<Task>,
     },
@@ -188,7 +193,8 @@ impl State {
             Command::ApplyRevision { .. }
             | Command::RefuseRevision { .. }
             | Command::DeleteTask { .. }
-            | Command::UpsertNode { .. } => {}
+            | Command::UpsertNode { .. }
+            | Command::RemoveNode { .. } => {}
         }
         Ok(())
     }
@@ -214,6 +220,10 @@ impl State {
                 self.nodes.insert(node.id.clone(), node);
                 Ok(vec![Event::ObjectsChanged])
             }
+            Command::RemoveNode { id } => Ok(match self.nodes.remove(&id) {
+                Some(_) => vec![Event::ObjectsChanged],
+                None => vec![],
+            }),
             Command::CreateTask { task } => {
                 let id = task.id.clone();
                 self.tasks.insert(id.clone(), *task);

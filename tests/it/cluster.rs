@@ -532,3 +532,143 @@ async fn applied_on(m: &crate::support::cluster::Manager, commit: &str) -> bool 
         .and_then(|s| s.revision.applied)
         .is_some_and(|a| a.commit == commit)
 }
+
+/// Poll `node ls --json` on manager `i` until `ok` holds of its (hostname, manager status)
+/// pairs; the last answer.
+fn wait_nodes(
+    cluster: &Cluster,
+    i: usize,
+    what: &str,
+    ok: impl Fn(&[(String, String)]) -> bool,
+) -> Vec<(String, String)> {
+    let deadline = Instant::now() + T;
+    loop {
+        if let Some(nodes) = cluster.nodes(i) {
+            let s = statuses(&nodes);
+            if ok(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: node ls on m{} showed {s:?}\n{}",
+                i + 1,
+                cluster.logs()
+            );
+        }
+        assert!(Instant::now() < deadline, "{what}\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn role_in_data_dir(m: &crate::support::cluster::Manager) -> String {
+    let text = std::fs::read_to_string(std::path::Path::new(&m.dir()).join("node.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["role"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn demote_promote_and_rm_change_who_is_in_raft_and_who_may_call_it() {
+    let repo = GitRepo::new();
+    repo.write(&[(".keep", Some(""))]);
+    repo.commit("empty");
+    let cluster = Cluster::start(repo, 3, &[]);
+    let three = |s: &[(String, String)]| {
+        s.len() == 3
+            && s.iter().filter(|(_, st)| st == "Leader").count() == 1
+            && s.iter().filter(|(_, st)| st == "Reachable").count() == 2
+    };
+    wait_nodes(&cluster, 0, "three managers", three);
+
+    // A manager that is not down cannot be removed, nor can a manager at all.
+    let out = cluster.managers[0].cli(&["node", "rm", "--force", "m3"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("must be demoted"), "{}", stderr(&out));
+
+    // Demote m3 (by hostname, through whichever manager m1 is): it leaves Raft, its
+    // certificate is re-issued as a worker's, and with it the control API is closed to it.
+    let out = cluster.managers[0].cli(&["node", "demote", "m3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("demoted"), "{}", stdout(&out));
+    let s = wait_nodes(&cluster, 0, "m3 a worker", |s| {
+        s.len() == 3
+            && s.iter().any(|(h, st)| h == "m3" && st.is_empty())
+            && s.iter()
+                .filter(|(_, st)| st == "Reachable" || st == "Leader")
+                .count()
+                == 2
+    });
+    assert_eq!(
+        s.iter().filter(|(_, st)| st == "Leader").count(),
+        1,
+        "{s:?}"
+    );
+    let deadline = Instant::now() + T;
+    while role_in_data_dir(&cluster.managers[2]) != "worker" {
+        assert!(
+            Instant::now() < deadline,
+            "m3 never took its worker certificate\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = cluster.managers[2].cli(&["node", "ls", "--host", &cluster.managers[0].addr]);
+    assert!(!out.status.success(), "a worker listed the nodes");
+    assert!(stderr(&out).contains("worker"), "{}", stderr(&out));
+    let out = cluster.managers[0].cli(&["node", "inspect", "m3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let inspect: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(inspect[0]["Spec"]["Role"], "worker", "{inspect}");
+    assert!(inspect[0].get("ManagerStatus").is_none(), "{inspect}");
+
+    // A worker that is up is removed only with --force.
+    let out = cluster.managers[0].cli(&["node", "rm", "m3"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not down"), "{}", stderr(&out));
+
+    // Promoted again: it renews as a manager and enters Raft by itself.
+    let out = cluster.managers[1].cli(&["node", "promote", "m3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_nodes(&cluster, 0, "m3 a manager again", three);
+    wait_nodes(&cluster, 2, "m3 answers node ls again", three);
+    assert_eq!(role_in_data_dir(&cluster.managers[2]), "manager");
+
+    // The leader demotes itself: another is elected, and the two left run the cluster.
+    let leader = cluster.leader(T);
+    let name = format!("m{}", leader + 1);
+    let out = cluster.managers[leader].cli(&["node", "demote", &name]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let other = (leader + 1) % 3;
+    let s = wait_nodes(&cluster, other, "a new leader of two", |s| {
+        s.iter().any(|(h, st)| *h == name && st.is_empty())
+            && s.iter().filter(|(_, st)| st == "Leader").count() == 1
+            && s.iter().filter(|(_, st)| st == "Reachable").count() == 1
+    });
+    assert!(
+        !s.iter().any(|(h, st)| *h == name && st == "Leader"),
+        "{s:?}"
+    );
+
+    // Removed by force: gone from the list, its certificate refused by every manager.
+    let out = cluster.managers[other].cli(&["node", "rm", "--force", &name]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_nodes(&cluster, other, "the removed node gone", |s| {
+        s.len() == 2 && !s.iter().any(|(h, _)| *h == name)
+    });
+    let out =
+        cluster.managers[leader].cli(&["node", "ls", "--host", &cluster.managers[other].addr]);
+    assert!(!out.status.success(), "a removed node listed the nodes");
+    assert!(stderr(&out).contains("removed"), "{}", stderr(&out));
+
+    // inspect --pretty, as docker lays it out.
+    let out = cluster.managers[other].cli(&["node", "inspect", "--pretty", "self"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("Hostname:\t\tm{}", other + 1)),
+        "{text}"
+    );
+    assert!(
+        text.contains("Manager Status:") && text.contains("Raft Status:\t\tReachable"),
+        "{text}"
+    );
+}
