@@ -175,11 +175,8 @@ fn pretty(n: &NodeInspect) -> String {
     );
     let _ = writeln!(
         out,
-        " Memory:\t\t{}",
-        format!(
-            "{:.4}GiB",
-            n.description.resources.memory_bytes as f64 / f64::from(1u32 << 30)
-        )
+        " Memory:\t\t{:.4}GiB",
+        n.description.resources.memory_bytes as f64 / f64::from(1u32 << 30)
     );
     let _ = writeln!(
         out,
