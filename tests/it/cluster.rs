@@ -672,3 +672,44 @@ fn demote_promote_and_rm_change_who_is_in_raft_and_who_may_call_it() {
         "{text}"
     );
 }
+
+#[test]
+fn certificates_are_renewed_before_they_expire_and_the_cluster_outlives_the_first_ones() {
+    let repo = GitRepo::new();
+    repo.write(&[(".keep", Some(""))]);
+    repo.commit("empty");
+    // Certificates of 20 s: renewed at 10 to 16 s.
+    let cluster = Cluster::start_with(repo, 2, &[], &["--cert-expiry", "20s"]);
+    let cert = |i: usize| {
+        std::fs::read_to_string(
+            std::path::Path::new(&cluster.managers[i].dir()).join("certificates/node.crt"),
+        )
+        .unwrap()
+    };
+    let first = [cert(0), cert(1)];
+    let two = |s: &[(String, String)]| {
+        s.len() == 2
+            && s.iter().filter(|(_, st)| st == "Leader").count() == 1
+            && s.iter().filter(|(_, st)| st == "Reachable").count() == 1
+    };
+    wait_nodes(&cluster, 0, "two managers", two);
+    // Past the first certificates' end, both managers hold new ones and still talk.
+    std::thread::sleep(Duration::from_secs(22));
+    for i in 0..2 {
+        assert_ne!(
+            cert(i),
+            first[i],
+            "m{} kept its first certificate\n{}",
+            i + 1,
+            cluster.logs()
+        );
+        wait_nodes(&cluster, i, "two managers after the renewal", two);
+    }
+    assert!(
+        cluster.managers[1]
+            .log()
+            .contains("certificate was renewed"),
+        "{}",
+        cluster.logs()
+    );
+}

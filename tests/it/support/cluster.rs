@@ -176,6 +176,16 @@ impl Cluster {
     /// `init` on the first manager, then `join` with the manager token for the others; returns
     /// once all are in Raft.
     pub fn start(repo: GitRepo, managers: usize, stacks: &[&str]) -> Cluster {
+        Cluster::start_with(repo, managers, stacks, &[])
+    }
+
+    /// As [`Cluster::start`], with more flags for `init`.
+    pub fn start_with(
+        repo: GitRepo,
+        managers: usize,
+        stacks: &[&str],
+        init_flags: &[&str],
+    ) -> Cluster {
         let mut cluster = Cluster {
             managers: (0..managers).map(|i| manager(i, &repo)).collect(),
             repo,
@@ -183,7 +193,9 @@ impl Cluster {
         };
         let first = &mut cluster.managers[0];
         let listen = first.addr.clone();
-        first.spawn(&["init".into(), "--listen-addr".into(), listen]);
+        let mut init: Vec<String> = vec!["init".into(), "--listen-addr".into(), listen];
+        init.extend(init_flags.iter().map(|f| f.to_string()));
+        first.spawn(&init);
         cluster.wait_for_node(0);
         let token = cluster.token("manager");
         let leader = cluster.managers[0].addr.clone();
