@@ -60,6 +60,9 @@ enum Command {
     Join(swarm::JoinArgs),
     /// Print (or --rotate) the token that joins a worker or a manager.
     JoinToken(swarm::JoinTokenArgs),
+    /// Leave the cluster: the node stops, removes its containers and forgets its cluster (a
+    /// manager leaves Raft first, and needs --force).
+    Leave(swarm::LeaveArgs),
     /// The cluster's nodes.
     #[command(subcommand)]
     Node(node::NodeCommand),
@@ -120,6 +123,7 @@ pub fn main() -> i32 {
         Command::Join(args) => swarm::join(args),
         Command::JoinToken(args) => swarm::join_token(args),
         Command::Node(cmd) => node::run(cmd),
+        Command::Leave(args) => swarm::leave(args),
         Command::Status(args) => cluster::status(args),
         Command::Sync(args) => cluster::sync(args),
         Command::Service(cmd) => cluster::service(cmd),

@@ -129,6 +129,53 @@ pub fn join(args: JoinArgs) -> anyhow::Result<i32> {
     )
 }
 
+#[derive(Debug, clap::Args)]
+pub struct LeaveArgs {
+    /// Leave even as a manager (the cluster loses one), or as the last one (the cluster is
+    /// gone); with a node that is not running, forget its cluster in the data dir.
+    #[arg(short, long)]
+    force: bool,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+pub fn leave(args: LeaveArgs) -> anyhow::Result<i32> {
+    let files = crate::cluster::files::NodeFiles::new(&args.node.data_dir);
+    if !files.exists() {
+        anyhow::bail!(
+            "{} is not part of a cluster (no node.json)",
+            args.node.data_dir.display()
+        );
+    }
+    let body = crate::cluster::rpc::json(&serde_json::json!({ "force": args.force }))
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    let answer = Control::connect(&NodeArgs {
+        host: None,
+        ..args.node.clone()
+    })
+    .and_then(|mut c| c.call(async |c| c.leave(body).await));
+    match answer {
+        Ok(answer) => {
+            println!("{}", serde_json::from_slice::<String>(&answer.json)?);
+            // The node stops and forgets its cluster on its own; wait for it to say so.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while files.exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Ok(0)
+        }
+        Err(e) if args.force && e.to_string().contains("cannot reach") => {
+            files.forget()?;
+            println!(
+                "The node is not running: its cluster is forgotten in {} (its containers stay; remove it from the cluster with `reconciler node demote` / `node rm --force` on a manager).",
+                args.node.data_dir.display()
+            );
+            Ok(0)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 pub fn join_token(args: JoinTokenArgs) -> anyhow::Result<i32> {
     let role = Role::from_word(&args.role).expect("clap checked the role");
     let mut control = Control::connect(&args.node)?;

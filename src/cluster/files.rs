@@ -75,6 +75,26 @@ impl NodeFiles {
         )
     }
 
+    /// Forget the cluster (after `leave`): node.json first, so that an interrupted forget
+    /// leaves a data dir that is no cluster's rather than half of one.
+    pub fn forget(&self) -> anyhow::Result<()> {
+        let remove = |p: PathBuf| match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", p.display()))
+            }
+            _ => Ok(()),
+        };
+        remove(self.dir.join(INFO))?;
+        remove(self.raft_log())?;
+        remove(self.raft_state())?;
+        match std::fs::remove_dir_all(self.dir.join(CERTS)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", self.dir.join(CERTS).display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Change `node.json` in place.
     pub fn update(&self, change: impl FnOnce(&mut NodeInfo)) -> anyhow::Result<()> {
         let mut info = self.load()?;

@@ -181,6 +181,66 @@ pub async fn change(node: &ClusterNode, change: NodeChange) -> Result<String, St
     }
 }
 
+/// `reconciler leave` on this node. A manager is marked down and leaves Raft through the
+/// leader; then the node stops (see `manager::run`), removing its containers and its cluster
+/// files, as `docker swarm leave` does.
+pub async fn leave(node: &ClusterNode, force: bool) -> Result<String, Status> {
+    let me = node.node_id().to_string();
+    let managers = node.managers();
+    let voters = managers.values().filter(|(_, v)| *v).count();
+    let manager = node.in_raft() && node.creds.identity().role == Role::Manager;
+    if manager && !force {
+        let message = if voters <= 1 {
+            "You are attempting to leave the cluster on a node that is participating as a manager. Removing the last manager erases all current state of the cluster. Use `--force` to ignore this message.".to_string()
+        } else {
+            let left = voters - 1;
+            let quorum = if left < voters / 2 + 1 {
+                " Without a Raft quorum your cluster will be inaccessible. The only way to restore a cluster that has lost consensus is to reinitialize it with `--force-new-cluster`."
+            } else {
+                ""
+            };
+            format!(
+                "You are attempting to leave the cluster on a node that is participating as a manager. Removing this node leaves {left} managers out of {voters}.{quorum} Use `--force` to suppress this message."
+            )
+        };
+        return Err(Status::failed_precondition(message));
+    }
+    if manager && voters > 1 {
+        // Down first, while this node may still write; then out of Raft, by the leader.
+        if let Some(mut record) = node.sm.read(|s| s.nodes.get(&me).cloned()) {
+            record.ready = false;
+            commit(
+                node,
+                Proposal::Commands(vec![Command::UpsertNode { node: record }]),
+            )
+            .await?;
+        }
+        let demote = NodeChange {
+            node: me.clone(),
+            action: Action::Demote,
+        };
+        if node.is_leader() {
+            change(node, demote).await?;
+        } else {
+            let (_, leader) = node.leader().ok_or_else(|| {
+                Status::unavailable("no leader is elected: cannot leave Raft now")
+            })?;
+            node.control(&leader)
+                .map_err(|e| Status::unavailable(e.to_string()))?
+                .change_node(super::rpc::json(&demote)?)
+                .await?;
+        }
+    }
+    tracing::warn!(node = %me, "this node left the cluster: stopping, removing its containers and its cluster files");
+    // A moment for this answer to reach the caller before the listener closes.
+    let left = node.left.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        left.cancel();
+    });
+    Ok("Node left the cluster.".into())
+}
+
 /// `node inspect`: the node as the store holds it, with its manager status, in the shape of
 /// `docker node inspect`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

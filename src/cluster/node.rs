@@ -55,6 +55,9 @@ pub struct ClusterNode {
     pub files: NodeFiles,
     /// Channels to the other managers, by address.
     channels: Mutex<HashMap<String, Channel>>,
+    /// Cancelled when this node has left the cluster (`reconciler leave`): the process stops
+    /// and forgets its cluster.
+    pub left: tokio_util::sync::CancellationToken,
 }
 
 impl ClusterNode {
@@ -73,6 +76,7 @@ impl ClusterNode {
             creds,
             files,
             channels: Default::default(),
+            left: Default::default(),
         }
     }
 

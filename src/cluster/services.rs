@@ -424,6 +424,22 @@ impl pb::control_server::Control for ControlService {
         json(&message).map(Response::new)
     }
 
+    async fn leave(&self, req: Request<pb::Json>) -> Result<Response<pb::Json>, Status> {
+        let who = caller(&req)?;
+        if who.cluster_id != self.node.cluster_id() || who.node_id != self.node.node_id() {
+            return Err(Status::permission_denied(
+                "only the node itself leaves the cluster: run `reconciler leave` with its data dir",
+            ));
+        }
+        #[derive(serde::Deserialize)]
+        struct Leave {
+            force: bool,
+        }
+        let Leave { force } = from_json(req.get_ref())?;
+        let message = lifecycle::leave(&self.node, force).await?;
+        json(&message).map(Response::new)
+    }
+
     async fn inspect_node(&self, req: Request<pb::Json>) -> Result<Response<pb::Json>, Status> {
         self.manager(&req, "inspecting nodes")?;
         let name: String = from_json(req.get_ref())?;

@@ -335,6 +335,7 @@ pub async fn run(
         &config.data_dir,
     ));
     let runtime = DockerRuntime::connect_local().with_node_filter(node_id.clone());
+    let own_containers = runtime.clone();
     // This node as the scheduler sees it; registered again at every start (its address,
     // capacity and engine may have changed).
     let mut me = local_node(
@@ -434,9 +435,31 @@ pub async fn run(
         handle,
     ));
     tasks.spawn(crate::api::serve::serve(listener, router, shutdown.clone()));
+    {
+        let (left, stop) = (cluster.left.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            left.cancelled().await;
+            stop.cancel();
+        });
+    }
     shutdown.cancelled().await;
     while tasks.join_next().await.is_some() {}
     let _ = cluster.raft.shutdown().await;
+    if cluster.left.is_cancelled() {
+        // As `docker swarm leave`: the node's task containers go, and so does its cluster.
+        use crate::agent::runtime::Runtime as _;
+        let mine = own_containers.list().await.unwrap_or_default();
+        for c in &mine {
+            if let Err(e) = own_containers.remove(&c.id).await {
+                tracing::warn!(container = %c.id, error = %e, "removing a container after leaving");
+            }
+        }
+        cluster.files.forget()?;
+        tracing::info!(
+            containers = mine.len(),
+            "left the cluster; the data dir holds no cluster now"
+        );
+    }
     Ok(())
 }
 

@@ -713,3 +713,104 @@ fn certificates_are_renewed_before_they_expire_and_the_cluster_outlives_the_firs
         cluster.logs()
     );
 }
+
+fn containers_of(node_id: &str) -> usize {
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=org.reconciler.node={node_id}"),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manager_that_leaves_is_warned_then_leaves_raft_stops_and_removes_its_containers() {
+    if !images().await {
+        return;
+    }
+    let stack = stack_name("leave");
+    let repo = GitRepo::new();
+    repo.write(&[(".keep", Some(""))]);
+    repo.commit("empty");
+    let stack2 = stack.clone();
+    tokio::task::block_in_place(move || {
+        let cluster = Cluster::start(repo, 3, &[&stack2]);
+        let m3 = cluster.managers[2].node_id().unwrap();
+        // Committed once all three are registered, so that the scheduler sees them all.
+        wait_nodes(&cluster, 0, "three managers", |s| {
+            s.len() == 3 && s.iter().all(|(h, _)| !h.is_empty())
+        });
+        cluster.repo.write(&[(
+            &compose(&stack2),
+            Some(&web(&testing::images::busybox(1), 3)),
+        )]);
+        cluster.repo.commit("v1");
+        // The three replicas spread over the three managers: m3 runs one.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while containers_of(&m3) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "m3 never ran a task\n{}",
+                cluster.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+
+        // Without --force, a manager is told what leaving costs, and stays.
+        let out = cluster.managers[2].cli(&["leave"]);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("Removing this node leaves 2 managers out of 3"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(cluster.managers[2].node_id().is_some());
+
+        let out = cluster.managers[2].cli(&["leave", "--force"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            stdout(&out).contains("left the cluster"),
+            "{}",
+            stdout(&out)
+        );
+        // Its cluster is forgotten, its containers are gone.
+        assert!(
+            cluster.managers[2].node_id().is_none(),
+            "node.json is still there"
+        );
+        let deadline = Instant::now() + T;
+        while containers_of(&m3) > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "m3's containers stayed\n{}",
+                cluster.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // The others run on as two managers and show it down, not a manager.
+        let s = wait_nodes(&cluster, 0, "m3 down and out of Raft", |s| {
+            s.len() == 3
+                && s.iter().any(|(h, st)| h == "m3" && st.is_empty())
+                && s.iter().filter(|(_, st)| st == "Leader").count() == 1
+                && s.iter().filter(|(_, st)| st == "Reachable").count() == 1
+        });
+        let nodes = cluster.nodes(0).unwrap();
+        let gone = nodes["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["hostname"] == "m3")
+            .unwrap();
+        assert_eq!(gone["status"], "Down", "{s:?}");
+        // Down: removed without --force.
+        let out = cluster.managers[0].cli(&["node", "rm", "m3"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        wait_nodes(&cluster, 0, "m3 removed", |s| s.len() == 2);
+    });
+}
