@@ -695,10 +695,10 @@ fn certificates_are_renewed_before_they_expire_and_the_cluster_outlives_the_firs
     wait_nodes(&cluster, 0, "two managers", two);
     // Past the first certificates' end, both managers hold new ones and still talk.
     std::thread::sleep(Duration::from_secs(22));
-    for i in 0..2 {
+    for (i, first) in first.iter().enumerate() {
         assert_ne!(
-            cert(i),
-            first[i],
+            &cert(i),
+            first,
             "m{} kept its first certificate\n{}",
             i + 1,
             cluster.logs()
