@@ -814,3 +814,97 @@ async fn a_manager_that_leaves_is_warned_then_leaves_raft_stops_and_removes_its_
         wait_nodes(&cluster, 0, "m3 removed", |s| s.len() == 2);
     });
 }
+
+#[test]
+fn a_leader_cut_off_by_the_network_cannot_commit_says_so_and_catches_up_when_the_link_returns() {
+    // Each manager in its own network namespace, joined by veth to one bridge; the cut is the
+    // link going down, not a process dying.
+    let net = crate::support::cluster::Namespaces::new(3);
+    let repo = GitRepo::new();
+    repo.write(&[(".keep", Some(""))]);
+    let c1 = repo.commit("empty");
+    let cluster = Cluster::start_in(repo, &net, 3);
+    let three = |s: &[(String, String)]| {
+        s.len() == 3
+            && s.iter().filter(|(_, st)| st == "Leader").count() == 1
+            && s.iter().filter(|(_, st)| st == "Reachable").count() == 2
+    };
+    wait_nodes(&cluster, 0, "three managers", three);
+    let applied = |i: usize, c: &str| {
+        cluster.managers[i]
+            .status_inside()
+            .is_some_and(|s| s.revision.applied.as_ref().is_some_and(|a| a.commit == c))
+    };
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + T;
+        while !ok() {
+            assert!(Instant::now() < deadline, "{what}\n{}", cluster.logs());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    for i in 0..3 {
+        wait("c1 applied everywhere", &|| applied(i, &c1));
+    }
+
+    let old = cluster.leader(T);
+    let old_name = format!("m{}", old + 1);
+    let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    net.set_link(old, false);
+
+    // The majority elects one of its own and sees the old leader unreachable.
+    wait_nodes(
+        &cluster,
+        others[0],
+        "a new leader on the majority side",
+        |s| {
+            s.iter().any(|(h, st)| st == "Leader" && *h != old_name)
+                && s.iter()
+                    .any(|(h, st)| *h == old_name && st == "Unreachable")
+        },
+    );
+    // The manager cut off says it has no quorum.
+    let problem = {
+        let deadline = Instant::now() + T;
+        loop {
+            if let Some(e) = cluster.managers[old]
+                .status_inside()
+                .and_then(|s| s.node.cluster_error)
+            {
+                break e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no quorum problem shown\n{}",
+                cluster.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    assert!(problem.contains("majority of the 3 managers"), "{problem}");
+
+    // A commit pushed meanwhile: the majority applies it, the minority cannot.
+    cluster.repo.write(&[(".keep", Some("x"))]);
+    let c2 = cluster.repo.commit("while cut off");
+    for &i in &others {
+        wait("c2 applied by the majority", &|| applied(i, &c2));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        applied(old, &c1),
+        "the cut-off manager applied a commit alone"
+    );
+
+    // The link returns: it follows the new leader and catches up.
+    net.set_link(old, true);
+    wait("the old leader caught up", &|| {
+        cluster.managers[old].status_inside().is_some_and(|s| {
+            s.revision.applied.as_ref().is_some_and(|a| a.commit == c2)
+                && s.node.cluster_error.is_none()
+        })
+    });
+    let s = wait_nodes(&cluster, old, "three again", three);
+    assert!(
+        !s.iter().any(|(h, st)| *h == old_name && st == "Leader"),
+        "{s:?}"
+    );
+}

@@ -21,6 +21,8 @@ pub struct Manager {
     pub data: tempfile::TempDir,
     child: Option<Child>,
     repo: PathBuf,
+    /// The network namespace the node runs in (its processes and its CLI calls), if any.
+    pub netns: Option<String>,
 }
 
 impl Manager {
@@ -50,7 +52,8 @@ impl Manager {
             .append(true)
             .open(self.data.path().join("node.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_reconciler"))
+        let child = self
+            .command()
             .args(&args)
             .env("RUST_LOG", "reconciler=debug")
             .stdout(log.try_clone().unwrap())
@@ -58,6 +61,30 @@ impl Manager {
             .spawn()
             .expect("start reconciler");
         self.child = Some(child);
+    }
+
+    /// The binary, run in the node's network namespace if it has one.
+    fn command(&self) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_reconciler")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_reconciler")),
+        }
+    }
+
+    /// `status --json` asked from inside the node's own namespace (reachable when the test
+    /// has cut the namespace off).
+    pub fn status_inside(&self) -> Option<StatusView> {
+        let out = self
+            .command()
+            .args(["status", "--json", "--server", &self.api])
+            .env_remove("RUST_LOG")
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
     }
 
     /// Start this node again from its data dir.
@@ -89,7 +116,7 @@ impl Manager {
 
     /// Run the CLI against this node's data dir.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_reconciler"))
+        self.command()
             .args(args)
             .args(["--data-dir", &self.dir()])
             .env_remove("RUST_LOG")
@@ -169,6 +196,114 @@ pub fn manager(i: usize, repo: &GitRepo) -> Manager {
         data: tempfile::tempdir().unwrap(),
         child: None,
         repo: repo.path().to_path_buf(),
+        netns: None,
+    }
+}
+
+/// Network namespaces for a test, one per manager, each joined by a veth pair to one bridge
+/// in the host's namespace (which has the address `.1`, so the test reaches every manager
+/// whose link is up). Made by the test as root, removed when dropped.
+pub struct Namespaces {
+    pub bridge: String,
+    pub prefix: String,
+    names: Vec<String>,
+    links: Vec<String>,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Namespaces {
+    pub fn new(count: usize) -> Namespaces {
+        let pid = std::process::id();
+        let prefix = format!("10.199.{}", pid % 250);
+        let bridge = format!("rcb{pid}");
+        let mut ns = Namespaces {
+            bridge: bridge.clone(),
+            prefix: prefix.clone(),
+            names: Vec::new(),
+            links: Vec::new(),
+        };
+        ip(&["link", "add", &bridge, "type", "bridge"]);
+        ip(&["addr", "add", &format!("{prefix}.1/24"), "dev", &bridge]);
+        ip(&["link", "set", &bridge, "up"]);
+        // The engine's FORWARD policy is DROP and bridged traffic passes through it
+        // (br_netfilter): let this bridge's own traffic through, for as long as it exists.
+        let out = Command::new("iptables")
+            .args([
+                "-I", "FORWARD", "-i", &bridge, "-o", &bridge, "-j", "ACCEPT",
+            ])
+            .output()
+            .expect("run iptables");
+        assert!(
+            out.status.success(),
+            "iptables: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for i in 0..count {
+            let name = format!("rcn{pid}-{i}");
+            let host_end = format!("rcv{pid}-{i}");
+            ip(&["netns", "add", &name]);
+            ns.names.push(name.clone());
+            ip(&[
+                "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &name,
+            ]);
+            ns.links.push(host_end.clone());
+            ip(&["link", "set", &host_end, "master", &bridge]);
+            ip(&["link", "set", &host_end, "up"]);
+            let addr = format!("{prefix}.{}/24", 10 + i);
+            ip(&["-n", &name, "addr", "add", &addr, "dev", "eth0"]);
+            ip(&["-n", &name, "link", "set", "eth0", "up"]);
+            ip(&["-n", &name, "link", "set", "lo", "up"]);
+        }
+        ns
+    }
+
+    pub fn name(&self, i: usize) -> &str {
+        &self.names[i]
+    }
+
+    /// Cut manager `i` off (its link to the bridge down), or join it again.
+    pub fn set_link(&self, i: usize, up: bool) {
+        ip(&[
+            "link",
+            "set",
+            &self.links[i],
+            if up { "up" } else { "down" },
+        ]);
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+        for link in &self.links {
+            let _ = Command::new("ip").args(["link", "del", link]).output();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+        let _ = Command::new("iptables")
+            .args([
+                "-D",
+                "FORWARD",
+                "-i",
+                &self.bridge,
+                "-o",
+                &self.bridge,
+                "-j",
+                "ACCEPT",
+            ])
+            .output();
     }
 }
 
@@ -179,6 +314,28 @@ impl Cluster {
         Cluster::start_with(repo, managers, stacks, &[])
     }
 
+    /// As [`Cluster::start`], each manager in its own network namespace of `net`.
+    pub fn start_in(repo: GitRepo, net: &Namespaces, managers: usize) -> Cluster {
+        let mut all: Vec<Manager> = (0..managers).map(|i| manager(i, &repo)).collect();
+        for (i, m) in all.iter_mut().enumerate() {
+            let ip = format!("{}.{}", net.prefix, 10 + i);
+            m.addr = format!("{ip}:2377");
+            // Each namespace has a loopback of its own: the API stays on it (an API on
+            // another address needs a token), reached from inside (`status_inside`).
+            m.api = "http://127.0.0.1:8080".into();
+            m.ip = ip;
+            m.netns = Some(net.name(i).to_string());
+        }
+        Cluster::launch(
+            Cluster {
+                managers: all,
+                repo,
+                stacks: Vec::new(),
+            },
+            &[],
+        )
+    }
+
     /// As [`Cluster::start`], with more flags for `init`.
     pub fn start_with(
         repo: GitRepo,
@@ -186,11 +343,16 @@ impl Cluster {
         stacks: &[&str],
         init_flags: &[&str],
     ) -> Cluster {
-        let mut cluster = Cluster {
+        let cluster = Cluster {
             managers: (0..managers).map(|i| manager(i, &repo)).collect(),
             repo,
             stacks: stacks.iter().map(|s| s.to_string()).collect(),
         };
+        Cluster::launch(cluster, init_flags)
+    }
+
+    fn launch(mut cluster: Cluster, init_flags: &[&str]) -> Cluster {
+        let managers = cluster.managers.len();
         let first = &mut cluster.managers[0];
         let listen = first.addr.clone();
         let mut init: Vec<String> = vec!["init".into(), "--listen-addr".into(), listen];
