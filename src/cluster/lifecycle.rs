@@ -86,6 +86,60 @@ async fn commit(node: &ClusterNode, proposal: Proposal) -> Result<(), Status> {
     }
 }
 
+/// Commit through the leader the other managers elected, asking them who it is (for a leader
+/// that has just left Raft).
+async fn commit_at_new_leader(node: &ClusterNode, proposal: Proposal) -> Result<(), Status> {
+    let deadline = tokio::time::Instant::now() + MEMBERSHIP_TIMEOUT;
+    let mut last = String::from("no manager answered");
+    while tokio::time::Instant::now() < deadline {
+        let managers = node.managers();
+        for (addr, _) in managers
+            .iter()
+            .filter(|(id, _)| **id != node.raft_id)
+            .map(|(_, a)| a)
+        {
+            let Ok(mut client) = node.control(addr) else {
+                continue;
+            };
+            let leader = match client.health(super::rpc::pb::Empty {}).await {
+                Ok(h) => serde_json::from_slice::<super::services::Health>(&h.into_inner().json)
+                    .ok()
+                    .and_then(|h| h.leader),
+                Err(s) => {
+                    last = s.message().to_string();
+                    None
+                }
+            };
+            let Some((_, (leader_addr, _))) = leader
+                .filter(|l| *l != node.raft_id)
+                .and_then(|l| managers.get_key_value(&l))
+            else {
+                continue;
+            };
+            let Ok(mut client) = node.control(leader_addr) else {
+                continue;
+            };
+            match client.propose(super::rpc::json(&proposal)?).await {
+                Ok(answer) => {
+                    let answers: super::raft::Answers =
+                        serde_json::from_slice(&answer.into_inner().json)
+                            .map_err(|e| Status::internal(e.to_string()))?;
+                    return match answers.0.into_iter().next() {
+                        Some(Err(e)) => Err(Status::failed_precondition(e.to_string())),
+                        _ => Ok(()),
+                    };
+                }
+                Err(s) => last = s.message().to_string(),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(Status::unavailable(format!(
+        "this manager left Raft, but no new leader took the rest of the change within {}s: {last}",
+        MEMBERSHIP_TIMEOUT.as_secs()
+    )))
+}
+
 /// Make the change; the answer is what the command line prints.
 pub async fn change(node: &ClusterNode, change: NodeChange) -> Result<String, Status> {
     let id = resolve(node, &change.node)?;
@@ -142,13 +196,16 @@ pub async fn change(node: &ClusterNode, change: NodeChange) -> Result<String, St
                 .map_err(|e| Status::failed_precondition(format!("demoting {id}: {e}")))?;
                 tracing::info!(node = %id, "a manager left Raft (demoted)");
             }
-            commit(
-                node,
-                Proposal::Commands(vec![Command::UpsertNode {
-                    node: with_role(node, &id, NodeRole::Worker)?,
-                }]),
-            )
-            .await?;
+            let record = Proposal::Commands(vec![Command::UpsertNode {
+                node: with_role(node, &id, NodeRole::Worker)?,
+            }]);
+            if rid == node.raft_id {
+                // This leader demoted itself: it steps down and, out of Raft, never hears who
+                // leads next. The managers left elect one; the store's half goes there.
+                commit_at_new_leader(node, record).await?;
+            } else {
+                commit(node, record).await?;
+            }
             Ok(format!("Manager {id} demoted in the cluster."))
         }
         Action::Remove { force } => {
