@@ -58,7 +58,16 @@ pub struct ClusterNode {
     /// Cancelled when this node has left the cluster (`reconciler leave`): the process stops
     /// and forgets its cluster.
     pub left: tokio_util::sync::CancellationToken,
+    /// Fetch the repository now: set by the manager once its git watcher runs.
+    pub on_sync: std::sync::OnceLock<SyncHook>,
 }
+
+/// What `Control.Sync` runs: the head fetched, as JSON, or why not.
+pub type SyncHook = Box<
+    dyn Fn() -> futures::future::BoxFuture<'static, Result<serde_json::Value, String>>
+        + Send
+        + Sync,
+>;
 
 impl ClusterNode {
     pub fn new(
@@ -77,6 +86,7 @@ impl ClusterNode {
             files,
             channels: Default::default(),
             left: Default::default(),
+            on_sync: Default::default(),
         }
     }
 
@@ -115,6 +125,27 @@ impl ClusterNode {
                 crate::store::NodeRole::Worker => Role::Worker,
             })
         })
+    }
+
+    /// Ask the leader to fetch now (a follower saw a head the leader may not have yet; the
+    /// leader alone applies). Best effort: the leader polls on its own too.
+    pub async fn ask_leader_to_sync(&self) {
+        let Some((id, addr)) = self.leader() else {
+            return;
+        };
+        if id == self.raft_id {
+            return;
+        }
+        let Ok(mut client) = self.control(&addr) else {
+            return;
+        };
+        match tokio::time::timeout(Duration::from_secs(30), client.sync(pb::Empty {})).await {
+            Ok(Ok(_)) => tracing::debug!(leader = %addr, "asked the leader to fetch"),
+            Ok(Err(s)) => {
+                tracing::debug!(leader = %addr, error = %s.message(), "asking the leader to fetch")
+            }
+            Err(_) => tracing::debug!(leader = %addr, "asking the leader to fetch timed out"),
+        }
     }
 
     /// Is this node in Raft's membership (a voter or a learner)?

@@ -424,6 +424,16 @@ impl pb::control_server::Control for ControlService {
         json(&message).map(Response::new)
     }
 
+    async fn sync(&self, req: Request<pb::Empty>) -> Result<Response<pb::Json>, Status> {
+        self.manager(&req, "syncing")?;
+        let hook =
+            self.node.on_sync.get().ok_or_else(|| {
+                Status::unavailable("this manager's git watcher is not running yet")
+            })?;
+        let head = hook().await.map_err(Status::unavailable)?;
+        json(&head).map(Response::new)
+    }
+
     async fn leave(&self, req: Request<pb::Json>) -> Result<Response<pb::Json>, Status> {
         let who = caller(&req)?;
         if who.cluster_id != self.node.cluster_id() || who.node_id != self.node.node_id() {

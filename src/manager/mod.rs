@@ -313,6 +313,19 @@ pub async fn run(
         },
         updates_tx,
     );
+    {
+        let handle = handle.clone();
+        let _ = cluster.on_sync.set(Box::new(move || {
+            let handle = handle.clone();
+            Box::pin(async move {
+                handle
+                    .sync_now()
+                    .await
+                    .map(|commit| serde_json::to_value(commit).unwrap_or_default())
+                    .map_err(|e| e.to_string())
+            })
+        }));
+    }
     let ingress = ingress::Ingress::new(config.ingress_bind);
     let shared = Arc::new(Shared {
         cluster: cluster.clone(),
@@ -580,7 +593,21 @@ async fn git_loop(this: &GitLoop, updates: &mut mpsc::Receiver<gitops::Update>) 
             done = None;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                u = updates.recv() => match u { Some(u) => pending = Some(u), None => return },
+                u = updates.recv() => match u {
+                    Some(u) => {
+                        // A head this follower saw first (a sync or webhook sent here, or
+                        // its poll came sooner): the leader is asked to fetch it now.
+                        let applied = shared.cluster.sm.read(|s| {
+                            s.revision.applied.as_ref().map(|a| a.commit.clone())
+                        });
+                        if applied.as_deref() != Some(u.commit.id.as_str()) {
+                            let cluster = shared.cluster.clone();
+                            tokio::spawn(async move { cluster.ask_leader_to_sync().await });
+                        }
+                        pending = Some(u);
+                    }
+                    None => return,
+                },
                 _ = until_leader(shared) => {
                     // A new leader starts from the branch's head as it is now, not from what
                     // its own mirror last saw, so that no commit the old leader had is undone

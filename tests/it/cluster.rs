@@ -908,3 +908,58 @@ fn a_leader_cut_off_by_the_network_cannot_commit_says_so_and_catches_up_when_the
         "{s:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_sent_to_a_follower_makes_the_leader_apply_the_commit_at_once() {
+    // A remote repository (smart HTTP, no file events) and an hour between polls: only the
+    // sync can bring the new commit in.
+    let repo = GitRepo::new();
+    repo.write(&[(".keep", Some(""))]);
+    let c1 = repo.commit("empty");
+    let Some(addr) = crate::gitops::git_http_server(repo.path(), "x-access-token").await else {
+        return;
+    };
+    let url = format!("http://{addr}/.git");
+    tokio::task::block_in_place(move || {
+        let cluster = Cluster::start_configured(repo, 3, |m| {
+            m.repo_arg = Some(url.clone());
+            m.extra = vec!["--git-token".into(), crate::gitops::TOKEN.into()];
+            m.poll = "1h".into();
+        });
+        let applied = |i: usize, c: &str| {
+            cluster.managers[i]
+                .status_inside()
+                .is_some_and(|s| s.revision.applied.as_ref().is_some_and(|a| a.commit == c))
+        };
+        let wait = |what: &str, ok: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + T;
+            while !ok() {
+                assert!(Instant::now() < deadline, "{what}\n{}", cluster.logs());
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        };
+        for i in 0..3 {
+            wait("c1 applied everywhere", &|| applied(i, &c1));
+        }
+        cluster.repo.write(&[(".keep", Some("x"))]);
+        let c2 = cluster.repo.commit("v2");
+        let follower = (cluster.leader(T) + 1) % 3;
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_reconciler"))
+            .args(["sync", "--server", &cluster.managers[follower].api])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let started = Instant::now();
+        for i in 0..3 {
+            wait(
+                "c2 applied everywhere after a sync sent to a follower",
+                &|| applied(i, &c2),
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "took {:?}",
+            started.elapsed()
+        );
+    });
+}

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "webhook-s3cret";
-const TOKEN: &str = "tok-DO-NOT-PRINT-1234";
+pub(crate) const TOKEN: &str = "tok-DO-NOT-PRINT-1234";
 /// Generous, so a loaded machine does not make the tests flaky; latencies are printed.
 const ARRIVES: Duration = Duration::from_secs(10);
 /// How long "nothing happens" is watched for.
@@ -863,7 +863,7 @@ async fn gitops_a_hanging_remote_times_out_and_does_not_stall_the_watcher() {
 
 /// A smart-HTTP git server: `git http-backend` behind axum, requiring basic auth with
 /// `user:TOKEN` (what a forge does with an access token). Returns None without a git binary.
-async fn git_http_server(root: &Path, user: &'static str) -> Option<SocketAddr> {
+pub(crate) async fn git_http_server(root: &Path, user: &'static str) -> Option<SocketAddr> {
     use axum::body::Bytes;
     use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
     use axum::response::IntoResponse;

@@ -23,6 +23,11 @@ pub struct Manager {
     repo: PathBuf,
     /// The network namespace the node runs in (its processes and its CLI calls), if any.
     pub netns: Option<String>,
+    /// The repository as the node is given it (default: the test repo's path).
+    pub repo_arg: Option<String>,
+    /// More flags for init, join and up.
+    pub extra: Vec<String>,
+    pub poll: String,
 }
 
 impl Manager {
@@ -35,7 +40,9 @@ impl Manager {
         let mut args: Vec<String> = command.to_vec();
         args.extend([
             "--repo".into(),
-            self.repo.display().to_string(),
+            self.repo_arg
+                .clone()
+                .unwrap_or_else(|| self.repo.display().to_string()),
             "--data-dir".into(),
             self.dir(),
             "--listen".into(),
@@ -45,8 +52,9 @@ impl Manager {
             "--ingress-bind".into(),
             self.ip.clone(),
             "--poll".into(),
-            "2s".into(),
+            self.poll.clone(),
         ]);
+        args.extend(self.extra.iter().cloned());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -197,6 +205,9 @@ pub fn manager(i: usize, repo: &GitRepo) -> Manager {
         child: None,
         repo: repo.path().to_path_buf(),
         netns: None,
+        repo_arg: None,
+        extra: Vec::new(),
+        poll: "2s".into(),
     }
 }
 
@@ -312,6 +323,24 @@ impl Cluster {
     /// once all are in Raft.
     pub fn start(repo: GitRepo, managers: usize, stacks: &[&str]) -> Cluster {
         Cluster::start_with(repo, managers, stacks, &[])
+    }
+
+    /// As [`Cluster::start`], each manager set up by `configure` first.
+    pub fn start_configured(
+        repo: GitRepo,
+        managers: usize,
+        configure: impl Fn(&mut Manager),
+    ) -> Cluster {
+        let mut all: Vec<Manager> = (0..managers).map(|i| manager(i, &repo)).collect();
+        all.iter_mut().for_each(&configure);
+        Cluster::launch(
+            Cluster {
+                managers: all,
+                repo,
+                stacks: Vec::new(),
+            },
+            &[],
+        )
     }
 
     /// As [`Cluster::start`], each manager in its own network namespace of `net`.
