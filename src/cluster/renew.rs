@@ -148,11 +148,17 @@ async fn changed_role(node: &ClusterNode, role: Role) {
         tracing::warn!(error = %format!("{e:#}"), "recording this node's new role");
     }
     match role {
-        Role::Worker => tracing::warn!(
-            "this node was demoted to worker: it no longer takes part in Raft; its containers keep running as they are"
-        ),
+        Role::Worker => {
+            // Out of Raft, it hears no leader: it must not stand for election (its votes
+            // would be refused, and its term would grow for nothing).
+            node.raft.runtime_config().elect(false);
+            tracing::warn!(
+                "this node was demoted to worker: it no longer takes part in Raft; its containers keep running as they are"
+            )
+        }
         Role::Manager => {
             tracing::info!("this node was promoted to manager: entering Raft");
+            node.raft.runtime_config().elect(true);
             // Not itself: its own view of Raft is the one from before its demotion.
             let me = &node.info.advertise_addr;
             let first = authorities(node).into_iter().find(|a| a != me);

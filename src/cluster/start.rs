@@ -510,6 +510,10 @@ async fn launch(
     )
     .await
     .context("starting Raft")?;
+    if info.role == Role::Worker {
+        // A demoted manager started again: no elections until it is promoted.
+        raft.runtime_config().elect(false);
+    }
     let node = Arc::new(ClusterNode::new(info, raft, sm, creds.clone(), files));
     let tls_config = tls::server_config(&creds, ClientAuth::Optional)
         .context("the cluster listener's TLS settings")?;
