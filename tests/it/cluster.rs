@@ -830,18 +830,8 @@ fn a_leader_cut_off_by_the_network_cannot_commit_says_so_and_catches_up_when_the
             && s.iter().filter(|(_, st)| st == "Reachable").count() == 2
     };
     wait_nodes(&cluster, 0, "three managers", three);
-    let applied = |i: usize, c: &str| {
-        cluster.managers[i]
-            .status_inside()
-            .is_some_and(|s| s.revision.applied.as_ref().is_some_and(|a| a.commit == c))
-    };
-    let wait = |what: &str, ok: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + T;
-        while !ok() {
-            assert!(Instant::now() < deadline, "{what}\n{}", cluster.logs());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
+    let applied = |i: usize, c: &str| cluster.applied(i, c);
+    let wait = |what: &str, ok: &dyn Fn() -> bool| cluster.wait_until(what, ok);
     for i in 0..3 {
         wait("c1 applied everywhere", &|| applied(i, &c1));
     }
@@ -921,23 +911,13 @@ async fn a_sync_sent_to_a_follower_makes_the_leader_apply_the_commit_at_once() {
     };
     let url = format!("http://{addr}/.git");
     tokio::task::block_in_place(move || {
-        let cluster = Cluster::start_configured(repo, 3, |m| {
+        let cluster = Cluster::start_configured(repo, 3, |_, m| {
             m.repo_arg = Some(url.clone());
             m.extra = vec!["--git-token".into(), crate::gitops::TOKEN.into()];
             m.poll = "1h".into();
         });
-        let applied = |i: usize, c: &str| {
-            cluster.managers[i]
-                .status_inside()
-                .is_some_and(|s| s.revision.applied.as_ref().is_some_and(|a| a.commit == c))
-        };
-        let wait = |what: &str, ok: &dyn Fn() -> bool| {
-            let deadline = Instant::now() + T;
-            while !ok() {
-                assert!(Instant::now() < deadline, "{what}\n{}", cluster.logs());
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        };
+        let applied = |i: usize, c: &str| cluster.applied(i, c);
+        let wait = |what: &str, ok: &dyn Fn() -> bool| cluster.wait_until(what, ok);
         for i in 0..3 {
             wait("c1 applied everywhere", &|| applied(i, &c1));
         }

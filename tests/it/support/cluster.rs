@@ -325,14 +325,16 @@ impl Cluster {
         Cluster::start_with(repo, managers, stacks, &[])
     }
 
-    /// As [`Cluster::start`], each manager set up by `configure` first.
+    /// As [`Cluster::start`], each manager (by its index) set up by `configure` first.
     pub fn start_configured(
         repo: GitRepo,
         managers: usize,
-        configure: impl Fn(&mut Manager),
+        configure: impl Fn(usize, &mut Manager),
     ) -> Cluster {
         let mut all: Vec<Manager> = (0..managers).map(|i| manager(i, &repo)).collect();
-        all.iter_mut().for_each(&configure);
+        for (i, m) in all.iter_mut().enumerate() {
+            configure(i, m);
+        }
         Cluster::launch(
             Cluster {
                 managers: all,
@@ -345,8 +347,7 @@ impl Cluster {
 
     /// As [`Cluster::start`], each manager in its own network namespace of `net`.
     pub fn start_in(repo: GitRepo, net: &Namespaces, managers: usize) -> Cluster {
-        let mut all: Vec<Manager> = (0..managers).map(|i| manager(i, &repo)).collect();
-        for (i, m) in all.iter_mut().enumerate() {
+        Cluster::start_configured(repo, managers, |i, m| {
             let ip = format!("{}.{}", net.prefix, 10 + i);
             m.addr = format!("{ip}:2377");
             // Each namespace has a loopback of its own: the API stays on it (an API on
@@ -354,15 +355,26 @@ impl Cluster {
             m.api = "http://127.0.0.1:8080".into();
             m.ip = ip;
             m.netns = Some(net.name(i).to_string());
+        })
+    }
+
+    /// Wait (bounded) until `ok`; the failure names `what` and shows the logs.
+    pub fn wait_until(&self, what: &str, ok: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ok() {
+            assert!(Instant::now() < deadline, "{what}\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(200));
         }
-        Cluster::launch(
-            Cluster {
-                managers: all,
-                repo,
-                stacks: Vec::new(),
-            },
-            &[],
-        )
+    }
+
+    /// Is `commit` the live one on manager `i`, as its status says from inside?
+    pub fn applied(&self, i: usize, commit: &str) -> bool {
+        self.managers[i].status_inside().is_some_and(|s| {
+            s.revision
+                .applied
+                .as_ref()
+                .is_some_and(|a| a.commit == commit)
+        })
     }
 
     /// As [`Cluster::start`], with more flags for `init`.
