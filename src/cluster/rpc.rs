@@ -1,5 +1,6 @@
 //! The cluster's gRPC services beside Raft (`proto/cluster.proto`): how a node dials a
-//! manager, and who a caller is. The services themselves are in `services`; the TLS settings in `tls`.
+//! manager, and who a caller is. The services themselves are in `services`, the TLS
+//! settings in `tls`.
 
 use std::sync::Arc;
 use std::time::Duration;
