@@ -13,6 +13,7 @@ mod control;
 mod export;
 mod filter;
 mod gitops_way;
+mod lock;
 mod node;
 mod plan;
 mod schema;
@@ -63,6 +64,12 @@ enum Command {
     /// Leave the cluster: the node stops, removes its containers and forgets its cluster (a
     /// manager leaves Raft first, and needs --force).
     Leave(swarm::LeaveArgs),
+    /// Give a locked manager (autolock) its unlock key, read from the terminal or stdin.
+    Unlock(lock::UnlockArgs),
+    /// Show the cluster's unlock key, or rotate it.
+    UnlockKey(lock::UnlockKeyArgs),
+    /// Change the cluster's settings (autolock).
+    Update(lock::UpdateArgs),
     /// The cluster's nodes.
     #[command(subcommand)]
     Node(node::NodeCommand),
@@ -124,6 +131,9 @@ pub fn main() -> i32 {
         Command::JoinToken(args) => swarm::join_token(args),
         Command::Node(cmd) => node::run(cmd),
         Command::Leave(args) => swarm::leave(args),
+        Command::Unlock(args) => lock::unlock(args),
+        Command::UnlockKey(args) => lock::unlock_key(args),
+        Command::Update(args) => lock::update(args),
         Command::Status(args) => cluster::status(args),
         Command::Sync(args) => cluster::sync(args),
         Command::Service(cmd) => cluster::service(cmd),

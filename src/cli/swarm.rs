@@ -24,6 +24,10 @@ pub struct InitArgs {
     /// manager alone, from its data dir, with the state, CA and tokens it had.
     #[arg(long)]
     force_new_cluster: bool,
+    /// Seal every manager's keys with an unlock key (printed): a manager that restarts
+    /// stays locked until `reconciler unlock` gives it the key.
+    #[arg(long)]
+    autolock: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -71,6 +75,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<i32> {
         advertise_addr: args.up.advertise_addr.clone(),
         cert_expiry: args.cert_expiry,
         snapshot_interval: args.snapshot_interval,
+        autolock: args.autolock,
     };
     let data_dir = args.up.data_dir.clone();
     let (start, said) = if args.force_new_cluster {
@@ -82,9 +87,12 @@ pub fn init(args: InitArgs) -> anyhow::Result<i32> {
         (Start::Init, "Cluster initialized")
     };
     up::serve(args.up, start, options, move |node| {
-        let tokens = node
-            .sm
-            .read_cluster(|c| c.map(|c| (c.worker_token.clone(), c.manager_token.clone())));
+        let (tokens, unlock_key) = node.sm.read_cluster(|c| {
+            (
+                c.map(|c| (c.worker_token.clone(), c.manager_token.clone())),
+                c.and_then(|c| c.unlock_key()),
+            )
+        });
         let addr = &node.info.advertise_addr;
         println!(
             "{said}: current node ({}) is now a manager.\n",
@@ -97,6 +105,9 @@ pub fn init(args: InitArgs) -> anyhow::Result<i32> {
             println!(
                 "(`reconciler join-token manager|worker --data-dir {dir}` prints them again.)"
             );
+        }
+        if let Some(key) = unlock_key {
+            println!("\n{}", super::lock::key_notice(&key.to_string()));
         }
         use std::io::Write as _;
         let _ = std::io::stdout().flush();

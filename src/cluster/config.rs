@@ -21,6 +21,10 @@ pub struct ClusterConfig {
     /// Nodes removed from the cluster: their certificates are refused from then on.
     #[serde(default)]
     pub removed: BTreeSet<String>,
+    /// Autolock: the key (`SWMKEY-1-...`) that seals every manager's own keys on its disk,
+    /// so that a manager that restarts stays locked until it is given the key.
+    #[serde(default)]
+    pub unlock_key: Option<String>,
 }
 
 impl std::fmt::Debug for ClusterConfig {
@@ -29,6 +33,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("id", &self.id)
             .field("cert_expiry", &self.cert_expiry)
             .field("removed", &self.removed)
+            .field("autolock", &self.unlock_key.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -39,6 +44,11 @@ impl ClusterConfig {
             Role::Manager => &self.manager_token,
             Role::Worker => &self.worker_token,
         }
+    }
+
+    /// The unlock key, when the cluster is autolocked.
+    pub fn unlock_key(&self) -> Option<super::seal::UnlockKey> {
+        self.unlock_key.as_deref().and_then(|k| k.parse().ok())
     }
 }
 
@@ -51,6 +61,8 @@ pub enum ClusterChange {
     RotateToken { role: Role, token: String },
     /// `node rm`: the node's certificate is refused from now on.
     Removed { node_id: String },
+    /// Autolock on (a new key: `update --autolock=true`, `unlock-key --rotate`) or off.
+    SetUnlockKey { key: Option<String> },
 }
 
 impl std::fmt::Debug for ClusterChange {
@@ -64,6 +76,10 @@ impl std::fmt::Debug for ClusterChange {
             ClusterChange::Removed { node_id } => {
                 f.debug_struct("Removed").field("node_id", node_id).finish()
             }
+            ClusterChange::SetUnlockKey { key } => f
+                .debug_struct("SetUnlockKey")
+                .field("autolock", &key.is_some())
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -88,6 +104,10 @@ impl ClusterChange {
             }
             (ClusterChange::Removed { node_id }, Some(c)) => {
                 c.removed.insert(node_id);
+                Ok(())
+            }
+            (ClusterChange::SetUnlockKey { key }, Some(c)) => {
+                c.unlock_key = key;
                 Ok(())
             }
             (_, None) => Err("the cluster is not set up yet".into()),

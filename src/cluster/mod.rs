@@ -3,6 +3,7 @@
 //! mutual TLS on every link), Raft between the managers, the gRPC services beside it, and
 //! how a node starts (`init`, `join`, or again from its data dir).
 
+pub mod autolock;
 pub mod ca;
 pub mod config;
 pub mod files;
@@ -11,6 +12,7 @@ pub mod node;
 pub mod raft;
 pub mod renew;
 pub mod rpc;
+pub mod seal;
 pub mod services;
 pub mod start;
 pub mod tls;

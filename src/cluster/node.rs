@@ -12,9 +12,10 @@ use sha2::{Digest as _, Sha256};
 use tonic::transport::Channel;
 
 use super::ca::Role;
-use super::files::{NodeFiles, NodeInfo};
+use super::files::{NodeFiles, NodeInfo, NodeKeys};
 use super::raft::{Answers, Proposal, StateMachine, TypeConfig};
 use super::rpc::{self, pb};
+use super::seal::{DataKey, UnlockKey};
 use super::tls::Credentials;
 
 pub type Raft = openraft::Raft<TypeConfig>;
@@ -60,6 +61,10 @@ pub struct ClusterNode {
     pub left: tokio_util::sync::CancellationToken,
     /// Fetch the repository now: set by the manager once its git watcher runs.
     pub on_sync: std::sync::OnceLock<SyncHook>,
+    /// The key this node's Raft files are sealed with.
+    pub data_key: DataKey,
+    /// The unlock key the keys on disk are sealed with now (`None`: in the clear).
+    sealed_with: Mutex<Option<UnlockKey>>,
 }
 
 /// What `Control.Sync` runs: the head fetched, as JSON, or why not.
@@ -76,8 +81,11 @@ impl ClusterNode {
         sm: StateMachine,
         creds: std::sync::Arc<Credentials>,
         files: NodeFiles,
+        keys: (DataKey, Option<UnlockKey>),
     ) -> Self {
         ClusterNode {
+            data_key: keys.0,
+            sealed_with: Mutex::new(keys.1),
             raft_id: raft_id(&info.node_id),
             info,
             raft,
@@ -115,6 +123,43 @@ impl ClusterNode {
         Ok(pb::control_client::ControlClient::new(channel)
             .max_decoding_message_size(super::raft::network::MAX_MESSAGE)
             .max_encoding_message_size(super::raft::network::MAX_MESSAGE))
+    }
+
+    /// How this node's keys should be kept now: sealed by the cluster's unlock key when the
+    /// cluster is autolocked and this node is a manager (a worker holds no Raft data).
+    pub fn wanted_lock(&self) -> Option<UnlockKey> {
+        if self.creds.identity().role != Role::Manager {
+            return None;
+        }
+        self.sm.read_cluster(|c| c.and_then(|c| c.unlock_key()))
+    }
+
+    /// Keep this node's keys on disk as [`ClusterNode::wanted_lock`] says, unless they are
+    /// kept so already (`force`: write them anyway, as after a renewal's new key).
+    pub fn save_keys(&self, force: bool) -> anyhow::Result<()> {
+        let mut sealed_with = self.sealed_with.lock().unwrap_or_else(|e| e.into_inner());
+        let wanted = self.wanted_lock();
+        if !force && *sealed_with == wanted && self.files.is_locked() == wanted.is_some() {
+            return Ok(());
+        }
+        let keys = NodeKeys {
+            tls_key: zeroize::Zeroizing::new(self.creds.pem().key),
+            data_key: self.data_key.clone(),
+        };
+        self.files.save_keys(&keys, wanted.as_ref())?;
+        if wanted.is_some() != sealed_with.is_some() {
+            tracing::info!(
+                sealed = wanted.is_some(),
+                "this manager's keys on disk are now {}",
+                if wanted.is_some() {
+                    "sealed by the unlock key (autolock)"
+                } else {
+                    "in the clear (autolock off)"
+                }
+            );
+        }
+        *sealed_with = wanted;
+        Ok(())
     }
 
     /// The role the cluster gives a node now, by its record in the store.

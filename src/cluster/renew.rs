@@ -135,7 +135,8 @@ async fn renew(node: &ClusterNode) -> anyhow::Result<Role> {
         };
         // Checked (it parses, goes with the key) before it is kept.
         node.creds.replace(pem.clone())?;
-        node.files.save_credentials(&pem)?;
+        node.save_keys(true)?;
+        node.files.save_certificates(&pem.root, &pem.cert)?;
         node.redial();
         return Ok(role);
     }

@@ -15,6 +15,7 @@ use super::node::{raft_id, require_manager, ClusterNode, Forward};
 use super::raft::network::MAX_MESSAGE;
 use super::raft::{Answers, Proposal};
 use super::rpc::{caller, from_json, json, pb};
+use super::seal::UnlockKey;
 use super::token::JoinToken;
 
 /// The metadata key a follower puts the leader's address in, for a call only the leader takes.
@@ -167,9 +168,18 @@ impl ControlService {
             .max_encoding_message_size(MAX_MESSAGE)
     }
 
+    /// Who calls: the node itself on its control socket, else the certificate of the
+    /// connection.
+    fn caller<T>(&self, req: &Request<T>) -> Result<NodeIdentity, Status> {
+        if super::autolock::is_local(req) {
+            return Ok(self.node.creds.identity());
+        }
+        caller(req)
+    }
+
     /// The caller, who must be a manager of this cluster, not removed.
     fn manager<T>(&self, req: &Request<T>, what: &str) -> Result<NodeIdentity, Status> {
-        let who = caller(req)?;
+        let who = self.caller(req)?;
         // Removed first: the most telling answer for a node that is out.
         self.not_removed(&who)?;
         require_manager(&who, self.node.cluster_id(), what)?;
@@ -362,6 +372,10 @@ impl pb::control_server::Control for ControlService {
                 .map_err(|e| Status::unavailable(e.to_string()))?;
             refused(answers)?;
             tracing::info!(role = role.word(), "join token rotated");
+            // This manager may not have applied it yet: the answer is the token committed.
+            return Ok(Response::new(pb::JoinTokenResponse {
+                token: token.to_string(),
+            }));
         }
         let token = self
             .node
@@ -435,7 +449,7 @@ impl pb::control_server::Control for ControlService {
     }
 
     async fn leave(&self, req: Request<pb::Json>) -> Result<Response<pb::Json>, Status> {
-        let who = caller(&req)?;
+        let who = self.caller(&req)?;
         if who.cluster_id != self.node.cluster_id() || who.node_id != self.node.node_id() {
             return Err(Status::permission_denied(
                 "only the node itself leaves the cluster: run `reconciler leave` with its data dir",
@@ -465,7 +479,7 @@ impl pb::control_server::Control for ControlService {
     }
 
     async fn health(&self, req: Request<pb::Empty>) -> Result<Response<pb::Json>, Status> {
-        let who = caller(&req)?;
+        let who = self.caller(&req)?;
         if who.cluster_id != self.node.cluster_id() {
             return Err(Status::permission_denied(
                 "a certificate of another cluster",
@@ -477,6 +491,79 @@ impl pb::control_server::Control for ControlService {
             your_role: self.node.role_of(&who.node_id),
         })
         .map(Response::new)
+    }
+
+    async fn unlock_key(
+        &self,
+        req: Request<pb::UnlockKeyRequest>,
+    ) -> Result<Response<pb::UnlockKeyResponse>, Status> {
+        self.manager(&req, "reading the unlock key")?;
+        if self.current_unlock_key().is_none() {
+            return Err(Status::failed_precondition(
+                "no unlock key is set: autolock is off (turn it on with `reconciler update --autolock=true`)",
+            ));
+        }
+        let key = if req.get_ref().rotate {
+            let key = UnlockKey::generate().map_err(|e| Status::internal(e.to_string()))?;
+            self.set_unlock_key(Some(key.clone())).await?;
+            tracing::info!("the unlock key was rotated");
+            // This manager may not have applied it yet: the answer is the key committed.
+            key
+        } else {
+            self.current_unlock_key()
+                .ok_or_else(|| Status::failed_precondition("autolock was turned off meanwhile"))?
+        };
+        Ok(Response::new(pb::UnlockKeyResponse {
+            key: key.to_string(),
+        }))
+    }
+
+    async fn autolock(
+        &self,
+        req: Request<pb::AutolockRequest>,
+    ) -> Result<Response<pb::UnlockKeyResponse>, Status> {
+        self.manager(&req, "changing autolock")?;
+        let enable = req.get_ref().enable;
+        let key = match (enable, self.current_unlock_key()) {
+            // On already: the key stays (rotating is `unlock-key --rotate`).
+            (true, Some(key)) => Some(key),
+            (true, None) => {
+                let key = UnlockKey::generate().map_err(|e| Status::internal(e.to_string()))?;
+                self.set_unlock_key(Some(key.clone())).await?;
+                tracing::info!("autolock turned on");
+                Some(key)
+            }
+            (false, None) => None,
+            (false, Some(_)) => {
+                self.set_unlock_key(None).await?;
+                tracing::info!("autolock turned off");
+                None
+            }
+        };
+        Ok(Response::new(pb::UnlockKeyResponse {
+            key: key.map(|k| k.to_string()).unwrap_or_default(),
+        }))
+    }
+}
+
+impl ControlService {
+    /// Commit a new unlock key (or none: autolock off); every manager seals its keys with
+    /// it once it applies.
+    async fn set_unlock_key(&self, key: Option<UnlockKey>) -> Result<(), Status> {
+        let answers = self
+            .node
+            .propose(Proposal::Cluster(ClusterChange::SetUnlockKey {
+                key: key.map(|k| k.to_string()),
+            }))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        refused(answers)
+    }
+
+    fn current_unlock_key(&self) -> Option<UnlockKey> {
+        self.node
+            .sm
+            .read_cluster(|c| c.and_then(|c| c.unlock_key()))
     }
 }
 

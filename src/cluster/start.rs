@@ -9,15 +9,17 @@ use anyhow::{bail, Context as _};
 use openraft::BasicNode;
 use tokio_util::sync::CancellationToken;
 
+use super::autolock;
 use super::ca::{self, NodeIdentity, Role, RootCa};
 use super::config::{ClusterChange, ClusterConfig};
-use super::files::{NodeFiles, NodeInfo};
+use super::files::{NodeFiles, NodeInfo, NodeKeys};
 use super::node::{raft_id, ClusterNode};
 use super::raft::network::{Network, Service as RaftService};
 use super::raft::{LogStore, Proposal, StateMachine};
 use super::rpc::{self, pb};
+use super::seal::{DataKey, UnlockKey};
 use super::services::{CaService, ControlService, LEADER_ADDR};
-use super::tls::{self, ClientAuth, Credentials, TlsPem};
+use super::tls::{self, ClientAuth, Credentials};
 use super::token::JoinToken;
 
 /// The settings of the cluster listener and of Raft.
@@ -31,6 +33,8 @@ pub struct ClusterOptions {
     pub cert_expiry: Duration,
     /// Entries between snapshots (`--snapshot-interval`).
     pub snapshot_interval: u64,
+    /// A new cluster seals its managers' keys with an unlock key (`init --autolock`).
+    pub autolock: bool,
 }
 
 impl Default for ClusterOptions {
@@ -40,6 +44,7 @@ impl Default for ClusterOptions {
             advertise_addr: None,
             cert_expiry: ca::DEFAULT_CERT_EXPIRY,
             snapshot_interval: 10_000,
+            autolock: false,
         }
     }
 }
@@ -159,12 +164,13 @@ async fn init(
         cluster_id: cluster_id.clone(),
     };
     let cert = root.sign(&csr, &identity, now, options.cert_expiry)?;
-    let tls = TlsPem {
-        root: root.cert_pem().to_string(),
-        cert,
-        key: key.to_string(),
+    let keys = NodeKeys {
+        tls_key: zeroize::Zeroizing::new(key.to_string()),
+        data_key: DataKey::generate()?,
     };
-    files.save_credentials(&tls)?;
+    // In the clear until the cluster's settings (and its unlock key) are committed.
+    files.save_keys(&keys, None)?;
+    files.save_certificates(root.cert_pem(), &cert)?;
     let config = ClusterConfig {
         id: cluster_id.clone(),
         root_cert_pem: root.cert_pem().to_string(),
@@ -176,6 +182,11 @@ async fn init(
         manager_token: JoinToken::generate(root.digest())?.to_string(),
         cert_expiry: options.cert_expiry,
         removed: Default::default(),
+        unlock_key: if options.autolock {
+            Some(UnlockKey::generate()?.to_string())
+        } else {
+            None
+        },
     };
     let info = NodeInfo {
         node_id,
@@ -188,7 +199,7 @@ async fn init(
     let node = launch_alone(
         files.clone(),
         info.clone(),
-        tls,
+        (keys, None),
         listener,
         options,
         shutdown,
@@ -201,6 +212,8 @@ async fn init(
     if let Some(Err(e)) = answers.0.into_iter().next() {
         bail!("committing the new cluster's settings: {e}");
     }
+    node.save_keys(false)
+        .context("sealing this manager's keys (autolock)")?;
     // Written last: a data dir with node.json is a cluster's, whole.
     files.save(&info)?;
     Ok(node)
@@ -268,12 +281,13 @@ async fn join(
             "this is a worker token: worker nodes (taking tasks from the managers' dispatcher) come with the next release; join with the manager token (`reconciler join-token manager`) for now"
         );
     }
-    let tls = TlsPem {
-        root: root_pem,
-        cert: issued.certificate_pem,
-        key: key.to_string(),
+    let keys = NodeKeys {
+        tls_key: zeroize::Zeroizing::new(key.to_string()),
+        data_key: DataKey::generate()?,
     };
-    files.save_credentials(&tls)?;
+    // In the clear until Raft brings the cluster's settings: sealed then if autolocked.
+    files.save_keys(&keys, None)?;
+    files.save_certificates(&root_pem, &issued.certificate_pem)?;
     let info = NodeInfo {
         node_id: issued.node_id,
         cluster_id: issued.cluster_id,
@@ -285,7 +299,7 @@ async fn join(
     let node = launch(
         files.clone(),
         info.clone(),
-        tls,
+        (keys, None),
         listener,
         options,
         shutdown,
@@ -337,7 +351,7 @@ async fn resume(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Arc<ClusterNode>> {
     let mut info = files.load()?;
-    let tls = files.credentials()?;
+    let keys = autolock::open_keys(&files, &shutdown).await?;
     if let Some(l) = &options.listen_addr {
         info.listen_addr = l.clone();
     }
@@ -352,7 +366,7 @@ async fn resume(
     if advertise != info.advertise_addr {
         tracing::warn!(was = %info.advertise_addr, now = %advertise, "this manager's advertised address changed; the others still dial the old one");
     }
-    launch(files, info, tls, listener, options, shutdown).await
+    launch(files, info, keys, listener, options, shutdown).await
 }
 
 async fn force_new_cluster(
@@ -367,10 +381,11 @@ async fn force_new_cluster(
         info.role == Role::Manager,
         "only a manager's data dir holds the cluster's state; this one is a worker's"
     );
+    let keys = autolock::open_keys(&files, &shutdown).await?;
     // Everything this manager has: its last snapshot, then every entry of its log after it.
     let restored = {
-        let mut log = LogStore::open(&files.raft_log())?;
-        let mut sm = StateMachine::open(&files.raft_state())?;
+        let mut log = LogStore::open(&files.raft_log(), keys.0.data_key.clone())?;
+        let mut sm = StateMachine::open(&files.raft_state(), keys.0.data_key.clone())?;
         let from = sm.last_applied().map(|i| i + 1).unwrap_or(0);
         let last = log
             .get_log_state()
@@ -412,7 +427,6 @@ async fn force_new_cluster(
         old.push(".before-force-new-cluster");
         std::fs::rename(&path, &old).with_context(|| format!("moving {} aside", path.display()))?;
     }
-    let tls = files.credentials()?;
     let listen_addr = options
         .listen_addr
         .clone()
@@ -434,7 +448,7 @@ async fn force_new_cluster(
     let node = launch_alone(
         files.clone(),
         info.clone(),
-        tls,
+        keys,
         listener,
         options,
         shutdown,
@@ -452,13 +466,13 @@ async fn force_new_cluster(
 async fn launch_alone(
     files: NodeFiles,
     info: NodeInfo,
-    tls: TlsPem,
+    keys: (NodeKeys, Option<UnlockKey>),
     listener: tokio::net::TcpListener,
     options: &ClusterOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Arc<ClusterNode>> {
     let advertise = info.advertise_addr.clone();
-    let node = launch(files, info, tls, listener, options, shutdown).await?;
+    let node = launch(files, info, keys, listener, options, shutdown).await?;
     node.raft
         .initialize(
             [(node.raft_id, BasicNode::new(&advertise))]
@@ -470,18 +484,21 @@ async fn launch_alone(
     Ok(node)
 }
 
-/// Raft and the gRPC listener, running until `shutdown`.
+/// Raft, the gRPC listener and the control socket, running until `shutdown`. `keys` are the
+/// node's open keys, with the unlock key that opened them if they were sealed.
 async fn launch(
     files: NodeFiles,
     info: NodeInfo,
-    tls: TlsPem,
+    keys: (NodeKeys, Option<UnlockKey>),
     listener: tokio::net::TcpListener,
     options: &ClusterOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Arc<ClusterNode>> {
-    let log = LogStore::open(&files.raft_log())
+    let (keys, unlocked_with) = keys;
+    let tls = files.credentials(&keys)?;
+    let log = LogStore::open(&files.raft_log(), keys.data_key.clone())
         .with_context(|| format!("opening {}", files.raft_log().display()))?;
-    let sm = StateMachine::open(&files.raft_state())
+    let sm = StateMachine::open(&files.raft_state(), keys.data_key.clone())
         .with_context(|| format!("opening {}", files.raft_state().display()))?;
     let config = openraft::Config {
         cluster_name: info.cluster_id.clone(),
@@ -514,7 +531,14 @@ async fn launch(
         // A demoted manager started again: no elections until it is promoted.
         raft.runtime_config().elect(false);
     }
-    let node = Arc::new(ClusterNode::new(info, raft, sm, creds.clone(), files));
+    let node = Arc::new(ClusterNode::new(
+        info,
+        raft,
+        sm,
+        creds.clone(),
+        files.clone(),
+        (keys.data_key, unlocked_with),
+    ));
     let tls_config = tls::server_config(&creds, ClientAuth::Optional)
         .context("the cluster listener's TLS settings")?;
     let server = tonic::transport::Server::builder()
@@ -536,7 +560,13 @@ async fn launch(
         }
         let _ = raft.shutdown().await;
     });
+    // The command line on this machine asks the node through its socket, as the node.
+    let local = tonic::transport::Server::builder()
+        .add_service(ControlService::new(node.clone()))
+        .add_service(autolock::LockService::running());
+    autolock::serve_socket(&files, local, shutdown.clone()).await?;
     tokio::spawn(super::renew::run(node.clone(), shutdown.clone()));
+    tokio::spawn(autolock::keep_sealed(node.clone(), shutdown.clone()));
     tracing::info!(node = %node.node_id(), cluster = %node.cluster_id(), addr = %node.info.advertise_addr, "cluster listener up");
     Ok(node)
 }

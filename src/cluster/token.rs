@@ -110,7 +110,7 @@ impl FromStr for JoinToken {
 const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
 
 /// `bytes` (big-endian) in base 36, left-padded with zeros to `width` characters.
-fn base36(bytes: &[u8], width: usize) -> String {
+pub(crate) fn base36(bytes: &[u8], width: usize) -> String {
     let mut n = bytes.to_vec();
     let mut out = Vec::with_capacity(width);
     while n.iter().any(|&b| b != 0) {
@@ -132,7 +132,7 @@ fn base36(bytes: &[u8], width: usize) -> String {
 
 /// The inverse of [`base36`]; None for a character that is not a digit or a value that does
 /// not fit in N bytes.
-fn unbase36<const N: usize>(s: &str) -> Option<[u8; N]> {
+pub(crate) fn unbase36<const N: usize>(s: &str) -> Option<[u8; N]> {
     let mut n = [0u8; N];
     for c in s.bytes() {
         let d = DIGITS.iter().position(|&x| x == c.to_ascii_lowercase())? as u32;

@@ -943,3 +943,130 @@ async fn a_sync_sent_to_a_follower_makes_the_leader_apply_the_commit_at_once() {
         );
     });
 }
+
+/// Is `text` anywhere in the file at `path`, as the disk holds it?
+fn on_disk(path: &std::path::Path, text: &str) -> bool {
+    std::fs::read(path)
+        .unwrap()
+        .windows(text.len())
+        .any(|w| w == text.as_bytes())
+}
+
+/// The node's keys are sealed on disk: the sealed file, and neither key in the clear.
+fn sealed(m: &crate::support::cluster::Manager) -> bool {
+    let certs = std::path::Path::new(&m.dir()).join("certificates");
+    certs.join("keys.locked").exists()
+        && !certs.join("node.key").exists()
+        && !certs.join("data.key").exists()
+}
+
+#[test]
+fn an_autolocked_manager_restarts_locked_runs_after_unlock_and_follows_a_rotated_key() {
+    let repo = GitRepo::new();
+    repo.write(&[(".keep", Some(""))]);
+    repo.commit("empty");
+    let mut cluster = Cluster::start_with(repo, 2, &[], &["--autolock"]);
+    let two = |s: &[(String, String)]| {
+        s.len() == 2
+            && s.iter().filter(|(_, st)| st == "Leader").count() == 1
+            && s.iter().filter(|(_, st)| st == "Reachable").count() == 1
+    };
+    wait_nodes(&cluster, 0, "two managers", two);
+
+    // init printed the key, and unlock-key shows the same one.
+    let out = cluster.managers[0].cli(&["unlock-key", "-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let key = stdout(&out).trim().to_string();
+    assert!(key.starts_with("SWMKEY-1-"), "{key}");
+    assert!(cluster.managers[0].log().contains(&key));
+    assert!(cluster.managers[0].log().contains("reconciler unlock"));
+
+    // Both managers seal their keys (the joiner once Raft brings it the setting), and
+    // nothing secret is on either disk in the clear: not the join token, not a private key.
+    cluster.wait_until("both managers' keys sealed", || {
+        cluster.managers.iter().all(sealed)
+    });
+    let token = cluster.token("manager");
+    for m in &cluster.managers {
+        for db in ["raft-log.redb", "raft-state.redb"] {
+            let path = std::path::Path::new(&m.dir()).join(db);
+            assert!(!on_disk(&path, &token), "the join token in {db}");
+            assert!(!on_disk(&path, "PRIVATE KEY"), "a private key in {db}");
+        }
+    }
+    let out = cluster.managers[0].cli_with_input(&["unlock"], &key);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not locked"), "{}", stderr(&out));
+
+    // Restarted, m2 is locked: it answers nothing but unlock.
+    cluster.managers[1].kill();
+    cluster.managers[1].up();
+    cluster.wait_until("m2 says it is locked", || {
+        cluster.managers[1].log().contains("this manager is locked")
+    });
+    let out = cluster.managers[1].cli(&["node", "ls"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("locked"), "{}", stderr(&out));
+    let out = cluster.managers[1].cli_with_input(&["unlock"], "not a key\n");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("SWMKEY-1-"), "{}", stderr(&out));
+    let other = format!("SWMKEY-1-{}", "0".repeat(50));
+    let out = cluster.managers[1].cli_with_input(&["unlock"], &other);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("invalid key"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains(&other[9..]), "{}", stderr(&out));
+    let out = cluster.managers[1].cli_with_input(&["unlock"], &format!("{key}\n"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_nodes(&cluster, 1, "m2 back after unlock", two);
+
+    // A rotated key reaches m2's disk; after a restart the old key no longer opens it.
+    let before = std::fs::read(
+        std::path::Path::new(&cluster.managers[1].dir()).join("certificates/keys.locked"),
+    )
+    .unwrap();
+    let out = cluster.managers[1].cli(&["unlock-key", "--rotate", "-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let new_key = stdout(&out).trim().to_string();
+    assert!(
+        new_key.starts_with("SWMKEY-1-") && new_key != key,
+        "{new_key}"
+    );
+    cluster.wait_until("m2 sealed its keys with the new key", || {
+        std::fs::read(
+            std::path::Path::new(&cluster.managers[1].dir()).join("certificates/keys.locked"),
+        )
+        .is_ok_and(|now| now != before)
+    });
+    cluster.managers[1].kill();
+    cluster.managers[1].up();
+    cluster.wait_until("m2 locked again", || {
+        cluster.managers[1]
+            .log()
+            .matches("this manager is locked")
+            .count()
+            >= 2
+    });
+    let out = cluster.managers[1].cli_with_input(&["unlock"], &key);
+    assert!(stderr(&out).contains("invalid key"), "{}", stderr(&out));
+    let out = cluster.managers[1].cli_with_input(&["unlock"], &new_key);
+    assert!(
+        out.status.success(),
+        "{:?} {} {}",
+        out.status,
+        stdout(&out),
+        stderr(&out)
+    );
+    wait_nodes(&cluster, 1, "m2 back after the second unlock", two);
+
+    // Autolock off: the keys are in the clear again everywhere, and a restart needs nothing.
+    let out = cluster.managers[0].cli(&["update", "--autolock=false"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    cluster.wait_until("both managers' keys in the clear", || {
+        !cluster.managers.iter().any(sealed)
+    });
+    let out = cluster.managers[0].cli(&["unlock-key"]);
+    assert!(stderr(&out).contains("autolock is off"), "{}", stderr(&out));
+    cluster.managers[1].kill();
+    cluster.managers[1].up();
+    wait_nodes(&cluster, 1, "m2 back without a key", two);
+}

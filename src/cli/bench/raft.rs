@@ -342,7 +342,11 @@ impl Managers {
         let listen = managers[0].addr.clone();
         managers[0].spawn(&["init", "--listen-addr", &listen], &repo)?;
         managers[0].wait_joined().await?;
-        let tls = Credentials::new(NodeFiles::new(&managers[0].dir).credentials()?)?;
+        let files = NodeFiles::new(&managers[0].dir);
+        let crate::cluster::files::KeysOnDisk::Open(keys) = files.keys()? else {
+            anyhow::bail!("the bench's managers are not autolocked");
+        };
+        let tls = Credentials::new(files.credentials(&keys)?)?;
         let mut this = Managers {
             repo,
             tls,

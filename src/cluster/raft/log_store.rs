@@ -9,6 +9,9 @@
 //!
 //! Entries handed over but not yet written are kept in memory, and reads see them: the leader
 //! reads its own new entries to send them to the others before they are on its disk.
+//!
+//! Entries are sealed with the manager's data key before they reach the disk
+//! ([`crate::cluster::seal`]): the root CA key and the join tokens travel in them.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -23,6 +26,7 @@ use openraft::{
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{io_error, TypeConfig};
+use crate::cluster::seal::DataKey;
 
 type NodeId = u64;
 
@@ -31,10 +35,12 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
+/// What the entries are sealed for (bound into each seal).
+const PURPOSE: &str = "raft-log";
 
 /// A write for the writer thread.
 enum Job {
-    /// Entries, as JSON; the callback is told once they are durable.
+    /// Entries, as sealed JSON; the callback is told once they are durable.
     Append {
         entries: Vec<(LogId<NodeId>, Vec<u8>)>,
         flushed: LogFlushed<TypeConfig>,
@@ -94,11 +100,20 @@ pub struct LogStore {
     writer: Arc<Writer>,
     /// Entries handed to the writer and not yet written, by index.
     unwritten: Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>,
+    key: DataKey,
+}
+
+/// An entry as it is read back from the disk.
+fn decode(key: &DataKey, sealed: &[u8]) -> anyhow::Result<Entry<TypeConfig>> {
+    let plain = key.open(PURPOSE, sealed).map_err(|e| {
+        anyhow::anyhow!("an entry of the Raft log does not open with this manager's data key: {e} (a log written before entries were sealed, or another node's)")
+    })?;
+    Ok(serde_json::from_slice(&plain)?)
 }
 
 impl LogStore {
-    /// Open (or create) the log at `path`, and start its writer.
-    pub fn open(path: &Path) -> anyhow::Result<LogStore> {
+    /// Open (or create) the log at `path`, sealed with `key`, and start its writer.
+    pub fn open(path: &Path, key: DataKey) -> anyhow::Result<LogStore> {
         let db = Arc::new(Database::create(path)?);
         let txn = db.begin_write()?;
         txn.open_table(LOG)?;
@@ -117,6 +132,7 @@ impl LogStore {
                 thread: Some(thread),
             }),
             unwritten,
+            key,
         })
     }
 
@@ -156,7 +172,7 @@ impl LogStore {
         let log = txn.open_table(LOG)?;
         let last = log.last()?;
         Ok(match last {
-            Some((_, v)) => Some(serde_json::from_slice::<Entry<TypeConfig>>(v.value())?.log_id),
+            Some((_, v)) => Some(decode(&self.key, v.value())?.log_id),
             None => None,
         })
     }
@@ -259,7 +275,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             let log = txn.open_table(LOG)?;
             for item in log.range::<u64>(range)? {
                 let (k, v) = item?;
-                out.insert(k.value(), serde_json::from_slice(v.value())?);
+                out.insert(k.value(), decode(&self.key, v.value())?);
             }
             // Entries not written yet are newer than what the disk holds at their index.
             for (i, e) in self.unwritten().range(range) {
@@ -339,7 +355,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             for entry in entries {
                 let bytes = serde_json::to_vec(&entry)
                     .map_err(|e| StorageIOError::write_logs(io_error(e)))?;
-                encoded.push((entry.log_id, bytes));
+                encoded.push((entry.log_id, self.key.seal(PURPOSE, &bytes)));
                 unwritten.insert(entry.log_id.index, entry);
             }
         }

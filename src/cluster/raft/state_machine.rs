@@ -1,6 +1,7 @@
 //! The state machine: the store's [`State`], changed by the proposals Raft commits. A snapshot
-//! is the whole state with the last applied log id and membership, written to redb when it is
-//! built or installed; a restarted manager starts from it and openraft replays the log after.
+//! is the whole state with the last applied log id and membership, written to redb (sealed
+//! with the manager's data key) when it is built or installed; a restarted manager starts
+//! from it and openraft replays the log after.
 
 use std::io::Cursor;
 use std::path::Path;
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 
 use super::{io_error, Answers, Proposal, Restored, TypeConfig};
 use crate::cluster::config::ClusterConfig;
+use crate::cluster::seal::DataKey;
 use crate::store::{apply_caught, ApplyError, Command, State};
 
 type NodeId = u64;
@@ -24,6 +26,8 @@ type Membership = StoredMembership<NodeId, openraft::BasicNode>;
 
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
 const CURRENT: &str = "current";
+/// What snapshots are sealed for (bound into each seal).
+const PURPOSE: &str = "raft-snapshot";
 
 /// What a snapshot holds, and what a restart starts from.
 #[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -52,11 +56,13 @@ pub struct StateMachine {
     built: Arc<std::sync::atomic::AtomicU64>,
     /// Counts the applied entries and installed snapshots: the loops wake on it.
     changed: Arc<watch::Sender<u64>>,
+    key: DataKey,
 }
 
 impl StateMachine {
-    /// Open (or create) the state machine at `path`, starting from its last snapshot.
-    pub fn open(path: &Path) -> anyhow::Result<StateMachine> {
+    /// Open (or create) the state machine at `path`, sealed with `key`, starting from its
+    /// last snapshot.
+    pub fn open(path: &Path, key: DataKey) -> anyhow::Result<StateMachine> {
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
         txn.open_table(SNAPSHOTS)?;
@@ -66,6 +72,7 @@ impl StateMachine {
             applied: Default::default(),
             built: Default::default(),
             changed: Arc::new(watch::channel(0).0),
+            key,
         };
         if let Some(stored) = sm.stored()? {
             let applied: Applied = serde_json::from_slice(&stored.data)?;
@@ -122,7 +129,12 @@ impl StateMachine {
         let table = txn.open_table(SNAPSHOTS)?;
         let value = table.get(CURRENT)?;
         Ok(match value {
-            Some(v) => Some(serde_json::from_slice(v.value())?),
+            Some(v) => {
+                let plain = self.key.open(PURPOSE, v.value()).map_err(|e| {
+                    anyhow::anyhow!("the snapshot does not open with this manager's data key: {e} (a snapshot written before they were sealed, or another node's)")
+                })?;
+                Some(serde_json::from_slice(&plain)?)
+            }
             None => None,
         })
     }
@@ -130,7 +142,7 @@ impl StateMachine {
     #[allow(clippy::result_large_err)] // openraft's error type, which its traits return
     fn store(&self, snapshot: &StoredSnapshot) -> Result<(), StorageError<NodeId>> {
         let write = || -> anyhow::Result<()> {
-            let bytes = serde_json::to_vec(snapshot)?;
+            let bytes = self.key.seal(PURPOSE, &serde_json::to_vec(snapshot)?);
             let txn = self.db.begin_write()?;
             txn.open_table(SNAPSHOTS)?
                 .insert(CURRENT, bytes.as_slice())?;

@@ -8,6 +8,16 @@ use openraft::{Entry, EntryPayload, LogId, RaftSnapshotBuilder, StorageError};
 
 use super::{Answers, LogStore, Proposal, StateMachine, TypeConfig};
 
+fn key() -> crate::cluster::seal::DataKey {
+    crate::cluster::seal::DataKey::from_bytes([7; 32])
+}
+
+/// Is `text` anywhere in the file at `path`, as it is on disk?
+fn on_disk(path: &std::path::Path, text: &str) -> bool {
+    let bytes = std::fs::read(path).unwrap();
+    bytes.windows(text.len()).any(|w| w == text.as_bytes())
+}
+
 /// Each suite case gets fresh files in a directory of its own (kept alive with the stores).
 struct Builder;
 
@@ -16,8 +26,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<u64>> {
         let dir = tempfile::tempdir().unwrap();
-        let log = LogStore::open(&dir.path().join("raft-log.redb")).unwrap();
-        let sm = StateMachine::open(&dir.path().join("raft-state.redb")).unwrap();
+        let log = LogStore::open(&dir.path().join("raft-log.redb"), key()).unwrap();
+        let sm = StateMachine::open(&dir.path().join("raft-state.redb"), key()).unwrap();
         Ok((dir, log, sm))
     }
 }
@@ -57,7 +67,7 @@ fn entry(index: u64, commands: Vec<crate::store::Command>) -> Entry<TypeConfig> 
 async fn a_proposal_applies_like_a_store_batch_and_a_restart_starts_from_the_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("raft-state.redb");
-    let mut sm = StateMachine::open(&path).unwrap();
+    let mut sm = StateMachine::open(&path, key()).unwrap();
     // One entry, three commands: the middle one refers to nothing and is refused, alone.
     let answers = sm
         .apply(vec![entry(
@@ -100,7 +110,12 @@ async fn a_proposal_applies_like_a_store_batch_and_a_restart_starts_from_the_sna
         .unwrap();
     assert_eq!(snapshot.meta.last_log_id.map(|l| l.index), Some(1));
     drop(sm);
-    let mut again = StateMachine::open(&path).unwrap();
+    // Sealed on disk: the service's image is nowhere in the file, and another key opens nothing.
+    assert!(!on_disk(&path, "nginx:1"));
+    let other = crate::cluster::seal::DataKey::from_bytes([8; 32]);
+    let refused = StateMachine::open(&path, other).err().unwrap();
+    assert!(format!("{refused:#}").contains("data key"), "{refused:#}");
+    let mut again = StateMachine::open(&path, key()).unwrap();
     assert!(again.read(|s| s.services.contains_key("web_app")));
     let (last, _) = again.applied_state().await.unwrap();
     assert_eq!(last.map(|l| l.index), Some(1));
@@ -113,7 +128,7 @@ async fn appended_entries_and_the_vote_survive_reopening_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("raft-log.redb");
     {
-        let mut log = LogStore::open(&path).unwrap();
+        let mut log = LogStore::open(&path, key()).unwrap();
         let vote = openraft::Vote::new_committed(3, 1);
         log.save_vote(&vote).await.unwrap();
         // Through openraft's own helper, which waits for the flush callback.
@@ -122,7 +137,9 @@ async fn appended_entries_and_the_vote_survive_reopening_the_log() {
             .await
             .unwrap();
     }
-    let mut log = LogStore::open(&path).unwrap();
+    // Sealed on disk: the revision's image is nowhere in the file.
+    assert!(!on_disk(&path, "nginx:1"));
+    let mut log = LogStore::open(&path, key()).unwrap();
     assert_eq!(
         log.read_vote().await.unwrap(),
         Some(openraft::Vote::new_committed(3, 1))
@@ -183,8 +200,8 @@ mod over_the_network {
 
     async fn start(id: u64, ca: &RootCa, listener: TcpListener) -> Node {
         let dir = tempfile::tempdir().unwrap();
-        let log = LogStore::open(&dir.path().join("raft-log.redb")).unwrap();
-        let sm = StateMachine::open(&dir.path().join("raft-state.redb")).unwrap();
+        let log = LogStore::open(&dir.path().join("raft-log.redb"), super::key()).unwrap();
+        let sm = StateMachine::open(&dir.path().join("raft-state.redb"), super::key()).unwrap();
         let tls = tls(ca, &format!("m{id}"), Role::Manager);
         let config = openraft::Config {
             heartbeat_interval: 100,

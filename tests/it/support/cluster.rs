@@ -132,6 +132,25 @@ impl Manager {
             .expect("run reconciler")
     }
 
+    /// Run the CLI against this node's data dir, with `input` on its stdin.
+    pub fn cli_with_input(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write as _;
+        let mut child = self
+            .command()
+            .args(args)
+            .args(["--data-dir", &self.dir()])
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run reconciler");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.as_bytes()).unwrap();
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    }
+
     pub async fn status(&self) -> Option<StatusView> {
         reqwest::Client::new()
             .get(format!("{}/api/v1/status", self.api))
