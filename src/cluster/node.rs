@@ -285,8 +285,36 @@ impl ClusterNode {
         }
     }
 
-    /// Commit through this node's Raft, or say where the leader is.
+    /// Commit through this node's Raft, or say where the leader is. A big proposal goes in
+    /// pieces, one entry each, the last of which applies it (see [`Proposal::Part`]).
     pub async fn propose_local(&self, proposal: Proposal) -> Result<Answers, Forward> {
+        let id = {
+            use ring::rand::SecureRandom as _;
+            let mut bytes = [0u8; 8];
+            ring::rand::SystemRandom::new()
+                .fill(&mut bytes)
+                .map_err(|_| Forward::Fatal("the system's random source failed".into()))?;
+            u64::from_le_bytes(bytes)
+        };
+        let parts = proposal
+            .into_parts(id)
+            .map_err(|e| Forward::Fatal(format!("encoding a proposal: {e}")))?;
+        let mut answers = Answers::default();
+        for part in parts {
+            answers = self.write_entry(part).await?;
+        }
+        // A change of leader between the pieces (this node led again after it): nothing
+        // applied; the caller's retry proposes it whole again.
+        if matches!(
+            answers.0.as_slice(),
+            [Err(crate::store::ApplyError::PartsLost)]
+        ) {
+            return Err(Forward::Unknown);
+        }
+        Ok(answers)
+    }
+
+    async fn write_entry(&self, proposal: Proposal) -> Result<Answers, Forward> {
         match self.raft.client_write(proposal).await {
             Ok(written) => Ok(written.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {

@@ -502,19 +502,21 @@ async fn launch(
         .with_context(|| format!("opening {}", files.raft_state().display()))?;
     let config = openraft::Config {
         cluster_name: info.cluster_id.clone(),
-        // openraft gives each AppendEntries one heartbeat interval to be answered, and an
-        // entry can be a revision of the whole repository (megabytes for a thousand
-        // services, encoded, sent, decoded and fsynced by the follower): the interval must
-        // carry that. Followers stand for election after the leader's lease
-        // (election_timeout_max) and their own timeout have both passed since the last
-        // heartbeat: 2.25 to 3 s here, where Swarm's default is about 10 s.
-        heartbeat_interval: 250,
-        election_timeout_min: 750,
-        election_timeout_max: 1500,
+        // openraft gives each AppendEntries one heartbeat interval to be answered. Entries
+        // stay small (a big proposal goes in pieces of `PART_SIZE`) and one call carries at
+        // most `BATCH_BYTES` of them (the network answers a partial success for the rest),
+        // so the interval can be short. Followers stand for election once the leader's lease
+        // (election_timeout_max) and their own timeout have passed since its last word:
+        // about half a second here, where Swarm's default is about 10 s.
+        heartbeat_interval: 100,
+        election_timeout_min: 300,
+        election_timeout_max: 500,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(options.snapshot_interval.max(1)),
         max_in_snapshot_log_to_keep: 100,
-        // Entries may be whole revisions: a few per message keeps each message bounded.
-        max_payload_entries: 32,
+        max_payload_entries: 64,
+        // A snapshot travels in chunks, each with its own deadline.
+        snapshot_max_chunk_size: 1 << 20,
+        install_snapshot_timeout: 1000,
         ..Default::default()
     };
     let creds = Credentials::new(tls).context("this node's certificates")?;

@@ -134,6 +134,10 @@ pub enum ApplyError {
     /// A change to the cluster's own settings that does not hold.
     #[error("{0}")]
     Cluster(String),
+    /// The last piece of a proposal too big for one Raft entry came after a change of leader
+    /// dropped the earlier ones: nothing applied, the proposer tries again.
+    #[error("the proposal's earlier pieces were lost to a change of leader; nothing applied")]
+    PartsLost,
 }
 
 impl State {

@@ -30,6 +30,42 @@ pub enum Proposal {
     /// The whole state and settings of a cluster this one was forced out of
     /// (`init --force-new-cluster`): the new log's first entry after its membership.
     Restore(Box<Restored>),
+    /// A piece of a proposal too big for one entry (a revision of a large repository), as
+    /// its JSON text: pieces of one `id` are joined in log order, and the `last` one applies
+    /// the whole. Every entry stays small, so that each AppendEntries is answered within
+    /// the heartbeat interval openraft allows it. A new leader's first (blank) entry drops
+    /// the pieces of proposals a deposed leader left unfinished.
+    Part { id: u64, text: String, last: bool },
+}
+
+/// Proposals whose JSON is longer than this go into Raft in pieces of this size.
+pub const PART_SIZE: usize = 128 << 10;
+
+impl Proposal {
+    /// This proposal as the entries to commit: itself, or pieces of its JSON of at most
+    /// [`PART_SIZE`] bytes each, cut at character boundaries.
+    pub fn into_parts(self, id: u64) -> Result<Vec<Proposal>, serde_json::Error> {
+        let text = serde_json::to_string(&self)?;
+        if text.len() <= PART_SIZE {
+            return Ok(vec![self]);
+        }
+        let mut parts = Vec::new();
+        let mut rest = text.as_str();
+        while !rest.is_empty() {
+            let mut end = rest.len().min(PART_SIZE);
+            while !rest.is_char_boundary(end) {
+                end -= 1;
+            }
+            let (piece, tail) = rest.split_at(end);
+            parts.push(Proposal::Part {
+                id,
+                text: piece.to_string(),
+                last: tail.is_empty(),
+            });
+            rest = tail;
+        }
+        Ok(parts)
+    }
 }
 
 /// What `--force-new-cluster` carries over from the old cluster.

@@ -168,12 +168,23 @@ impl Peer {
 }
 
 impl RaftNetwork<TypeConfig> for Peer {
+    /// openraft gives each call one heartbeat interval: entries beyond a byte budget are
+    /// left for the next call, and the answer says how far this one got (a partial success).
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::AppendEntries, &rpc).await
+        let keep = within_budget(&rpc.entries);
+        if keep == rpc.entries.len() {
+            return self.call(Rpc::AppendEntries, &rpc).await;
+        }
+        rpc.entries.truncate(keep);
+        let sent = rpc.entries.last().map(|e| e.log_id);
+        match self.call(Rpc::AppendEntries, &rpc).await? {
+            AppendEntriesResponse::Success => Ok(AppendEntriesResponse::PartialSuccess(sent)),
+            other => Ok(other),
+        }
     }
 
     async fn install_snapshot(
@@ -193,6 +204,32 @@ impl RaftNetwork<TypeConfig> for Peer {
         _option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.call(Rpc::Vote, &rpc).await
+    }
+}
+
+/// The most entry bytes one AppendEntries carries (at least one entry goes, whatever its
+/// size; proposals are cut into pieces of [`super::PART_SIZE`]).
+const BATCH_BYTES: usize = 512 << 10;
+
+/// How many of `entries`, from the first, fit in [`BATCH_BYTES`] (never none).
+fn within_budget(entries: &[openraft::Entry<TypeConfig>]) -> usize {
+    let mut used = 0;
+    for (i, entry) in entries.iter().enumerate() {
+        used += entry_size(entry);
+        if i > 0 && used > BATCH_BYTES {
+            return i;
+        }
+    }
+    entries.len()
+}
+
+/// An entry's size on the wire, near enough: the pieces of big proposals by their text,
+/// the rest by their JSON.
+fn entry_size(entry: &openraft::Entry<TypeConfig>) -> usize {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(super::Proposal::Part { text, .. }) => text.len() + 64,
+        openraft::EntryPayload::Normal(p) => serde_json::to_vec(p).map_or(0, |v| v.len()) + 64,
+        _ => 128,
     }
 }
 

@@ -3,6 +3,7 @@
 //! with the manager's data key) when it is built or installed; a restarted manager starts
 //! from it and openraft replays the log after.
 
+use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
@@ -38,6 +39,9 @@ struct Applied {
     /// The cluster's own settings (none before `init`'s first entry).
     #[serde(default)]
     cluster: Option<ClusterConfig>,
+    /// Pieces of proposals committed so far, by id, waiting for their last piece.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    parts: BTreeMap<u64, String>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -172,6 +176,49 @@ fn apply_one(state: &mut State, command: Command, log_id: LogId<NodeId>) -> Resu
     }
 }
 
+/// Apply one proposal. Every manager applies the same proposals in the same order: a command
+/// refused here is refused alike everywhere, so the states stay the same.
+fn apply_proposal(
+    applied: &mut Applied,
+    proposal: Proposal,
+    log_id: LogId<NodeId>,
+) -> Vec<Result<(), ApplyError>> {
+    match proposal {
+        Proposal::Commands(commands) => commands
+            .into_iter()
+            .map(|command| apply_one(&mut applied.state, command, log_id))
+            .collect(),
+        Proposal::Restore(restored) => {
+            let Restored { state, cluster } = *restored;
+            applied.state = state;
+            applied.cluster = cluster;
+            vec![Ok(())]
+        }
+        Proposal::Cluster(change) => {
+            vec![change
+                .apply(&mut applied.cluster)
+                .map_err(ApplyError::Cluster)]
+        }
+        Proposal::Part { id, text, last } => {
+            let mut whole = applied.parts.remove(&id).unwrap_or_default();
+            whole.push_str(&text);
+            if !last {
+                applied.parts.insert(id, whole);
+                return Vec::new();
+            }
+            match serde_json::from_str::<Proposal>(&whole) {
+                Ok(Proposal::Part { .. }) => vec![Err(ApplyError::Cluster(
+                    "a piece of a proposal held another piece".into(),
+                ))],
+                Ok(proposal) => apply_proposal(applied, proposal, log_id),
+                // Its first pieces were dropped by a change of leader: the proposer was
+                // deposed and is told to try again.
+                Err(_) => vec![Err(ApplyError::PartsLost)],
+            }
+        }
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let applied = self.read_lock().clone();
@@ -222,27 +269,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for entry in entries {
             applied.last_applied = Some(entry.log_id);
             let answers = match entry.payload {
-                EntryPayload::Blank => Vec::new(),
+                // A new leader's first entry: pieces a deposed leader left are never finished.
+                EntryPayload::Blank => {
+                    applied.parts.clear();
+                    Vec::new()
+                }
                 EntryPayload::Membership(m) => {
                     applied.membership = StoredMembership::new(Some(entry.log_id), m);
                     Vec::new()
                 }
-                // Every manager applies the same proposals in the same order: a command
-                // refused here is refused alike everywhere, so the states stay the same.
-                EntryPayload::Normal(Proposal::Commands(commands)) => commands
-                    .into_iter()
-                    .map(|command| apply_one(&mut applied.state, command, entry.log_id))
-                    .collect(),
-                EntryPayload::Normal(Proposal::Restore(restored)) => {
-                    let Restored { state, cluster } = *restored;
-                    applied.state = state;
-                    applied.cluster = cluster;
-                    vec![Ok(())]
-                }
-                EntryPayload::Normal(Proposal::Cluster(change)) => {
-                    vec![change
-                        .apply(&mut applied.cluster)
-                        .map_err(ApplyError::Cluster)]
+                EntryPayload::Normal(proposal) => {
+                    apply_proposal(&mut applied, proposal, entry.log_id)
                 }
             };
             out.push(Answers(answers));

@@ -123,6 +123,109 @@ async fn a_proposal_applies_like_a_store_batch_and_a_restart_starts_from_the_sna
     assert_eq!(current.meta.snapshot_id, snapshot.meta.snapshot_id);
 }
 
+/// A revision of `services` services (its JSON grows about 1 KB a service).
+fn big_revision(commit: &str, services: usize) -> crate::store::Command {
+    let mut text = String::from("services:\n");
+    for i in 0..services {
+        text.push_str(&format!(
+            "  app{i}:\n    image: nginx:1\n    environment:\n      PAD: \"{}\"\n    deploy:\n      replicas: 2\n",
+            "x".repeat(200)
+        ));
+    }
+    let loaded = crate::spec::load_stack(
+        "web",
+        "compose.yml",
+        &text,
+        &crate::spec::NoFiles,
+        &crate::spec::Variables::default(),
+    );
+    let mut desired = crate::desired::DesiredState::default();
+    desired.stacks.insert("web".into(), loaded.spec.unwrap());
+    crate::store::Command::ApplyRevision {
+        commit: commit.into(),
+        desired,
+        prune: true,
+        at: 1,
+        blocked: Default::default(),
+    }
+}
+
+fn at(index: u64, payload: EntryPayload<TypeConfig>) -> Entry<TypeConfig> {
+    Entry {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+        payload,
+    }
+}
+
+#[tokio::test]
+async fn a_proposal_too_big_for_one_entry_applies_whole_from_its_last_piece_even_across_a_snapshot()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft-state.redb");
+    let mut sm = StateMachine::open(&path, key()).unwrap();
+    let parts = Proposal::Commands(vec![big_revision("c1", 400)])
+        .into_parts(7)
+        .unwrap();
+    assert!(parts.len() >= 3, "{} parts", parts.len());
+    for p in &parts {
+        let Proposal::Part { text, .. } = p else {
+            panic!("not a piece")
+        };
+        assert!(text.len() <= super::PART_SIZE);
+    }
+    let n = parts.len();
+    let mut parts = parts.into_iter();
+    // The first pieces apply nothing and answer nothing.
+    let first: Vec<_> = (1..n as u64)
+        .map(|i| at(i, EntryPayload::Normal(parts.next().unwrap())))
+        .collect();
+    let answers = sm.apply(first).await.unwrap();
+    assert!(answers.iter().all(|a| a.0.is_empty()), "{answers:?}");
+    assert!(sm.read(|s| s.services.is_empty()));
+    // A snapshot and a restart between the pieces keep what came so far.
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    drop(sm);
+    let mut sm = StateMachine::open(&path, key()).unwrap();
+    let answers = sm
+        .apply(vec![at(
+            n as u64,
+            EntryPayload::Normal(parts.next().unwrap()),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(answers, vec![Answers(vec![Ok(())])]);
+    assert_eq!(sm.read(|s| s.services.len()), 400);
+
+    // A new leader's first entry drops the pieces of a proposal left unfinished: its last
+    // piece then applies nothing, and says so.
+    let parts = Proposal::Commands(vec![big_revision("c2", 300)])
+        .into_parts(8)
+        .unwrap();
+    let n2 = parts.len() as u64;
+    let mut entries: Vec<_> = parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| at(n as u64 + 1 + i as u64, EntryPayload::Normal(p)))
+        .collect();
+    let last = entries.pop().unwrap();
+    sm.apply(entries).await.unwrap();
+    sm.apply(vec![at(n as u64 + n2, EntryPayload::Blank)])
+        .await
+        .unwrap();
+    let mut last = last;
+    last.log_id.index = n as u64 + n2 + 1;
+    let answers = sm.apply(vec![last]).await.unwrap();
+    assert_eq!(
+        answers,
+        vec![Answers(vec![Err(crate::store::ApplyError::PartsLost)])]
+    );
+    assert_eq!(sm.read(|s| s.services.len()), 400);
+}
+
 #[tokio::test]
 async fn appended_entries_and_the_vote_survive_reopening_the_log() {
     let dir = tempfile::tempdir().unwrap();
@@ -167,7 +270,7 @@ mod over_the_network {
 
     use super::super::network::{pb, Network, Service};
     use super::super::{Answers, LogStore, Proposal, StateMachine, TypeConfig};
-    use super::revision;
+    use super::{big_revision, revision};
     use crate::cluster::ca::{self, NodeIdentity, Role, RootCa, DEFAULT_CERT_EXPIRY};
     use crate::cluster::tls::{self as node_tls, ClientAuth, Credentials, TlsPem};
 
@@ -304,6 +407,23 @@ mod over_the_network {
             .unwrap();
         assert_eq!(written.data, Answers(vec![Ok(())]));
         applied_everywhere(&all, "c1").await;
+
+        // A revision of megabytes as one entry is never answered within one heartbeat, and
+        // replication stalls for good (tried: this very revision hangs); in pieces, each is.
+        let parts = Proposal::Commands(vec![big_revision("big", 4000)])
+            .into_parts(1)
+            .unwrap();
+        assert!(parts.len() > 20, "{} parts", parts.len());
+        let mut answers = Answers::default();
+        for p in parts {
+            answers = tokio::time::timeout(T, at(first).raft.client_write(p))
+                .await
+                .expect("a piece committed in time")
+                .unwrap()
+                .data;
+        }
+        assert_eq!(answers, Answers(vec![Ok(())]));
+        applied_everywhere(&all, "big").await;
 
         // The leader goes (its Raft and its listener); the other two elect one of themselves
         // and go on committing.
