@@ -67,18 +67,20 @@ impl DataKey {
         SystemRandom::new()
             .fill(&mut nonce)
             .expect("the system's random source works");
+        // Sealed in place in the one buffer it is returned in: snapshots are megabytes.
         let mut out = Vec::with_capacity(1 + NONCE_LEN + plain.len() + 16);
         out.push(FORMAT);
         out.extend_from_slice(&nonce);
-        let mut body = plain.to_vec();
-        self.aead()
-            .seal_in_place_append_tag(
+        out.extend_from_slice(plain);
+        let tag = self
+            .aead()
+            .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(purpose.as_bytes()),
-                &mut body,
+                &mut out[1 + NONCE_LEN..],
             )
             .expect("ChaCha20-Poly1305 seals any length this process holds");
-        out.extend_from_slice(&body);
+        out.extend_from_slice(tag.as_ref());
         out
     }
 

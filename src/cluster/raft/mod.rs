@@ -39,7 +39,7 @@ pub enum Proposal {
 }
 
 /// Proposals whose JSON is longer than this go into Raft in pieces of this size.
-pub const PART_SIZE: usize = 128 << 10;
+pub const PART_SIZE: usize = 64 << 10;
 
 impl Proposal {
     /// This proposal as the entries to commit: itself, or pieces of its JSON of at most

@@ -209,7 +209,7 @@ impl RaftNetwork<TypeConfig> for Peer {
 
 /// The most entry bytes one AppendEntries carries (at least one entry goes, whatever its
 /// size; proposals are cut into pieces of [`super::PART_SIZE`]).
-const BATCH_BYTES: usize = 512 << 10;
+const BATCH_BYTES: usize = 256 << 10;
 
 /// How many of `entries`, from the first, fit in [`BATCH_BYTES`] (never none).
 fn within_budget(entries: &[openraft::Entry<TypeConfig>]) -> usize {
