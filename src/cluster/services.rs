@@ -329,6 +329,9 @@ pub struct Health {
     /// promotion this way).
     #[serde(default)]
     pub your_role: Option<Role>,
+    /// The index of the last Raft entry this manager applied.
+    #[serde(default)]
+    pub applied: Option<u64>,
 }
 
 const PING: Duration = Duration::from_secs(1);
@@ -489,6 +492,7 @@ impl pb::control_server::Control for ControlService {
             node_id: self.node.node_id().to_string(),
             leader: self.node.raft.metrics().borrow().current_leader,
             your_role: self.node.role_of(&who.node_id),
+            applied: self.node.sm.last_applied(),
         })
         .map(Response::new)
     }

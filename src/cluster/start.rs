@@ -507,10 +507,12 @@ async fn launch(
         // most `BATCH_BYTES` of them (the network answers a partial success for the rest),
         // so the interval can be short. Followers stand for election once the leader's lease
         // (election_timeout_max) and their own timeout have passed since its last word:
-        // 0.55 to 0.7 s here, where Swarm's default is about 10 s.
-        heartbeat_interval: 50,
-        election_timeout_min: 200,
-        election_timeout_max: 350,
+        // 0.6 to 0.9 s here, where Swarm's default is about 10 s. openraft draws each node's
+        // timeout once and checks it every 1.5 heartbeats: a range several of those wide
+        // keeps two followers from standing at the same moment, election after election.
+        heartbeat_interval: 40,
+        election_timeout_min: 150,
+        election_timeout_max: 450,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(options.snapshot_interval.max(1)),
         max_in_snapshot_log_to_keep: 100,
         max_payload_entries: 64,

@@ -282,7 +282,11 @@ impl Manager {
             .args(["--listen", self.api.trim_start_matches("http://")])
             .args(["--hostname", &self.name])
             .args(["--ingress-bind", "127.0.0.1", "--poll", "1h"])
-            .env("RUST_LOG", "reconciler=warn")
+            // RECONCILER_BENCH_LOG: the managers' log filter, to see what they do.
+            .env(
+                "RUST_LOG",
+                std::env::var("RECONCILER_BENCH_LOG").unwrap_or_else(|_| "reconciler=warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -412,6 +416,39 @@ impl Managers {
         }
     }
 
+    /// Until every manager has applied the same entries: the next failover starts from a
+    /// healthy cluster, not from a manager still catching up after its restart (whose
+    /// shorter log would cost an election round).
+    async fn caught_up(&self) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            let mut applied = std::collections::BTreeSet::new();
+            for m in &self.managers {
+                let mut control =
+                    pb::control_client::ControlClient::new(rpc::dial(&m.addr, &self.tls)?);
+                let health =
+                    tokio::time::timeout(Duration::from_secs(5), control.health(pb::Empty {}))
+                        .await
+                        .ok()
+                        .and_then(|r| r.ok())
+                        .and_then(|r| {
+                            serde_json::from_slice::<crate::cluster::services::Health>(
+                                &r.into_inner().json,
+                            )
+                            .ok()
+                        });
+                applied.insert(health.and_then(|h| h.applied));
+            }
+            if applied.len() == 1 && !applied.contains(&None) {
+                return Ok(());
+            }
+            if start.elapsed() > WAIT {
+                bail!("the three managers did not catch up with each other: {applied:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The leader's index, once every live manager names the same one.
     async fn leader_index(&self) -> anyhow::Result<usize> {
         let start = Instant::now();
@@ -500,6 +537,7 @@ impl Managers {
         let repo = self.repo.clone();
         self.managers[leader].spawn(&["up"], &repo)?;
         self.all_reachable().await?;
+        self.caught_up().await?;
         Ok(took)
     }
 
