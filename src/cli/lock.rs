@@ -1,5 +1,6 @@
 //! Autolock from the command line, with Swarm's words: `unlock` gives a locked manager its
-//! key, `unlock-key` shows (or rotates) it, `update --autolock` turns it on or off.
+//! key, `unlock-key` shows (or rotates) it, `update --autolock` turns it on or off; `update`
+//! also changes the cluster's age identity and git credentials.
 
 use std::io::IsTerminal as _;
 
@@ -32,8 +33,60 @@ pub struct UpdateArgs {
     /// locked until it is given the key (`reconciler unlock`).
     #[arg(long, action = clap::ArgAction::Set, value_name = "true|false")]
     autolock: Option<bool>,
+    /// The age identity every manager opens the repository's secrets with, from this file.
+    #[arg(long, value_name = "FILE", conflicts_with = "remove_identity")]
+    identity: Option<std::path::PathBuf>,
+    /// Forget the cluster's age identity (each manager then uses its own, if any).
+    #[arg(long)]
+    remove_identity: bool,
+    /// The token every manager sends to an http(s) remote, from the first line of this file
+    /// (a file, so that the token shows neither in `ps` nor in the shell's history).
+    #[arg(long, value_name = "FILE", conflicts_with = "remove_git_token")]
+    git_token_file: Option<std::path::PathBuf>,
+    /// Forget the cluster's git token.
+    #[arg(long)]
+    remove_git_token: bool,
+    /// The private key (a file) every manager offers to an ssh remote.
+    #[arg(long, value_name = "FILE", conflicts_with = "remove_ssh_key")]
+    ssh_key: Option<std::path::PathBuf>,
+    /// Forget the cluster's ssh key.
+    #[arg(long)]
+    remove_ssh_key: bool,
     #[command(flatten)]
     node: NodeArgs,
+}
+
+impl UpdateArgs {
+    /// The change to the cluster's secrets the flags ask for (files read here).
+    fn secrets(&self) -> anyhow::Result<crate::cluster::config::SecretsChange> {
+        use anyhow::Context as _;
+        let read = |path: &std::path::Path| {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+        };
+        let field = |value: Option<String>, remove: bool| match (value, remove) {
+            (Some(v), _) => Some(Some(v)),
+            (None, true) => Some(None),
+            (None, false) => None,
+        };
+        Ok(crate::cluster::config::SecretsChange {
+            age_identity: field(
+                self.identity.as_deref().map(read).transpose()?,
+                self.remove_identity,
+            ),
+            git_token: field(
+                self.git_token_file
+                    .as_deref()
+                    .map(read)
+                    .transpose()?
+                    .map(|t| t.lines().next().unwrap_or_default().trim().to_string()),
+                self.remove_git_token,
+            ),
+            git_ssh_key: field(
+                self.ssh_key.as_deref().map(read).transpose()?,
+                self.remove_ssh_key,
+            ),
+        })
+    }
 }
 
 /// What Swarm says beside an unlock key.
@@ -107,14 +160,29 @@ pub fn unlock_key(args: UnlockKeyArgs) -> anyhow::Result<i32> {
 }
 
 pub fn update(args: UpdateArgs) -> anyhow::Result<i32> {
-    let Some(enable) = args.autolock else {
-        anyhow::bail!("nothing to update: say what, e.g. --autolock=true");
-    };
+    let secrets = args.secrets()?;
+    if args.autolock.is_none() && secrets.is_empty() {
+        anyhow::bail!(
+            "nothing to update: say what, e.g. --autolock=true, --identity FILE, --git-token-file FILE, --ssh-key FILE"
+        );
+    }
     let mut control = Control::connect(&args.node)?;
-    let answer = control.call(async move |c| c.autolock(pb::AutolockRequest { enable }).await)?;
+    let mut notice = None;
+    if !secrets.is_empty() {
+        let body =
+            crate::cluster::rpc::json(&secrets).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        control.call(async move |c| c.set_secrets(body).await)?;
+    }
+    if let Some(enable) = args.autolock {
+        let answer =
+            control.call(async move |c| c.autolock(pb::AutolockRequest { enable }).await)?;
+        if enable {
+            notice = Some(key_notice(&answer.key));
+        }
+    }
     println!("Cluster updated.");
-    if enable {
-        print!("{}", key_notice(&answer.key));
+    if let Some(notice) = notice {
+        print!("{notice}");
     }
     Ok(0)
 }

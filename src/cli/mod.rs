@@ -68,7 +68,7 @@ enum Command {
     Unlock(lock::UnlockArgs),
     /// Show the cluster's unlock key, or rotate it.
     UnlockKey(lock::UnlockKeyArgs),
-    /// Change the cluster's settings (autolock).
+    /// Change the cluster's settings: autolock, the age identity, the git credentials.
     Update(lock::UpdateArgs),
     /// The cluster's nodes.
     #[command(subcommand)]

@@ -76,6 +76,8 @@ pub fn init(args: InitArgs) -> anyhow::Result<i32> {
         cert_expiry: args.cert_expiry,
         snapshot_interval: args.snapshot_interval,
         autolock: args.autolock,
+        // Filled from up's flags (`--identity`, `--git-token`, `--ssh-key`) by `up::serve`.
+        secrets: Default::default(),
     };
     let data_dir = args.up.data_dir.clone();
     let (start, said) = if args.force_new_cluster {

@@ -117,6 +117,34 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 }
 
 /// Run a node until it is told to stop; `started` is called once it is in its cluster.
+/// The age identity and git credentials a new cluster keeps, from the flags (and the
+/// identity's environment variables), each checked before it is kept.
+fn new_cluster_secrets(
+    identity: Option<&std::path::Path>,
+    args: &Args,
+) -> anyhow::Result<crate::cluster::config::ClusterSecrets> {
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("reading the {what} {}", path.display()))
+    };
+    let age_identity = match identity {
+        Some(path) => Some(read(path, "age identity")?),
+        None => std::env::var(crate::secrets::IDENTITY_ENV).ok(),
+    };
+    if let Some(text) = &age_identity {
+        crate::secrets::Identities::from_text(text, "the age identity")?;
+    }
+    Ok(crate::cluster::config::ClusterSecrets {
+        age_identity,
+        git_token: args.git_token.clone(),
+        git_ssh_key: args
+            .ssh_key
+            .as_deref()
+            .map(|p| read(p, "ssh key"))
+            .transpose()?,
+    })
+}
+
 pub fn serve(
     args: Args,
     start: Start,
@@ -158,6 +186,12 @@ pub fn serve(
     });
     if embedded {
         eprintln!("reconciler up: no --repo given; running this project's examples/stacks (commits on its current branch)");
+    }
+    // A new cluster keeps what it was given to read the repository: every manager that
+    // joins it uses the same, with no copy on its disk.
+    let mut cluster = cluster;
+    if matches!(start, Start::Init) {
+        cluster.secrets = new_cluster_secrets(identity.as_deref(), &args)?;
     }
     let config = UpConfig {
         source: Source {

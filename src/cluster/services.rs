@@ -522,6 +522,40 @@ impl pb::control_server::Control for ControlService {
         }))
     }
 
+    async fn set_secrets(&self, req: Request<pb::Json>) -> Result<Response<pb::Json>, Status> {
+        self.manager(&req, "changing the cluster's credentials")?;
+        let change: super::config::SecretsChange = from_json(req.get_ref())?;
+        if let Some(Some(text)) = &change.age_identity {
+            crate::secrets::Identities::from_text(text, "the age identity")
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+        if !change.is_empty() {
+            tracing::info!(change = ?change, "changing the cluster's credentials");
+            let answers = self
+                .node
+                .propose(Proposal::Cluster(ClusterChange::SetSecrets(change.clone())))
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            refused(answers)?;
+        }
+        // What is set now, as this change leaves it (this manager may not have applied it yet).
+        let now = self
+            .node
+            .sm
+            .read_cluster(|c| c.map(|c| c.secrets.clone()))
+            .unwrap_or_default();
+        let set = |mine: &Option<String>, changed: &Option<Option<String>>| match changed {
+            Some(v) => v.is_some(),
+            None => mine.is_some(),
+        };
+        let answer = serde_json::json!({
+            "age_identity": set(&now.age_identity, &change.age_identity),
+            "git_token": set(&now.git_token, &change.git_token),
+            "git_ssh_key": set(&now.git_ssh_key, &change.git_ssh_key),
+        });
+        json(&answer).map(Response::new)
+    }
+
     async fn autolock(
         &self,
         req: Request<pb::AutolockRequest>,

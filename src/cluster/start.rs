@@ -35,6 +35,9 @@ pub struct ClusterOptions {
     pub snapshot_interval: u64,
     /// A new cluster seals its managers' keys with an unlock key (`init --autolock`).
     pub autolock: bool,
+    /// A new cluster's age identity and git credentials (`init`'s `--identity`,
+    /// `--git-token`, `--ssh-key`).
+    pub secrets: super::config::ClusterSecrets,
 }
 
 impl Default for ClusterOptions {
@@ -45,6 +48,7 @@ impl Default for ClusterOptions {
             cert_expiry: ca::DEFAULT_CERT_EXPIRY,
             snapshot_interval: 10_000,
             autolock: false,
+            secrets: Default::default(),
         }
     }
 }
@@ -187,6 +191,7 @@ async fn init(
         } else {
             None
         },
+        secrets: options.secrets.clone(),
     };
     let info = NodeInfo {
         node_id,
@@ -206,7 +211,7 @@ async fn init(
     )
     .await?;
     let answers = node
-        .propose(Proposal::Cluster(ClusterChange::Init(config)))
+        .propose(Proposal::Cluster(ClusterChange::Init(Box::new(config))))
         .await
         .context("committing the new cluster's settings")?;
     if let Some(Err(e)) = answers.0.into_iter().next() {

@@ -76,6 +76,8 @@ pub struct Mirror {
     path: PathBuf,
     /// The tracked branch: configured, or the remote's default once the first fetch asked.
     branch: Mutex<Option<String>>,
+    /// The credentials of the moment: the source's, until the cluster's replace them.
+    auth: Mutex<super::Auth>,
 }
 
 impl std::fmt::Debug for Mirror {
@@ -124,8 +126,18 @@ impl Mirror {
             url,
             path,
             branch: Mutex::new(branch),
+            auth: Mutex::new(source.auth.clone()),
             source,
         })
+    }
+
+    /// Fetch with these credentials from now on (the cluster's, as they change).
+    pub fn set_auth(&self, auth: super::Auth) {
+        *self.auth.lock().unwrap_or_else(|e| e.into_inner()) = auth;
+    }
+
+    fn auth(&self) -> super::Auth {
+        self.auth.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The bare repository, for `GitTree::open`.
@@ -289,7 +301,10 @@ impl Mirror {
     /// Sort a libgit2 failure into auth or reachability, with any token scrubbed out.
     fn net_err(&self, e: git2::Error, auth_failed: bool) -> GitError {
         let mut reason = e.message().to_string();
-        if let Some(token) = &self.source.auth.token {
+        for token in [self.source.auth.token.as_ref(), self.auth().token.as_ref()]
+            .into_iter()
+            .flatten()
+        {
             reason = scrub(&reason, token);
         }
         let url = self.display_url.clone();
@@ -311,7 +326,8 @@ impl Mirror {
         // Returning false from a progress callback makes libgit2 abort the transfer.
         cb.transfer_progress(|_| !cancel.load(Ordering::Relaxed));
         cb.sideband_progress(|_| !cancel.load(Ordering::Relaxed));
-        let auth = &self.source.auth;
+        let auth = self.auth();
+        let host_check = auth.ssh_host_key;
         let mut tried_token = false;
         let mut tried_key = false;
         let mut tried_agent = false;
@@ -331,11 +347,15 @@ impl Mirror {
             }
             if allowed.contains(CredentialType::SSH_KEY) {
                 let user = user.unwrap_or("git");
+                if let (Some(pem), false) = (&auth.ssh_key_pem, tried_key) {
+                    tried_key = true;
+                    return Cred::ssh_key_from_memory(user, None, pem, None);
+                }
                 if let (Some(key), false) = (&auth.ssh_key, tried_key) {
                     tried_key = true;
                     return Cred::ssh_key(user, None, key, None);
                 }
-                if auth.ssh_key.is_none() && !tried_agent {
+                if auth.ssh_key.is_none() && auth.ssh_key_pem.is_none() && !tried_agent {
                     tried_agent = true;
                     return Cred::ssh_key_from_agent(user);
                 }
@@ -349,7 +369,7 @@ impl Mirror {
                 },
             ))
         });
-        if auth.ssh_host_key == HostKeyCheck::AcceptAny {
+        if host_check == HostKeyCheck::AcceptAny {
             cb.certificate_check(|cert, host| {
                 if cert.as_hostkey().is_some() {
                     tracing::warn!(%host, "accepting the ssh host key unchecked");

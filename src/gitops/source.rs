@@ -58,6 +58,8 @@ pub struct Auth {
     pub token: Option<String>,
     /// For ssh: a private key file (unencrypted). Without one the ssh agent is asked.
     pub ssh_key: Option<PathBuf>,
+    /// For ssh: a private key's PEM text (the cluster's), used before `ssh_key`.
+    pub ssh_key_pem: Option<zeroize::Zeroizing<String>>,
     pub ssh_host_key: HostKeyCheck,
 }
 
@@ -66,6 +68,10 @@ impl fmt::Debug for Auth {
         f.debug_struct("Auth")
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("ssh_key", &self.ssh_key)
+            .field(
+                "ssh_key_pem",
+                &self.ssh_key_pem.as_ref().map(|_| "<redacted>"),
+            )
             .field("ssh_host_key", &self.ssh_host_key)
             .finish()
     }

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 use crate::agent::executor::ContentSource;
 use crate::desired::{self, GitTree, Tree};
-use crate::secrets::{self, Identities, SecretBytes};
+use crate::secrets::{self, SecretBytes};
+use std::sync::Arc;
+
+use super::keyring::Keyring;
 use crate::spec::normalise::content_version;
 use crate::store::ContentRef;
 
@@ -17,7 +20,7 @@ pub struct MirrorContent {
     repo: PathBuf,
     /// The stacks directory inside the repository.
     path: String,
-    identities: Option<Identities>,
+    keyring: Arc<Keyring>,
     /// Read-only copies of repo files, one directory per version.
     files: PathBuf,
     /// The stacks' own directories (relative bind mounts of paths git does not track).
@@ -25,16 +28,11 @@ pub struct MirrorContent {
 }
 
 impl MirrorContent {
-    pub fn new(
-        repo: PathBuf,
-        path: String,
-        identities: Option<Identities>,
-        data_dir: &Path,
-    ) -> Self {
+    pub fn new(repo: PathBuf, path: String, keyring: Arc<Keyring>, data_dir: &Path) -> Self {
         MirrorContent {
             repo,
             path,
-            identities,
+            keyring,
             files: data_dir.join("files"),
             stacks: data_dir.join("stacks"),
         }
@@ -97,13 +95,13 @@ impl ContentSource for MirrorContent {
         if !encrypted {
             return Ok(SecretBytes::new(bytes));
         }
-        let ids = self.identities.as_ref().ok_or_else(|| {
+        let ids = self.keyring.identities().ok_or_else(|| {
             secrets::SecretError::NoIdentity {
                 secret: name.to_string(),
             }
             .to_string()
         })?;
-        secrets::decrypt(name, &bytes, ids).map_err(|e| e.to_string())
+        secrets::decrypt(name, &bytes, &ids).map_err(|e| e.to_string())
     }
 
     fn materialise(&self, version: &str, at: &ContentRef) -> Result<PathBuf, String> {

@@ -6,6 +6,7 @@
 
 mod content;
 pub mod ingress;
+mod keyring;
 mod supervise;
 
 use supervise::supervise;
@@ -341,10 +342,20 @@ pub async fn run(
         quorum: Default::default(),
     });
 
+    let keyring = keyring::Keyring::new(identities, config.source.auth.clone());
+    if let Some(secrets) = cluster.sm.read_cluster(|c| c.map(|c| c.secrets.clone())) {
+        keyring.take_up(&secrets, &mirror);
+    }
+    tokio::spawn(keyring::follow(
+        keyring.clone(),
+        cluster.clone(),
+        mirror.clone(),
+        shutdown.clone(),
+    ));
     let content = Arc::new(MirrorContent::new(
         mirror.path().to_path_buf(),
         config.path.clone(),
-        identities.clone(),
+        keyring.clone(),
         &config.data_dir,
     ));
     let runtime = DockerRuntime::connect_local().with_node_filter(node_id.clone());
@@ -402,7 +413,7 @@ pub async fn run(
         mirror: mirror.clone(),
         config: GitLoopConfig {
             path: config.path.clone(),
-            identities,
+            keyring,
             prune: config.prune,
             variables: config.variables.clone(),
         },
@@ -549,7 +560,7 @@ fn local_node(id: &str, hostname_flag: Option<&str>, advertise: &str) -> Node {
 
 struct GitLoopConfig {
     path: String,
-    identities: Option<Identities>,
+    keyring: Arc<keyring::Keyring>,
     prune: bool,
     variables: std::collections::BTreeMap<String, String>,
 }
@@ -575,7 +586,7 @@ async fn git_loop(this: &GitLoop, updates: &mut mpsc::Receiver<gitops::Update>) 
     let (shared, mirror, shutdown) = (&this.shared, &this.mirror, &this.shutdown);
     let config = Arc::new(GitLoopConfig {
         path: this.config.path.clone(),
-        identities: this.config.identities.clone(),
+        keyring: this.config.keyring.clone(),
         prune: this.config.prune,
         variables: this.config.variables.clone(),
     });
@@ -658,7 +669,7 @@ async fn git_loop(this: &GitLoop, updates: &mut mpsc::Receiver<gitops::Update>) 
             desired::load(
                 &tree,
                 &LoadOptions {
-                    identities: cfg.identities.as_ref(),
+                    identities: cfg.keyring.identities().as_ref(),
                     variables: cfg.variables.clone(),
                     skip: Default::default(),
                 },

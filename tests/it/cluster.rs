@@ -1070,3 +1070,127 @@ fn an_autolocked_manager_restarts_locked_runs_after_unlock_and_follows_a_rotated
     cluster.managers[1].up();
     wait_nodes(&cluster, 1, "m2 back without a key", two);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn managers_joined_without_the_age_identity_use_the_clusters_and_no_disk_holds_it_in_the_clear(
+) {
+    if !images().await {
+        return;
+    }
+    let stack = stack_name("kr");
+    let service = format!("{stack}_web");
+    let key = tempfile::NamedTempFile::new().unwrap();
+    let (identity, recipient) = reconciler::secrets::generate_identity();
+    std::fs::write(key.path(), &identity).unwrap();
+    let recipients = reconciler::secrets::parse_recipients(&recipient, "test").unwrap();
+    let encrypt = |text: &str| {
+        String::from_utf8(reconciler::secrets::encrypt(text.as_bytes(), &recipients).unwrap())
+            .unwrap()
+    };
+    // The task runs on m2, which joins with no identity of its own.
+    let text = format!(
+        "services:\n  web:\n    image: {}\n    stop_grace_period: 1s\n    secrets:\n      - token\n    deploy:\n      placement:\n        constraints: [node.hostname == m2]\n      update_config:\n        monitor: 1s\nsecrets:\n  token:\n    file: ./token.age\n",
+        testing::images::busybox(1)
+    );
+    let secret_path = format!("{stack}/token.age");
+    let repo = GitRepo::new();
+    repo.write(&[
+        (&compose(&stack), Some(&text)),
+        (&secret_path, Some(&encrypt("first-token"))),
+    ]);
+    let c1 = repo.commit("v1");
+    let key_path = key.path().display().to_string();
+    let mut cluster = tokio::task::spawn_blocking(move || {
+        Cluster::start_configured(repo, 3, |i, m| {
+            if i == 0 {
+                m.extra = vec!["--identity".into(), key_path.clone()];
+            }
+        })
+    })
+    .await
+    .unwrap();
+    cluster.stacks.push(stack.clone());
+    let read_secret = |id: &str| {
+        let out = std::process::Command::new("docker")
+            .args(["exec", id, "cat", "/run/secrets/token"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let running_on_m2 = async |cluster: &Cluster, i: usize| {
+        tasks(&cluster.managers[i], &service)
+            .await
+            .into_iter()
+            .filter(|t| t.state == TaskState::Running)
+            .filter_map(|t| t.container_id)
+            .collect::<Vec<_>>()
+    };
+
+    // m2's agent opens the secret with the cluster's identity.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let first = loop {
+        if applied_on(&cluster.managers[1], &c1).await {
+            if let [id] = running_on_m2(&cluster, 1).await.as_slice() {
+                if read_secret(id) == "first-token" {
+                    break id.clone();
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "v1 never ran on m2\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+
+    // The only manager given the identity is gone: the new leader, which never had it on its
+    // disk, reads the next commit's secret with the cluster's, and m2 runs it.
+    cluster.managers[0].kill();
+    cluster
+        .repo
+        .write(&[(&secret_path, Some(&encrypt("second-token")))]);
+    let c2 = cluster.repo.commit("rotate the token");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if applied_on(&cluster.managers[1], &c2).await {
+            if let [id] = running_on_m2(&cluster, 1).await.as_slice() {
+                if *id != first && read_secret(id) == "second-token" {
+                    break;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new leader never rolled the secret\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        !cluster.logs().contains("stack blocked"),
+        "{}",
+        cluster.logs()
+    );
+
+    // Nowhere in the clear: not in any manager's Raft files, logs, or status.
+    let secret_line = identity
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .unwrap()
+        .to_string();
+    for m in &cluster.managers {
+        for db in ["raft-log.redb", "raft-state.redb"] {
+            let path = std::path::Path::new(&m.dir()).join(db);
+            assert!(!on_disk(&path, "AGE-SECRET-KEY-"), "{db} of {}", m.name);
+        }
+        assert!(!m.log().contains(&secret_line));
+    }
+    let status = reqwest::get(format!("{}/api/v1/status", cluster.managers[1].api))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!status.contains("AGE-SECRET-KEY-"));
+}

@@ -20,7 +20,7 @@ use super::config::ClusterChange;
 use crate::store::{ApplyError, Command};
 
 /// One Raft entry's payload.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Proposal {
     /// Store commands, applied in order: one orchestrator step, one agent report, one action.
     Commands(Vec<Command>),
@@ -36,6 +36,24 @@ pub enum Proposal {
     /// the heartbeat interval openraft allows it. A new leader's first (blank) entry drops
     /// the pieces of proposals a deposed leader left unfinished.
     Part { id: u64, text: String, last: bool },
+}
+
+impl std::fmt::Debug for Proposal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Proposal::Commands(c) => f.debug_tuple("Commands").field(c).finish(),
+            Proposal::Cluster(c) => f.debug_tuple("Cluster").field(c).finish(),
+            Proposal::Restore(r) => f.debug_tuple("Restore").field(r).finish(),
+            // A piece is JSON text of any proposal, the cluster's secrets included: its size
+            // only.
+            Proposal::Part { id, text, last } => f
+                .debug_struct("Part")
+                .field("id", id)
+                .field("bytes", &text.len())
+                .field("last", last)
+                .finish(),
+        }
+    }
 }
 
 /// Proposals whose JSON is longer than this go into Raft in pieces of this size.
