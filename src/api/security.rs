@@ -1,11 +1,14 @@
-//! Who may talk to the API, and how. Until the cluster brings client certificates:
+//! Who may talk to the API, and how:
 //!
 //! - a request whose `Host` is a name this node does not answer to is refused, so that a web
 //!   page whose DNS name was rebound to 127.0.0.1 cannot read the state (IP literals cannot be
 //!   rebound, so they pass; names must be `localhost`, the machine's hostname or `--api-host`);
 //! - a state-changing request (any method but GET and HEAD) must come from no browser origin or
 //!   from the API's own (a web page elsewhere cannot post a rollback), and must carry the API
-//!   token as `Authorization: Bearer ...` when the node has one;
+//!   token as `Authorization: Bearer ...`. Every node has one: given (`--api-token`), or made
+//!   at its first start and kept in its data dir (`api-token`, its owner's only), where the
+//!   command line on the same machine reads it. Reading (the status page, the JSON views)
+//!   needs none;
 //! - `reconciler up` refuses to listen beyond loopback without a token (see `cli::up`).
 //!
 //! The webhook receiver is not behind this layer: it is authenticated by its own signature and
@@ -18,6 +21,41 @@ use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq as _;
+
+/// The file in a node's data dir that holds the API token it made for itself.
+pub const TOKEN_FILE: &str = "api-token";
+
+/// The node's own API token: the one its data dir keeps, or a new one kept there.
+pub fn node_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    if let Some(token) = read_token_file(data_dir) {
+        return Ok(token);
+    }
+    let token = crate::cluster::start::random_id(40);
+    let path = data_dir.join(TOKEN_FILE);
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        writeln!(file, "{token}")?;
+        file.sync_all()?;
+    }
+    Ok(token)
+}
+
+/// The token a node keeps in `data_dir`, if there is one this user may read.
+pub fn read_token_file(data_dir: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(data_dir.join(TOKEN_FILE)).ok()?;
+    let token = text.lines().next()?.trim().to_string();
+    (!token.is_empty()).then_some(token)
+}
 
 /// What the security layer checks against.
 #[derive(Clone, Debug, Default)]
@@ -120,7 +158,7 @@ pub async fn check(
         if !security.token_ok(&request) {
             return refuse(
                 StatusCode::UNAUTHORIZED,
-                "this call changes the cluster: it needs the API token (--api-token, or RECONCILER_API_TOKEN for the CLI)",
+                "this call changes the cluster: it needs the node's API token (the command line reads it from the node's data dir, --data-dir; or give it with --api-token / RECONCILER_API_TOKEN)",
             );
         }
     }

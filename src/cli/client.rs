@@ -10,9 +10,13 @@ pub struct ServerArgs {
     /// The API of a running `reconciler up`.
     #[arg(long, env = "RECONCILER_SERVER", default_value_t = format!("http://{DEFAULT_LISTEN}"))]
     pub server: String,
-    /// The API token, for calls that change the cluster (rollback, sync).
+    /// The API token, for calls that change the cluster (rollback, sync). Default: the one
+    /// the node keeps in its data dir (`api-token`), when this user may read it.
     #[arg(long, env = "RECONCILER_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// The data dir of the node asked, where its API token is.
+    #[arg(long, default_value = ".reconciler", env = "RECONCILER_DATA_DIR")]
+    pub data_dir: std::path::PathBuf,
 }
 
 pub struct Client {
@@ -26,7 +30,11 @@ impl Client {
     pub fn new(args: &ServerArgs) -> anyhow::Result<Self> {
         Ok(Client {
             base: args.server.trim_end_matches('/').to_string(),
-            token: args.api_token.clone().filter(|t| !t.is_empty()),
+            token: args
+                .api_token
+                .clone()
+                .filter(|t| !t.is_empty())
+                .or_else(|| crate::api::security::read_token_file(&args.data_dir)),
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(30))
                 .build()?,

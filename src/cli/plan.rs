@@ -128,6 +128,7 @@ fn observed(args: &Args, skip: &BTreeSet<String>) -> anyhow::Result<DesiredState
         let client = super::client::Client::new(&super::client::ServerArgs {
             server: server.clone(),
             api_token: None,
+            data_dir: Default::default(),
         })?;
         let export: serde_json::Value = client.get("/api/v1/state")?;
         return state_file::parse(&export.to_string(), server);

@@ -171,6 +171,12 @@ pub fn serve(
     // Paths under the data dir become bind sources for containers, which must be absolute.
     let data_dir = std::path::absolute(&args.data_dir)
         .with_context(|| format!("resolving {}", args.data_dir.display()))?;
+    // Changes through the API always need a token: without one given, the node's own, kept
+    // in its data dir for the command line on this machine.
+    let token = match token {
+        Some(t) => t,
+        None => crate::api::security::node_token(&data_dir)?,
+    };
     let path = args.path.clone().unwrap_or_else(|| {
         if embedded {
             "examples/stacks".into()
@@ -212,7 +218,7 @@ pub fn serve(
         identity,
         ingress_bind: args.ingress_bind,
         variables: args.env.variables()?,
-        security: crate::api::security::Security::new(token, args.api_hosts.clone()),
+        security: crate::api::security::Security::new(Some(token), args.api_hosts.clone()),
         start,
         cluster,
         hostname: args.hostname.clone(),

@@ -926,6 +926,7 @@ async fn a_sync_sent_to_a_follower_makes_the_leader_apply_the_commit_at_once() {
         let follower = (cluster.leader(T) + 1) % 3;
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_reconciler"))
             .args(["sync", "--server", &cluster.managers[follower].api])
+            .args(["--data-dir", &cluster.managers[follower].dir()])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", stderr(&out));

@@ -775,10 +775,20 @@ async fn sync_wait_follows_a_commit_to_convergence_or_failure() {
     let up = Up::start(repo, &[&stack], &[]);
     up.converged(&c1, T).await;
     let dir = up.repo.path().to_path_buf();
+    let data = up.data_dir();
     let sync = || {
         crate::support::reconciler(
             &dir,
-            &["sync", "--wait", "--timeout", "60s", "--server", &up.api],
+            &[
+                "sync",
+                "--wait",
+                "--timeout",
+                "60s",
+                "--server",
+                &up.api,
+                "--data-dir",
+                &data,
+            ],
         )
     };
 
@@ -847,8 +857,28 @@ async fn a_manual_rollback_is_drift_until_the_next_commit_changes_the_service() 
     up.converged(&c2, T).await;
     let name = format!("{stack}_web");
     let dir = up.repo.path().to_path_buf();
+    // Without the node's token the rollback is refused; the data dir gives it.
     let out =
         crate::support::reconciler(&dir, &["service", "rollback", &name, "--server", &up.api]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        crate::support::stderr(&out).contains("401")
+            || crate::support::stderr(&out).contains("token"),
+        "{}",
+        crate::support::stderr(&out)
+    );
+    let out = crate::support::reconciler(
+        &dir,
+        &[
+            "service",
+            "rollback",
+            &name,
+            "--server",
+            &up.api,
+            "--data-dir",
+            &up.data_dir(),
+        ],
+    );
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -254,16 +254,25 @@ fn docker_ids(args: &[&str]) -> Vec<String> {
         .unwrap_or_default()
 }
 
+impl Up {
+    /// The node's data dir (where the command line finds its API token).
+    pub fn data_dir(&self) -> String {
+        if self.relative_data_dir {
+            self.data.path().join("state")
+        } else {
+            self.data.path().to_path_buf()
+        }
+        .display()
+        .to_string()
+    }
+}
+
 impl Drop for Up {
     fn drop(&mut self) {
         self.kill();
         // The node's secret and config files on tmpfs go with its containers (a node that
         // stops keeps them for the containers it leaves running; a test's node never returns).
-        let data = if self.relative_data_dir {
-            self.data.path().join("state")
-        } else {
-            self.data.path().to_path_buf()
-        };
+        let data = std::path::PathBuf::from(self.data_dir());
         let node_id = std::fs::read_to_string(data.join("node.json"))
             .ok()
             .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
