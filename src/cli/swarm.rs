@@ -64,7 +64,17 @@ fn default_listen(args: &up::Args) -> Option<String> {
     )
 }
 
+/// Below this, renewal (at 50-80% of a lifetime, over the network) would be most of what a
+/// node does; Swarm's own floor is an hour.
+const MIN_CERT_EXPIRY: Duration = Duration::from_secs(10);
+
 pub fn init(args: InitArgs) -> anyhow::Result<i32> {
+    anyhow::ensure!(
+        args.cert_expiry >= MIN_CERT_EXPIRY,
+        "--cert-expiry {} is too short: at least {} (certificates are renewed at 50% to 80% of their lifetime)",
+        humantime::format_duration(args.cert_expiry),
+        humantime::format_duration(MIN_CERT_EXPIRY)
+    );
     let options = ClusterOptions {
         // A recovered manager keeps the address it had unless told otherwise.
         listen_addr: if args.force_new_cluster {
