@@ -513,7 +513,10 @@ fn benches<M: Measurement>(c: &mut Criterion<M>) {
             .values_mut()
             .flat_map(|s| s.services.values_mut())
         {
-            svc.task.container.image.push_str("-rebuilt");
+            std::sync::Arc::make_mut(&mut svc.task)
+                .container
+                .image
+                .push_str("-rebuilt");
         }
         let all = plan::plan(&bumped, &head);
         assert_eq!(all.counts(), (0, STACKS * SERVICES_PER_STACK, 0));

@@ -323,7 +323,7 @@ impl<R: Runtime> Executor<R> {
             slot: task.slot,
             node_id: self.node_id.clone(),
         };
-        let mut spec = task.spec.clone();
+        let mut spec = (*task.spec).clone();
         // Repo files and stack directories become plain binds of this node's paths.
         for m in &mut spec.container.mounts {
             let bind = match m {

@@ -378,8 +378,9 @@ fn service_update(old: &ServiceSpec, new: &ServiceSpec) -> Change {
     let hide = |s: &ServiceSpec| {
         let mut s = s.clone();
         let blank = |v: &mut Vec<FileMount>| v.iter_mut().for_each(|m| m.version.clear());
-        blank(&mut s.task.container.secrets);
-        blank(&mut s.task.container.configs);
+        let task = std::sync::Arc::make_mut(&mut s.task);
+        blank(&mut task.container.secrets);
+        blank(&mut task.container.configs);
         s
     };
     let mut fields = diff::diff(&hide(old), &hide(new));

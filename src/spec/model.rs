@@ -32,7 +32,9 @@ pub struct ServiceSpec {
     /// Service labels (`deploy.labels`), which do not restart tasks when changed.
     pub labels: BTreeMap<String, String>,
     pub mode: Mode,
-    pub task: TaskSpec,
+    /// Shared (not copied) by the tasks made from it: a store of 10,000 tasks holds one per
+    /// service version.
+    pub task: std::sync::Arc<TaskSpec>,
     pub endpoint: EndpointSpec,
     pub update_config: UpdateConfig,
     pub rollback_config: UpdateConfig,

@@ -551,7 +551,7 @@ fn service(
         stack: cx.stack.to_string(),
         labels: list_or_map(deploy.labels.as_ref(), &at(&["deploy", "labels"]), report),
         mode,
-        task: TaskSpec {
+        task: std::sync::Arc::new(TaskSpec {
             container,
             resources,
             restart_policy,
@@ -563,7 +563,7 @@ fn service(
                     options: scalar_map_opt(l.options.as_ref()),
                 })
             }),
-        },
+        }),
         endpoint: EndpointSpec {
             mode: endpoint_mode,
             ports,

@@ -131,7 +131,8 @@ pub struct Task {
     pub node: String,
     /// The service version this task was made from.
     pub service_version: u64,
-    pub spec: TaskSpec,
+    /// The service's own spec of that version, shared with it (see `State::share_specs`).
+    pub spec: std::sync::Arc<TaskSpec>,
     pub endpoint: EndpointSpec,
     /// What the managers want: running, or shutdown/remove to stop it.
     pub desired_state: TaskState,

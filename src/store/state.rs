@@ -203,6 +203,35 @@ impl State {
         Ok(())
     }
 
+    /// Point a task's spec at its service's own copy when they are the same (a task comes
+    /// through Raft, or from a snapshot, with a copy of its own): 10,000 tasks then hold one
+    /// spec per service version, not 10,000.
+    fn share_spec(&self, task: &mut Task) {
+        let Some(svc) = self.services.get(&task.service) else {
+            return;
+        };
+        let own =
+            std::iter::once(&svc.spec.task).chain(svc.previous_spec.as_ref().map(|p| &p.task));
+        for spec in own {
+            if std::sync::Arc::ptr_eq(spec, &task.spec) {
+                return;
+            }
+            if **spec == *task.spec {
+                task.spec = spec.clone();
+                return;
+            }
+        }
+    }
+
+    /// [`State::share_spec`] for every task (a state read from a snapshot).
+    pub fn share_specs(&mut self) {
+        let mut tasks = std::mem::take(&mut self.tasks);
+        for task in tasks.values_mut() {
+            self.share_spec(task);
+        }
+        self.tasks = tasks;
+    }
+
     pub fn apply(&mut self, command: Command) -> Result<Vec<Event>, ApplyError> {
         self.check(&command)?;
         match command {
@@ -230,7 +259,9 @@ impl State {
             }),
             Command::CreateTask { task } => {
                 let id = task.id.clone();
-                self.tasks.insert(id.clone(), *task);
+                let mut task = *task;
+                self.share_spec(&mut task);
+                self.tasks.insert(id.clone(), task);
                 Ok(vec![Event::TaskCreated(id)])
             }
             Command::SetTaskDesiredState { id, state } => {

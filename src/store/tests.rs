@@ -110,6 +110,51 @@ fn a_stack_leaving_git_is_pruned_with_its_objects_and_tasks() {
 }
 
 #[test]
+fn tasks_that_come_as_copies_share_their_service_versions_spec() {
+    let mut s = State::default();
+    s.apply(apply_rev("c1", desired(&[("shop", WEB_V1)]), true))
+        .unwrap();
+    // As a follower gets it: through JSON, a copy of its own.
+    let copy =
+        |t: Task| -> Task { serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap() };
+    let t1 = copy(task(&s, "shop_web", "t1", 1));
+    assert!(!std::sync::Arc::ptr_eq(
+        &t1.spec,
+        &s.services["shop_web"].spec.task
+    ));
+    s.apply(Command::CreateTask { task: Box::new(t1) }).unwrap();
+    assert!(std::sync::Arc::ptr_eq(
+        &s.tasks["t1"].spec,
+        &s.services["shop_web"].spec.task
+    ));
+    // A task of the version before an update shares the previous spec.
+    let old = copy(task(&s, "shop_web", "t2", 2));
+    s.apply(apply_rev("c2", desired(&[("shop", WEB_V2)]), true))
+        .unwrap();
+    s.apply(Command::CreateTask {
+        task: Box::new(old),
+    })
+    .unwrap();
+    let svc = &s.services["shop_web"];
+    assert!(std::sync::Arc::ptr_eq(
+        &s.tasks["t2"].spec,
+        &svc.previous_spec.as_ref().unwrap().task
+    ));
+    // A snapshot read back shares them again.
+    let mut again: State = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+    again.share_specs();
+    let svc = &again.services["shop_web"];
+    assert!(std::sync::Arc::ptr_eq(
+        &again.tasks["t1"].spec,
+        &svc.previous_spec.as_ref().unwrap().task
+    ));
+    assert!(std::sync::Arc::ptr_eq(
+        &again.tasks["t2"].spec,
+        &svc.previous_spec.as_ref().unwrap().task
+    ));
+}
+
+#[test]
 fn without_prune_nothing_is_removed() {
     let mut s = State::default();
     s.apply(apply_rev(

@@ -79,7 +79,8 @@ impl StateMachine {
             key,
         };
         if let Some(stored) = sm.stored()? {
-            let applied: Applied = serde_json::from_slice(&stored.data)?;
+            let mut applied: Applied = serde_json::from_slice(&stored.data)?;
+            applied.state.share_specs();
             *sm.write() = applied;
         }
         Ok(sm)
@@ -189,7 +190,8 @@ fn apply_proposal(
             .map(|command| apply_one(&mut applied.state, command, log_id))
             .collect(),
         Proposal::Restore(restored) => {
-            let Restored { state, cluster } = *restored;
+            let Restored { mut state, cluster } = *restored;
+            state.share_specs();
             applied.state = state;
             applied.cluster = cluster;
             vec![Ok(())]
@@ -309,6 +311,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let mut incoming: Applied = serde_json::from_slice(&data)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), io_error(e)))?;
+        incoming.state.share_specs();
         // The meta is what the leader says the snapshot covers.
         incoming.last_applied = meta.last_log_id;
         incoming.membership = meta.last_membership.clone();
