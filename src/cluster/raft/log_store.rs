@@ -35,6 +35,8 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
+/// redb's cache for the log.
+const CACHE_BYTES: usize = 8 << 20;
 /// What the entries are sealed for (bound into each seal).
 const PURPOSE: &str = "raft-log";
 
@@ -114,7 +116,13 @@ fn decode(key: &DataKey, sealed: &[u8]) -> anyhow::Result<Entry<TypeConfig>> {
 impl LogStore {
     /// Open (or create) the log at `path`, sealed with `key`, and start its writer.
     pub fn open(path: &Path, key: DataKey) -> anyhow::Result<LogStore> {
-        let db = Arc::new(Database::create(path)?);
+        // A small cache: the entries being replicated are read from memory (`unwritten`) and
+        // the rest from the OS's page cache; redb's default would keep up to a gigabyte.
+        let db = Arc::new(
+            Database::builder()
+                .set_cache_size(CACHE_BYTES)
+                .create(path)?,
+        );
         let txn = db.begin_write()?;
         txn.open_table(LOG)?;
         txn.open_table(META)?;

@@ -67,7 +67,8 @@ impl StateMachine {
     /// Open (or create) the state machine at `path`, sealed with `key`, starting from its
     /// last snapshot.
     pub fn open(path: &Path, key: DataKey) -> anyhow::Result<StateMachine> {
-        let db = Database::create(path)?;
+        // One value (the last snapshot), read at start only: redb's cache need not keep it.
+        let db = Database::builder().set_cache_size(1 << 20).create(path)?;
         let txn = db.begin_write()?;
         txn.open_table(SNAPSHOTS)?;
         txn.commit()?;
