@@ -52,6 +52,9 @@ pub fn node_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
 
 /// The token a node keeps in `data_dir`, if there is one this user may read.
 pub fn read_token_file(data_dir: &std::path::Path) -> Option<String> {
+    if data_dir.as_os_str().is_empty() {
+        return None;
+    }
     let text = std::fs::read_to_string(data_dir.join(TOKEN_FILE)).ok()?;
     let token = text.lines().next()?.trim().to_string();
     (!token.is_empty()).then_some(token)
