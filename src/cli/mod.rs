@@ -10,6 +10,7 @@ mod bench;
 mod client;
 mod cluster;
 mod control;
+mod docs;
 mod export;
 mod filter;
 mod gitops_way;
@@ -28,7 +29,11 @@ mod validate;
     name = "reconciler",
     version,
     about = "A declarative GitOps reconciler for containers, modelled on Docker Swarm mode",
-    propagate_version = true
+    propagate_version = true,
+    after_long_help = "Exit codes: 0 success; 1 an error, a refusal, or a check that failed \
+(`validate` with errors, `sync --wait` on a refused or rolled-back commit, the commands that \
+answer with the git change instead); 2 `plan` found changes (0: none).\n\n\
+Colour only on a terminal, never with NO_COLOR set."
 )]
 pub struct Cli {
     /// Log line format (filter with RUST_LOG, e.g. RUST_LOG=reconciler=debug).
@@ -86,6 +91,10 @@ enum Command {
     /// Benchmarks against the real engine, side by side with swarm mode on the same engine.
     #[command(subcommand)]
     Bench(bench::Command),
+    /// Print a shell completion script.
+    Completions(docs::CompletionsArgs),
+    /// Print (or write into a directory) the man pages.
+    Man(docs::ManArgs),
 }
 
 /// Parse the command line, run the command, and return the process exit code.
@@ -139,6 +148,8 @@ pub fn main() -> i32 {
         Command::Service(cmd) => cluster::service(cmd),
         Command::Stack(cmd) => cluster::stack(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Completions(args) => docs::completions(args),
+        Command::Man(args) => docs::man(args),
     };
     match result {
         Ok(code) => code,

@@ -1067,6 +1067,8 @@ fn an_autolocked_manager_restarts_locked_runs_after_unlock_and_follows_a_rotated
     });
     let out = cluster.managers[0].cli(&["unlock-key"]);
     assert!(stderr(&out).contains("autolock is off"), "{}", stderr(&out));
+    // A log file is plain text: colour is for terminals only.
+    assert!(!cluster.managers[0].log().contains('\x1b'));
     cluster.managers[1].kill();
     cluster.managers[1].up();
     wait_nodes(&cluster, 1, "m2 back without a key", two);

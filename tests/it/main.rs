@@ -1,6 +1,7 @@
 //! Integration tests: one binary (see ARCHITECTURE.md), real git repositories, real processes,
 //! the real Docker Engine.
 
+mod cli_docs;
 mod cli_gitops_way;
 mod cluster;
 mod docker_runtime;
