@@ -142,9 +142,35 @@ pub struct LogsArgs {
     name: String,
     #[command(flatten)]
     server: ServerArgs,
-    /// Lines from the end of each task's log.
-    #[arg(long, default_value_t = 100)]
-    tail: usize,
+    /// Lines from the end of each task's log, or `all`.
+    #[arg(short = 'n', long, default_value = "all")]
+    tail: String,
+    /// Keep following the tasks' output.
+    #[arg(short, long)]
+    follow: bool,
+    /// Only lines since a time: RFC 3339 (`2026-12-03T10:00:00Z`) or relative (`42m`).
+    #[arg(long)]
+    since: Option<String>,
+    /// Show each line's timestamp.
+    #[arg(short, long)]
+    timestamps: bool,
+}
+
+/// `--since` as the engine takes it: seconds since the epoch.
+fn since_epoch(text: &str, now: std::time::SystemTime) -> anyhow::Result<i32> {
+    let at = match humantime::parse_duration(text) {
+        Ok(ago) => now.checked_sub(ago).unwrap_or(std::time::UNIX_EPOCH),
+        Err(_) => humantime::parse_rfc3339_weak(text).map_err(|_| {
+            anyhow::anyhow!(
+                "--since {text:?}: neither a time (2026-12-03T10:00:00Z) nor a duration (42m)"
+            )
+        })?,
+    };
+    let secs = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    Ok(i32::try_from(secs).unwrap_or(i32::MAX))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -449,8 +475,22 @@ pub fn service(cmd: ServiceCommand) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Logs come straight from the local Docker Engine, by the task containers' labels.
+/// Logs come straight from the local Docker Engine, by the task containers' labels. Each line
+/// is prefixed as docker prefixes it (`web_web.1.<task id>@<node> | `); with `--timestamps`
+/// the engine's time comes first. With `--follow`, the tasks' streams are merged as lines come.
 fn logs(a: LogsArgs) -> anyhow::Result<i32> {
+    let tail = match a.tail.as_str() {
+        "all" => "all".to_string(),
+        n => n
+            .parse::<u64>()
+            .map_err(|_| anyhow::anyhow!("--tail {n:?}: a number of lines, or all"))?
+            .to_string(),
+    };
+    let since = a
+        .since
+        .as_deref()
+        .map(|s| since_epoch(s, std::time::SystemTime::now()))
+        .transpose()?;
     let tasks: Vec<TaskView> =
         Client::new(&a.server)?.get(&format!("/api/v1/services/{}/tasks", a.name))?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -461,18 +501,36 @@ fn logs(a: LogsArgs) -> anyhow::Result<i32> {
         let docker = bollard::Docker::connect_with_local_defaults()?
             .negotiate_version()
             .await?;
+        let mut streams = Vec::new();
         for t in tasks.iter().filter(|t| t.container_id.is_some()) {
-            let id = t.container_id.as_deref().unwrap_or_default();
-            let opts = bollard::query_parameters::LogsOptionsBuilder::default()
+            let id = t.container_id.clone().unwrap_or_default();
+            let mut opts = bollard::query_parameters::LogsOptionsBuilder::default()
                 .stdout(true)
                 .stderr(true)
-                .tail(&a.tail.to_string())
-                .build();
-            let mut stream = docker.logs(id, Some(opts));
-            let prefix = format!("{}.{}", t.name, &t.id[..12.min(t.id.len())]);
-            while let Some(Ok(chunk)) = stream.next().await {
-                for line in chunk.to_string().lines() {
-                    println!("{prefix} | {line}");
+                .follow(a.follow)
+                .timestamps(a.timestamps)
+                .tail(&tail);
+            if let Some(since) = since {
+                opts = opts.since(since);
+            }
+            let prefix = format!("{}.{}@{}", t.name, &t.id[..12.min(t.id.len())], t.node);
+            let stream = docker
+                .logs(&id, Some(opts.build()))
+                .filter_map(|chunk| async move { chunk.ok() })
+                .map(move |chunk| (prefix.clone(), chunk.to_string()));
+            streams.push(stream.boxed());
+        }
+        // One task after the other, or all at once as their lines come when following.
+        let mut all: futures::stream::BoxStream<'_, (String, String)> = if a.follow {
+            futures::stream::select_all(streams).boxed()
+        } else {
+            futures::stream::iter(streams).flatten().boxed()
+        };
+        while let Some((prefix, text)) = all.next().await {
+            for line in text.lines() {
+                match line.split_once(' ').filter(|_| a.timestamps) {
+                    Some((time, rest)) => println!("{time} {prefix}    | {rest}"),
+                    None => println!("{prefix}    | {line}"),
                 }
             }
         }

@@ -70,7 +70,10 @@ fn help_documents_the_exit_codes_and_colour() {
     let dir = tempfile::tempdir().unwrap();
     let out = reconciler(dir.path(), &["--help"]);
     // Wrapped to the width clap picks: compared word by word.
-    let help = stdout(&out).split_whitespace().collect::<Vec<_>>().join(" ");
+    let help = stdout(&out)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     assert!(help.contains("Exit codes: 0 success"), "{help}");
     assert!(help.contains("2 `plan` found changes"), "{help}");
     assert!(help.contains("NO_COLOR"), "{help}");

@@ -913,3 +913,113 @@ async fn a_manual_rollback_is_drift_until_the_next_commit_changes_the_service() 
         (testing::images::busybox(3).as_str(), false)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn service_logs_tails_follows_and_stamps_each_line_with_its_task() {
+    if !images().await {
+        return;
+    }
+    let stack = stack_name("logs");
+    let text = format!(
+        "services:\n  app:\n    image: {}\n    command: [\"sh\", \"-c\", \"echo first; while true; do echo tick; sleep 1; done\"]\n    stop_grace_period: 1s\n",
+        testing::images::busybox(1)
+    );
+    let repo = GitRepo::new();
+    repo.write(&[(&compose(&stack), Some(&text))]);
+    let c1 = repo.commit("v1");
+    let up = Up::start(repo, &[&stack], &[]);
+    up.converged(&c1, T).await;
+    let name = format!("{stack}_app");
+    let dir = up.repo.path().to_path_buf();
+    let logs = |extra: &[&str]| {
+        let mut args = vec![
+            "service",
+            "logs",
+            name.as_str(),
+            "--server",
+            up.api.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        crate::support::reconciler(&dir, &args)
+    };
+    // The whole log by default, each line prefixed with its task as docker does.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let task = loop {
+        let out = logs(&[]);
+        let text = stdout(&out);
+        if text.contains("| first") && text.contains("| tick") {
+            let line = text
+                .lines()
+                .find(|l| l.ends_with("| first"))
+                .unwrap()
+                .to_string();
+            break line;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{text}{}",
+            stderr(&out)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(task.starts_with(&format!("{name}.1.")), "{task}");
+    assert!(task.contains('@'), "{task}");
+
+    // --tail 1 --timestamps: one line, the engine's time first.
+    let out = logs(&["--tail", "1", "-t"]);
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let (time, rest) = text.trim().split_once(' ').unwrap();
+    assert!(humantime::parse_rfc3339_weak(&time[..19]).is_ok(), "{text}");
+    assert!(
+        rest.starts_with(&format!("{name}.1.")) && rest.ends_with("| tick"),
+        "{text}"
+    );
+
+    // --since: relative, or a time; nothing after a time still to come.
+    assert!(stdout(&logs(&["--since", "1h"])).contains("| first"));
+    let later = humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(3600));
+    assert_eq!(stdout(&logs(&["--since", &later.to_string()])), "");
+    let out = logs(&["--since", "yesterday-ish"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--since"), "{}", stderr(&out));
+
+    // --follow keeps the stream open and shows the lines as they come.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reconciler"))
+        .args([
+            "service", "logs", &name, "--server", &up.api, "-f", "--tail", "0",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout_pipe = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout_pipe)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut ticks = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while ticks < 2 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx.recv_timeout(left).expect("followed lines arrive");
+        assert!(
+            !line.ends_with("| first"),
+            "--tail 0 showed old lines: {line}"
+        );
+        ticks += usize::from(line.ends_with("| tick"));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "--follow ended by itself"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
