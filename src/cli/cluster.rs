@@ -106,6 +106,10 @@ pub struct ListArgs {
     /// Only what matches KEY=VALUE (repeatable), as docker's `--filter`.
     #[arg(short, long = "filter", value_name = "KEY=VALUE")]
     filter: Vec<String>,
+    /// A Go template per row as docker takes it (`'{{.Name}}\t{{.Image}}'`, `table ...`,
+    /// `json`); the fields are docker's (services: .Name .Mode .Replicas .Image .Ports).
+    #[arg(long, conflicts_with_all = ["json", "quiet"])]
+    format: Option<String>,
 }
 
 /// A listing of one service's or one stack's objects.
@@ -126,6 +130,11 @@ pub struct ListOfArgs {
     /// Only what matches KEY=VALUE (repeatable), as docker's `--filter`.
     #[arg(short, long = "filter", value_name = "KEY=VALUE")]
     filter: Vec<String>,
+    /// A Go template per row as docker takes it (`'{{.Name}}\t{{.CurrentState}}'`, `table
+    /// ...`, `json`); the fields are docker's (tasks: .ID .Name .Image .Node .DesiredState
+    /// .CurrentState .Error; services: .Name .Mode .Replicas .Image .Ports).
+    #[arg(long, conflicts_with_all = ["json", "quiet"])]
+    format: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -184,9 +193,78 @@ pub(super) fn table(header: &[&str]) -> Table {
 }
 
 /// A task listing as its flags ask: JSON, IDs only, or a table.
+/// The fields `--format` has for a task, as docker names them.
+const TASK_FIELDS: &[&str] = &[
+    "ID",
+    "Name",
+    "Image",
+    "Node",
+    "DesiredState",
+    "CurrentState",
+    "Error",
+];
+
+/// The fields `--format` has for a service, as docker names them (and its update's state).
+const SERVICE_FIELDS: &[&str] = &["Name", "Mode", "Replicas", "Image", "Ports", "UpdateState"];
+
+fn task_row(task: &TaskView, no_trunc: bool, now: u64) -> super::format::Row {
+    let ago =
+        humantime::format_duration(Duration::from_secs(now.saturating_sub(task.since) / 1000));
+    vec![
+        (
+            "ID",
+            if no_trunc {
+                task.id.clone()
+            } else {
+                short_id(task).to_string()
+            },
+        ),
+        ("Name", task.name.clone()),
+        ("Image", task.image.clone()),
+        ("Node", task.node.clone()),
+        ("DesiredState", task.desired_state.name().to_string()),
+        ("CurrentState", format!("{} {ago} ago", task.state.name())),
+        (
+            "Error",
+            match (&task.error, no_trunc) {
+                (Some(e), true) => e.clone(),
+                (Some(e), false) => ellipsis(e, MAX_ERROR_CHARS),
+                (None, _) => String::new(),
+            },
+        ),
+    ]
+}
+
+fn service_row(s: &ServiceView) -> super::format::Row {
+    vec![
+        ("Name", s.name.clone()),
+        ("Mode", s.mode.clone()),
+        ("Replicas", replicas(s)),
+        ("Image", s.image.clone()),
+        ("Ports", s.ports.join(", ")),
+        ("UpdateState", update(s)),
+    ]
+}
+
+/// Rows through `--format`.
+fn formatted(
+    format: &str,
+    fields: &[&'static str],
+    rows: &[super::format::Row],
+) -> anyhow::Result<i32> {
+    let format = super::format::Format::parse(format, fields)?;
+    print!("{}", format.render(rows)?);
+    Ok(0)
+}
+
 fn show_tasks(v: &[TaskView], a: &ListOfArgs) -> anyhow::Result<i32> {
     if a.json {
         return json(&v);
+    }
+    if let Some(f) = &a.format {
+        let now = crate::manager::now_ms();
+        let rows: Vec<_> = v.iter().map(|t| task_row(t, a.no_trunc, now)).collect();
+        return formatted(f, TASK_FIELDS, &rows);
     }
     if a.quiet {
         return lines(v.iter().map(|t| {
@@ -202,9 +280,18 @@ fn show_tasks(v: &[TaskView], a: &ListOfArgs) -> anyhow::Result<i32> {
 }
 
 /// A service listing as its flags ask: JSON, names only, or a table.
-fn show_services(v: &[ServiceView], as_json: bool, quiet: bool) -> anyhow::Result<i32> {
+fn show_services(
+    v: &[ServiceView],
+    as_json: bool,
+    quiet: bool,
+    format: Option<&str>,
+) -> anyhow::Result<i32> {
     if as_json {
         return json(&v);
+    }
+    if let Some(f) = format {
+        let rows: Vec<_> = v.iter().map(service_row).collect();
+        return formatted(f, SERVICE_FIELDS, &rows);
     }
     if quiet {
         return lines(v.iter().map(|s| s.name.as_str()));
@@ -285,14 +372,12 @@ fn update(s: &ServiceView) -> String {
 fn services_table(services: &[ServiceView]) -> Table {
     let mut t = table(&["NAME", "MODE", "REPLICAS", "IMAGE", "PORTS", "UPDATE STATE"]);
     for s in services {
-        t.add_row(vec![
-            s.name.clone(),
-            s.mode.clone(),
-            replicas(s),
-            s.image.clone(),
-            s.ports.join(", "),
-            update(s),
-        ]);
+        t.add_row(
+            service_row(s)
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect::<Vec<_>>(),
+        );
     }
     t
 }
@@ -309,25 +394,12 @@ fn tasks_table(tasks: &[TaskView], no_trunc: bool) -> Table {
     ]);
     let now = crate::manager::now_ms();
     for task in tasks {
-        let ago =
-            humantime::format_duration(Duration::from_secs(now.saturating_sub(task.since) / 1000));
-        t.add_row(vec![
-            if no_trunc {
-                task.id.clone()
-            } else {
-                short_id(task).to_string()
-            },
-            task.name.clone(),
-            task.image.clone(),
-            task.node.clone(),
-            task.desired_state.name().to_string(),
-            format!("{} {ago} ago", task.state.name()),
-            match (&task.error, no_trunc) {
-                (Some(e), true) => e.clone(),
-                (Some(e), false) => ellipsis(e, MAX_ERROR_CHARS),
-                (None, _) => String::new(),
-            },
-        ]);
+        t.add_row(
+            task_row(task, no_trunc, now)
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect::<Vec<_>>(),
+        );
     }
     t
 }
@@ -435,7 +507,7 @@ pub fn service(cmd: ServiceCommand) -> anyhow::Result<i32> {
             let keep = Filters::parse(&a.filter, &filter::SERVICE_KEYS)?;
             let v: Vec<ServiceView> = Client::new(&a.server)?.get("/api/v1/services")?;
             let v: Vec<ServiceView> = v.into_iter().filter(|s| keep.service(s)).collect();
-            return show_services(&v, a.json, a.quiet);
+            return show_services(&v, a.json, a.quiet, a.format.as_deref());
         }
         ServiceCommand::Ps(a) => {
             let keep = Filters::parse(&a.filter, &filter::TASK_KEYS)?;
@@ -570,7 +642,7 @@ pub fn stack(cmd: StackCommand) -> anyhow::Result<i32> {
                 .into_iter()
                 .filter(|s| s.stack == a.name && keep.service(s))
                 .collect();
-            return show_services(&v, a.json, a.quiet);
+            return show_services(&v, a.json, a.quiet, a.format.as_deref());
         }
         StackCommand::Ps(a) => {
             let keep = Filters::parse(&a.filter, &filter::TASK_KEYS)?;

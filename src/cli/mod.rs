@@ -13,6 +13,7 @@ mod control;
 mod docs;
 mod export;
 mod filter;
+mod format;
 mod gitops_way;
 mod lock;
 mod node;

@@ -138,6 +138,74 @@ async fn deploys_scales_and_prunes_by_commit() {
     running_now.sort();
     assert_eq!(running_now, ids);
     assert!(quiet(&["stack", "ps", &a, "-f", "desired-state=shutdown"]).is_empty());
+    // --format, with docker's field names: a template a row, `table`, `json`.
+    let format = |args: &[&str]| -> String {
+        let mut all = args.to_vec();
+        all.extend(["--server", up.api.as_str()]);
+        let out = crate::support::reconciler(std::path::Path::new("."), &all);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    let named = format(&[
+        "service",
+        "ls",
+        "-f",
+        &name_a,
+        "--format",
+        "{{.Name}}={{.Replicas}}",
+    ]);
+    assert_eq!(named, format!("{sa}=4/4\n"));
+    let table = format(&[
+        "service",
+        "ps",
+        &sa,
+        "--format",
+        "table {{.ID}}\\t{{.DesiredState}}",
+    ]);
+    let mut rows = table.lines();
+    assert!(
+        rows.next()
+            .unwrap()
+            .starts_with("ID             DESIRED STATE"),
+        "{table}"
+    );
+    let mut from_table: Vec<String> = rows
+        .map(|r| r.split_whitespace().next().unwrap().to_string())
+        .collect();
+    from_table.sort();
+    assert_eq!(from_table, ids);
+    assert!(
+        table.lines().skip(1).all(|r| r.ends_with("running")),
+        "{table}"
+    );
+    let objects = format(&["stack", "ps", &a, "--format", "json"]);
+    for line in objects.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(
+            ids.contains(&v["ID"].as_str().unwrap().to_string()),
+            "{line}"
+        );
+        assert!(!v["Node"].as_str().unwrap().is_empty(), "{line}");
+    }
+    assert_eq!(objects.lines().count(), 4);
+    let out = crate::support::reconciler(
+        std::path::Path::new("."),
+        &[
+            "service",
+            "ls",
+            "--format",
+            "{{.Nmae}}",
+            "--server",
+            &up.api,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(".Name, .Mode, .Replicas"),
+        "{}",
+        stderr(&out)
+    );
+
     let out = crate::support::reconciler(
         std::path::Path::new("."),
         &["service", "ls", "-f", "colour=red", "--server", &up.api],
