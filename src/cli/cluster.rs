@@ -107,7 +107,8 @@ pub struct ListArgs {
     #[arg(short, long = "filter", value_name = "KEY=VALUE")]
     filter: Vec<String>,
     /// A Go template per row as docker takes it (`'{{.Name}}\t{{.Image}}'`, `table ...`,
-    /// `json`); the fields are docker's (services: .Name .Mode .Replicas .Image .Ports).
+    /// `json`); the fields are docker's (services: .Name .Mode .Replicas .Image .Ports
+    /// .UpdateState; stacks: .Name .Services .Networks .Secrets .Configs).
     #[arg(long, conflicts_with_all = ["json", "quiet"])]
     format: Option<String>,
 }
@@ -132,7 +133,7 @@ pub struct ListOfArgs {
     filter: Vec<String>,
     /// A Go template per row as docker takes it (`'{{.Name}}\t{{.CurrentState}}'`, `table
     /// ...`, `json`); the fields are docker's (tasks: .ID .Name .Image .Node .DesiredState
-    /// .CurrentState .Error; services: .Name .Mode .Replicas .Image .Ports).
+    /// .CurrentState .Error; services: .Name .Mode .Replicas .Image .Ports .UpdateState).
     #[arg(long, conflicts_with_all = ["json", "quiet"])]
     format: Option<String>,
 }
@@ -619,6 +620,25 @@ pub fn stack(cmd: StackCommand) -> anyhow::Result<i32> {
             let v: Vec<StackView> = v.into_iter().filter(|st| keep.stack(&st.name)).collect();
             if a.json {
                 return json(&v);
+            }
+            if let Some(f) = &a.format {
+                let rows: Vec<super::format::Row> = v
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            ("Name", s.name.clone()),
+                            ("Services", s.services.to_string()),
+                            ("Networks", s.networks.to_string()),
+                            ("Secrets", s.secrets.to_string()),
+                            ("Configs", s.configs.to_string()),
+                        ]
+                    })
+                    .collect();
+                return formatted(
+                    f,
+                    &["Name", "Services", "Networks", "Secrets", "Configs"],
+                    &rows,
+                );
             }
             if a.quiet {
                 return lines(v.iter().map(|s| s.name.as_str()));

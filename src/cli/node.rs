@@ -66,9 +66,25 @@ pub struct LsArgs {
     /// JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// A Go template per row as docker takes it (`'{{.Hostname}}\t{{.ManagerStatus}}'`,
+    /// `table ...`, `json`); the fields are docker's: .ID .Self .Hostname .Status
+    /// .Availability .ManagerStatus .EngineVersion.
+    #[arg(long, conflicts_with_all = ["json", "quiet"])]
+    format: Option<String>,
     #[command(flatten)]
     node: NodeArgs,
 }
+
+/// The fields `--format` has for a node, as docker names them.
+const NODE_FIELDS: &[&str] = &[
+    "ID",
+    "Self",
+    "Hostname",
+    "Status",
+    "Availability",
+    "ManagerStatus",
+    "EngineVersion",
+];
 
 pub fn run(cmd: NodeCommand) -> anyhow::Result<i32> {
     match cmd {
@@ -214,6 +230,26 @@ fn ls(args: LsArgs) -> anyhow::Result<i32> {
         for n in &list.nodes {
             println!("{}", n.id);
         }
+        return Ok(0);
+    }
+    if let Some(format) = &args.format {
+        let rows: Vec<super::format::Row> = list
+            .nodes
+            .iter()
+            .map(|n| {
+                vec![
+                    ("ID", n.id.clone()),
+                    ("Self", (n.id == list.answered_by).to_string()),
+                    ("Hostname", n.hostname.clone()),
+                    ("Status", n.status.clone()),
+                    ("Availability", n.availability.clone()),
+                    ("ManagerStatus", n.manager_status.clone()),
+                    ("EngineVersion", n.engine_version.clone()),
+                ]
+            })
+            .collect();
+        let format = super::format::Format::parse(format, NODE_FIELDS)?;
+        print!("{}", format.render(&rows)?);
         return Ok(0);
     }
     let mut table = super::cluster::table(&[

@@ -83,6 +83,21 @@ fn three_managers_form_a_cluster_that_every_one_of_them_describes_alike() {
         assert!(mine.contains(&format!("{me} *")), "{text}");
         assert_eq!(text.matches(" *").count(), 1, "{text}");
         assert!(mine.contains(&format!("m{}", i + 1)), "{text}");
+        // --format, with docker's fields: who answered, and each one's part in Raft.
+        let out = cluster.managers[i].cli(&[
+            "node",
+            "ls",
+            "--format",
+            "{{.Hostname}} {{.Self}} {{.ManagerStatus}}",
+        ]);
+        let text = stdout(&out);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("m{} true ", i + 1))),
+            "{text}"
+        );
+        assert_eq!(text.matches(" Leader").count(), 1, "{text}");
+        assert_eq!(text.matches(" Reachable").count(), 2, "{text}");
     }
 }
 

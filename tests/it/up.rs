@@ -178,6 +178,8 @@ async fn deploys_scales_and_prunes_by_commit() {
         table.lines().skip(1).all(|r| r.ends_with("running")),
         "{table}"
     );
+    let stacks = format(&["stack", "ls", "--format", "{{.Name}}:{{.Services}}"]);
+    assert!(stacks.lines().any(|l| l == format!("{a}:1")), "{stacks}");
     let objects = format(&["stack", "ps", &a, "--format", "json"]);
     for line in objects.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
