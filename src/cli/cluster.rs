@@ -113,10 +113,12 @@ pub struct ListArgs {
     format: Option<String>,
 }
 
-/// A listing of one service's or one stack's objects.
+/// A listing of services' or one stack's objects.
 #[derive(Debug, clap::Args)]
 pub struct ListOfArgs {
-    name: String,
+    /// The services (`service ps` takes several, as docker's), or the stack.
+    #[arg(required = true, num_args = 1..)]
+    names: Vec<String>,
     #[command(flatten)]
     server: ServerArgs,
     #[arg(long)]
@@ -256,6 +258,16 @@ fn formatted(
     let format = super::format::Format::parse(format, fields)?;
     print!("{}", format.render(rows)?);
     Ok(0)
+}
+
+impl ListOfArgs {
+    /// The one stack a stack listing takes.
+    fn one(&self, command: &str) -> anyhow::Result<&str> {
+        match self.names.as_slice() {
+            [one] => Ok(one),
+            _ => anyhow::bail!("{command} takes one stack, not {}", self.names.len()),
+        }
+    }
 }
 
 fn show_tasks(v: &[TaskView], a: &ListOfArgs) -> anyhow::Result<i32> {
@@ -512,9 +524,12 @@ pub fn service(cmd: ServiceCommand) -> anyhow::Result<i32> {
         }
         ServiceCommand::Ps(a) => {
             let keep = Filters::parse(&a.filter, &filter::TASK_KEYS)?;
-            let v: Vec<TaskView> =
-                Client::new(&a.server)?.get(&format!("/api/v1/services/{}/tasks", a.name))?;
-            let v: Vec<TaskView> = v.into_iter().filter(|t| keep.task(t)).collect();
+            let client = Client::new(&a.server)?;
+            let mut v: Vec<TaskView> = Vec::new();
+            for name in &a.names {
+                let tasks: Vec<TaskView> = client.get(&format!("/api/v1/services/{name}/tasks"))?;
+                v.extend(tasks.into_iter().filter(|t| keep.task(t)));
+            }
             return show_tasks(&v, &a);
         }
         ServiceCommand::Inspect(a) => {
@@ -656,18 +671,19 @@ pub fn stack(cmd: StackCommand) -> anyhow::Result<i32> {
             println!("{t}");
         }
         StackCommand::Services(a) => {
+            let stack = a.one("stack services")?;
             let v: Vec<ServiceView> = Client::new(&a.server)?.get("/api/v1/services")?;
             let keep = Filters::parse(&a.filter, &filter::SERVICE_KEYS)?;
             let v: Vec<ServiceView> = v
                 .into_iter()
-                .filter(|s| s.stack == a.name && keep.service(s))
+                .filter(|s| s.stack == stack && keep.service(s))
                 .collect();
             return show_services(&v, a.json, a.quiet, a.format.as_deref());
         }
         StackCommand::Ps(a) => {
             let keep = Filters::parse(&a.filter, &filter::TASK_KEYS)?;
             let v: Vec<TaskView> = Client::new(&a.server)?.get("/api/v1/tasks")?;
-            let prefix = format!("{}_", a.name);
+            let prefix = format!("{}_", a.one("stack ps")?);
             let v: Vec<TaskView> = v
                 .into_iter()
                 .filter(|t| t.service.starts_with(&prefix) && keep.task(t))

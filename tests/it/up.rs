@@ -125,6 +125,14 @@ async fn deploys_scales_and_prunes_by_commit() {
     let mut listed = quiet(&["stack", "ps", &a]);
     listed.sort();
     assert_eq!(listed, ids);
+    // Several services at once, as docker's `service ps` takes them; a stack listing one stack.
+    assert_eq!(quiet(&["service", "ps", &sa, &sb]).len(), 5);
+    let out = crate::support::reconciler(
+        std::path::Path::new("."),
+        &["stack", "ps", &a, &b, "--server", &up.api],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("takes one stack"), "{}", stderr(&out));
     // --filter, with docker's keys: values of a key are alternatives, keys all apply.
     let name_a = format!("name={a}");
     assert_eq!(
