@@ -189,13 +189,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::spec::units::Duration::parse(s).map(|d| d.as_std())
 }
 
+/// A table without borders, as docker's. On a terminal its cells wrap to fit the width;
+/// into a pipe or a file nothing is cut, so that scripts see everything.
 pub(super) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
-    t.load_preset(NOTHING).set_header(header.iter().copied());
+    t.load_preset(NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
+        .set_header(header.iter().copied());
     t
 }
 
-/// A task listing as its flags ask: JSON, IDs only, or a table.
 /// The fields `--format` has for a task, as docker names them.
 const TASK_FIELDS: &[&str] = &[
     "ID",
@@ -270,6 +273,7 @@ impl ListOfArgs {
     }
 }
 
+/// A task listing as its flags ask: JSON, IDs only, `--format`, or a table.
 fn show_tasks(v: &[TaskView], a: &ListOfArgs) -> anyhow::Result<i32> {
     if a.json {
         return json(&v);

@@ -125,6 +125,33 @@ async fn deploys_scales_and_prunes_by_commit() {
     let mut listed = quiet(&["stack", "ps", &a]);
     listed.sort();
     assert_eq!(listed, ids);
+    // A table fits a narrow terminal (cells wrap); into a pipe nothing is cut.
+    let bin = env!("CARGO_BIN_EXE_reconciler");
+    let in_pty = Command::new("script")
+        .args([
+            "-qc",
+            &format!("stty cols 50; {bin} service ps {sa} --server {}", up.api),
+            "/dev/null",
+        ])
+        .output()
+        .unwrap();
+    let narrow = stdout(&in_pty);
+    assert!(narrow.lines().count() > 4, "{narrow}");
+    assert!(
+        narrow.lines().all(|l| l.trim_end().chars().count() <= 50),
+        "{narrow}"
+    );
+    let piped = crate::support::reconciler(
+        std::path::Path::new("."),
+        &["service", "ps", &sa, "--server", &up.api],
+    );
+    assert!(
+        stdout(&piped)
+            .lines()
+            .any(|l| l.trim_end().chars().count() > 50),
+        "{}",
+        stdout(&piped)
+    );
     // Several services at once, as docker's `service ps` takes them; a stack listing one stack.
     assert_eq!(quiet(&["service", "ps", &sa, &sb]).len(), 5);
     let out = crate::support::reconciler(
