@@ -104,6 +104,9 @@ pub struct ServiceView {
     /// For global services: the nodes that should run a task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eligible_nodes: Option<u64>,
+    /// The service's labels (`deploy.labels`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -162,6 +165,7 @@ pub fn services(state: &State) -> Vec<ServiceView> {
                 .max_by_key(|t| t.status.timestamp)
                 .and_then(|t| t.status.error.clone());
             ServiceView {
+                labels: svc.spec.labels.clone(),
                 name: svc.spec.name.clone(),
                 stack: svc.spec.stack.clone(),
                 mode: mode.into(),

@@ -37,12 +37,17 @@ impl Filters {
             .all(|(key, values)| values.iter().any(|v| matches(key, v)))
     }
 
-    /// Services: `name` (a prefix, as docker matches service names), `mode`, `stack`.
+    /// Services: `name` (a prefix, as docker matches service names), `mode`, `stack`,
+    /// `label` (`KEY` present, or `KEY=VALUE`).
     pub fn service(&self, s: &ServiceView) -> bool {
         self.all(|key, v| match key {
             "name" => s.name.starts_with(v),
             "mode" => s.mode == v,
             "stack" => s.stack == v,
+            "label" => match v.split_once('=') {
+                Some((k, value)) => s.labels.get(k).is_some_and(|l| l == value),
+                None => s.labels.contains_key(v),
+            },
             _ => false,
         })
     }
@@ -66,7 +71,7 @@ impl Filters {
     }
 }
 
-pub const SERVICE_KEYS: [&str; 3] = ["name", "mode", "stack"];
+pub const SERVICE_KEYS: [&str; 4] = ["name", "mode", "stack", "label"];
 pub const TASK_KEYS: [&str; 4] = ["id", "name", "desired-state", "node"];
 
 #[cfg(test)]
@@ -94,6 +99,24 @@ mod tests {
         assert!(!f.service(&svc("db_main", "global")));
         assert!(!f.service(&svc("cache_redis", "replicated")));
         assert!(Filters::default().service(&svc("anything", "global")));
+    }
+
+    #[test]
+    fn a_label_filter_takes_a_key_or_a_key_and_its_value() {
+        let svc = ServiceView {
+            name: "web_api".into(),
+            labels: [("tier".to_string(), "front".to_string())].into(),
+            ..Default::default()
+        };
+        let with = |f: &str| {
+            Filters::parse(&[f.into()], &SERVICE_KEYS)
+                .unwrap()
+                .service(&svc)
+        };
+        assert!(with("label=tier"));
+        assert!(with("label=tier=front"));
+        assert!(!with("label=tier=back"));
+        assert!(!with("label=team"));
     }
 
     #[test]
