@@ -51,8 +51,12 @@ impl Keyring {
         let identities = match &secrets.age_identity {
             Some(text) => match Identities::from_text(text, CLUSTER_ORIGIN) {
                 Ok(ids) => {
-                    if self.local_identities.is_some() {
-                        tracing::warn!("this node was given an age identity of its own; the cluster's is used (change it with `reconciler update --identity FILE`)");
+                    if self
+                        .local_identities
+                        .as_ref()
+                        .is_some_and(|local| !local.same_keys(&ids))
+                    {
+                        tracing::warn!("this node was given an age identity of its own, not the cluster's; the cluster's is used (change it with `reconciler update --identity FILE`)");
                     }
                     Some(ids)
                 }

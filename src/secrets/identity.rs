@@ -82,6 +82,17 @@ impl Identities {
         &self.origin
     }
 
+    /// Do these identities and `other` hold the same keys? (Compared by their public keys.)
+    pub fn same_keys(&self, other: &Identities) -> bool {
+        let public = |ids: &Identities| {
+            let mut keys: Vec<String> =
+                ids.keys.iter().map(|k| k.to_public().to_string()).collect();
+            keys.sort();
+            keys
+        };
+        public(self) == public(other)
+    }
+
     pub fn len(&self) -> usize {
         self.keys.len()
     }
