@@ -38,10 +38,18 @@ fn openraft_storage_suite() {
 }
 
 fn revision(commit: &str) -> crate::store::Command {
+    revision_of(
+        commit,
+        "services:\n  app:\n    image: nginx:1\n    deploy:\n      replicas: 2\n",
+    )
+}
+
+/// The revision `commit` of a repository whose one stack, `web`, is `text`.
+fn revision_of(commit: &str, text: &str) -> crate::store::Command {
     let loaded = crate::spec::load_stack(
         "web",
         "compose.yml",
-        "services:\n  app:\n    image: nginx:1\n    deploy:\n      replicas: 2\n",
+        text,
         &crate::spec::NoFiles,
         &crate::spec::Variables::default(),
     );
@@ -132,22 +140,7 @@ fn big_revision(commit: &str, services: usize) -> crate::store::Command {
             "x".repeat(200)
         ));
     }
-    let loaded = crate::spec::load_stack(
-        "web",
-        "compose.yml",
-        &text,
-        &crate::spec::NoFiles,
-        &crate::spec::Variables::default(),
-    );
-    let mut desired = crate::desired::DesiredState::default();
-    desired.stacks.insert("web".into(), loaded.spec.unwrap());
-    crate::store::Command::ApplyRevision {
-        commit: commit.into(),
-        desired,
-        prune: true,
-        at: 1,
-        blocked: Default::default(),
-    }
+    revision_of(commit, &text)
 }
 
 fn at(index: u64, payload: EntryPayload<TypeConfig>) -> Entry<TypeConfig> {
