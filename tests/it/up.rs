@@ -76,7 +76,12 @@ async fn deploys_scales_and_prunes_by_commit() {
         ),
         (
             &compose(&b),
-            Some(&web(&testing::images::busybox(1), 1, pb, "")),
+            Some(&web(
+                &testing::images::busybox(1),
+                1,
+                pb,
+                "      labels:\n        tier: back\n",
+            )),
         ),
     ]);
     let c1 = repo.commit("two stacks");
@@ -169,6 +174,16 @@ async fn deploys_scales_and_prunes_by_commit() {
     let both = quiet(&["service", "ls", "-f", &name_a, "-f", &format!("name={b}")]);
     assert_eq!(both.len(), 2, "{both:?}");
     assert!(quiet(&["service", "ls", "-f", &name_a, "-f", "mode=global"]).is_empty());
+    // label=KEY, label=KEY=VALUE: the service's deploy.labels.
+    assert_eq!(
+        quiet(&["service", "ls", "-f", "label=tier"]),
+        vec![sb.clone()]
+    );
+    assert_eq!(
+        quiet(&["service", "ls", "-f", "label=tier=back"]),
+        vec![sb.clone()]
+    );
+    assert!(quiet(&["service", "ls", "-f", "label=tier=front"]).is_empty());
     let mut running_now = quiet(&["service", "ps", &sa, "-f", "desired-state=running"]);
     running_now.sort();
     assert_eq!(running_now, ids);
