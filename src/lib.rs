@@ -10,6 +10,7 @@ pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod desired;
+pub mod dispatcher;
 pub mod gitops;
 pub mod logging;
 pub mod manager;

@@ -8,25 +8,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use futures::future::{BoxFuture, FutureExt};
 use futures::StreamExt;
 
+use super::assignment::{Assignments, Content};
+use super::local_files::LocalFiles;
 use super::runtime::{
     ContainerId, ContainerRequest, ContainerState, Health, ObservedContainer, Runtime,
     RuntimeError, TaskRef,
 };
 use crate::secrets::SecretBytes;
 use crate::spec::model::{FileMount, Mount};
-use crate::store::{Command, ContentRef, Millis, State, Task, TaskState, TaskStatus};
-
-/// Where secret, config and repo-file content comes from (the git mirror, decrypted with the
-/// cluster's identity), always by the version the task names. Errors name the object, never
-/// the content.
-pub trait ContentSource: Send + Sync {
-    /// The content of `name` (a secret or config) at `version`.
-    fn read(&self, name: &str, version: &str, at: &ContentRef) -> Result<SecretBytes, String>;
-    /// A read-only copy on this node of a repo file or directory at `version`: its host path.
-    fn materialise(&self, version: &str, at: &ContentRef) -> Result<std::path::PathBuf, String>;
-    /// A stack's own persistent directory on this node (created if missing): its host path.
-    fn stack_dir(&self, stack: &str, path: &str) -> Result<std::path::PathBuf, String>;
-}
+use crate::store::{Command, Millis, Task, TaskState, TaskStatus};
 
 /// Tasks stepped at once.
 const TASK_CONCURRENCY: usize = 8;
@@ -36,7 +26,7 @@ type StepResult = (String, Result<Option<TaskStatus>, RuntimeError>);
 pub struct Executor<R: Runtime> {
     runtime: R,
     node_id: String,
-    content: std::sync::Arc<dyn ContentSource>,
+    files: std::sync::Arc<LocalFiles>,
     /// Networks and volumes already ensured, so each is created once per process.
     ensured: BTreeSet<String>,
     /// Containers being stopped in the background: a stop waits out the grace period, which
@@ -55,15 +45,11 @@ pub struct Reports {
 }
 
 impl<R: Runtime> Executor<R> {
-    pub fn new(
-        runtime: R,
-        node_id: impl Into<String>,
-        content: std::sync::Arc<dyn ContentSource>,
-    ) -> Self {
+    pub fn new(runtime: R, node_id: impl Into<String>, files: std::sync::Arc<LocalFiles>) -> Self {
         Executor {
             runtime,
             node_id: node_id.into(),
-            content,
+            files,
             ensured: BTreeSet::new(),
             stopping: Default::default(),
         }
@@ -73,8 +59,8 @@ impl<R: Runtime> Executor<R> {
         &self.runtime
     }
 
-    /// One pass over the node's tasks and containers.
-    pub async fn step(&mut self, state: &State, now: Millis) -> Reports {
+    /// One pass over the node's tasks (its assignment set) and containers.
+    pub async fn step(&mut self, state: &Assignments, now: Millis) -> Reports {
         let mut out = Reports::default();
         let containers = match self.runtime.list().await {
             Ok(c) => c,
@@ -90,11 +76,7 @@ impl<R: Runtime> Executor<R> {
             }
             by_task.insert(c.task.task_id.clone(), c);
         }
-        let mine: Vec<&Task> = state
-            .tasks
-            .values()
-            .filter(|t| t.node == self.node_id)
-            .collect();
+        let mine: Vec<&Task> = state.tasks.values().collect();
         let known: BTreeSet<&str> = mine.iter().map(|t| t.id.as_str()).collect();
 
         // Networks and volumes first, once each (cheap after the first time), so that the
@@ -146,8 +128,12 @@ impl<R: Runtime> Executor<R> {
         if out.engine_down.is_some() {
             return out;
         }
-        // Containers of tasks the store no longer knows on this node: orphans from a previous
-        // life or another manager's decision. Remove them, so nothing runs that git does not ask for.
+        // Containers of tasks this node is no longer given: orphans from a previous life or
+        // another manager's decision. Removed, so nothing runs that git does not ask for; but
+        // only once a complete set has said so (before it, a task may simply be unheard of).
+        if !state.complete {
+            return out;
+        }
         for (id, c) in &by_task {
             if !known.contains(id.as_str()) {
                 tracing::info!(container = %c.name, "removing container of an unknown task");
@@ -159,7 +145,7 @@ impl<R: Runtime> Executor<R> {
 
     async fn step_task(
         &self,
-        state: &State,
+        state: &Assignments,
         task: &Task,
         container: Option<&ObservedContainer>,
         now: Millis,
@@ -258,7 +244,11 @@ impl<R: Runtime> Executor<R> {
     }
 
     /// Create the task's networks and volumes if this process has not yet.
-    async fn ensure_objects(&mut self, state: &State, task: &Task) -> Result<(), RuntimeError> {
+    async fn ensure_objects(
+        &mut self,
+        state: &Assignments,
+        task: &Task,
+    ) -> Result<(), RuntimeError> {
         for net in &task.spec.networks {
             if self.ensured.contains(&net.network) {
                 continue;
@@ -292,7 +282,7 @@ impl<R: Runtime> Executor<R> {
     /// Pull or find the image and create the container (networks and volumes exist): Ready.
     async fn prepare(
         &self,
-        state: &State,
+        state: &Assignments,
         task: &Task,
         now: Millis,
     ) -> Result<TaskStatus, RuntimeError> {
@@ -311,11 +301,7 @@ impl<R: Runtime> Executor<R> {
             Err(e) if e.is_transient() => return Err(e),
             Err(e) => return Ok(rejected(e.to_string())),
         }
-        let stack = state
-            .services
-            .get(&task.service)
-            .map(|s| s.spec.stack.clone())
-            .unwrap_or_default();
+        let stack = state.stacks.get(&task.service).cloned().unwrap_or_default();
         let task_ref = TaskRef {
             task_id: task.id.clone(),
             service: task.service.clone(),
@@ -330,13 +316,13 @@ impl<R: Runtime> Executor<R> {
                 Mount::Repo {
                     version, target, ..
                 } => match state.contents.get(version.as_str()) {
-                    Some(at) => match self.content.materialise(version, at) {
+                    Some(content) => match self.files.materialise(version, content) {
                         Ok(path) => (path, target.clone(), true),
                         Err(e) => return Ok(rejected(e)),
                     },
                     None => {
                         return Ok(rejected(format!(
-                            "the repo file for {target} (version {version}) is not known to the cluster"
+                            "the repo file for {target} (version {version}) was not delivered with the task"
                         )))
                     }
                 },
@@ -345,7 +331,7 @@ impl<R: Runtime> Executor<R> {
                     path,
                     target,
                     read_only,
-                } => match self.content.stack_dir(stack, path) {
+                } => match self.files.stack_dir(stack, path) {
                     Ok(host) => (host, target.clone(), *read_only),
                     Err(e) => return Ok(rejected(e)),
                 },
@@ -400,25 +386,19 @@ impl<R: Runtime> Executor<R> {
     /// simply the current one (a rolled-back task gets the old secret).
     fn file_content(
         &self,
-        state: &State,
+        state: &Assignments,
         m: &FileMount,
         kind: &str,
     ) -> Result<SecretBytes, String> {
-        let objects = if kind == "secret" {
-            &state.secrets
-        } else {
-            &state.configs
-        };
-        if objects.get(&m.object).is_some_and(|o| o.spec.external) {
-            return Err(format!(
-                "{kind} {} is external: external secrets and configs are not supported on this node",
-                m.object
-            ));
-        }
         match state.contents.get(&m.version) {
-            Some(at) => self.content.read(&m.object, &m.version, at),
+            Some(Content::Bytes { bytes }) => Ok(SecretBytes::new(bytes.to_vec())),
+            Some(Content::Missing { why }) => Err(why.clone()),
+            Some(Content::Files { .. }) => Err(format!(
+                "{kind} {} version {} is a repo file, not a {kind}",
+                m.object, m.version
+            )),
             None => Err(format!(
-                "{kind} {} version {} is not known to the cluster",
+                "{kind} {} version {} was not delivered with the task",
                 m.object, m.version
             )),
         }
@@ -511,8 +491,15 @@ impl<R: Runtime> Executor<R> {
     /// Remove networks this project created that no stack in the state wants any more.
     /// Volumes are kept: data outlives stacks, as with `docker stack rm`. Returns whether any
     /// is left (still in use by a stopping task: try again soon).
-    pub async fn prune_networks(&mut self, state: &State) -> Result<bool, RuntimeError> {
-        let wanted: BTreeMap<&str, ()> = state.networks.keys().map(|k| (k.as_str(), ())).collect();
+    pub async fn prune_networks(&mut self, state: &Assignments) -> Result<bool, RuntimeError> {
+        if !state.complete {
+            return Ok(false);
+        }
+        let wanted: BTreeMap<&str, ()> = state
+            .cluster_networks
+            .iter()
+            .map(|k| (k.as_str(), ()))
+            .collect();
         let mut left = false;
         for n in self.runtime.list_networks().await? {
             if !wanted.contains_key(n.name.as_str()) {

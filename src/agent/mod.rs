@@ -15,4 +15,7 @@ pub use runtime::{
     ContainerId, ContainerRequest, ContainerState, Health, ObservedContainer, ObservedObject,
     Runtime, RuntimeError, TaskRef,
 };
+pub mod assignment;
 pub mod executor;
+pub mod local_files;
+pub mod session;

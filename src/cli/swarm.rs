@@ -28,6 +28,10 @@ pub struct InitArgs {
     /// stays locked until `reconciler unlock` gives it the key.
     #[arg(long)]
     autolock: bool,
+    /// How often every node's agent tells the managers it is alive; a node silent for
+    /// three periods is marked down and its tasks are placed elsewhere.
+    #[arg(long, default_value = "5s", value_parser = up::parse_duration)]
+    dispatcher_heartbeat: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,6 +90,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<i32> {
         cert_expiry: args.cert_expiry,
         snapshot_interval: args.snapshot_interval,
         autolock: args.autolock,
+        dispatcher_heartbeat: Some(args.dispatcher_heartbeat),
         // Filled from up's flags (`--identity`, `--git-token`, `--ssh-key`) by `up::serve`.
         secrets: Default::default(),
     };

@@ -29,6 +29,9 @@ pub struct ClusterConfig {
     /// credentials, so that a manager joins without copies of them on its disk.
     #[serde(default)]
     pub secrets: ClusterSecrets,
+    /// How often agents send heartbeats (`init --dispatcher-heartbeat`); default 5 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatcher_heartbeat: Option<Duration>,
 }
 
 /// The cluster's secrets of its own. Sealed at rest in every manager's Raft files, sent only

@@ -56,6 +56,10 @@ pub struct ClusterNode {
     pub files: NodeFiles,
     /// Channels to the other managers, by address.
     channels: Mutex<HashMap<String, Channel>>,
+    /// The same for long-lived streams (dispatcher sessions passed on to the leader).
+    stream_channels: Mutex<HashMap<String, Channel>>,
+    /// The dispatcher, once the node's loops run (it serves while this manager leads).
+    pub dispatcher: std::sync::OnceLock<std::sync::Arc<crate::dispatcher::Dispatcher>>,
     /// Cancelled when this node has left the cluster (`reconciler leave`): the process stops
     /// and forgets its cluster.
     pub left: tokio_util::sync::CancellationToken,
@@ -93,6 +97,8 @@ impl ClusterNode {
             creds,
             files,
             channels: Default::default(),
+            stream_channels: Default::default(),
+            dispatcher: Default::default(),
             left: Default::default(),
             on_sync: Default::default(),
         }
@@ -123,6 +129,20 @@ impl ClusterNode {
         Ok(pb::control_client::ControlClient::new(channel)
             .max_decoding_message_size(super::raft::network::MAX_MESSAGE)
             .max_encoding_message_size(super::raft::network::MAX_MESSAGE))
+    }
+
+    /// A channel for long-lived streams to the manager at `addr`, as this node.
+    pub fn stream_channel(&self, addr: &str) -> anyhow::Result<Channel> {
+        let mut channels = self
+            .stream_channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = rpc::dial_stream(addr, &self.creds)?;
+        channels.insert(addr.to_string(), c.clone());
+        Ok(c)
     }
 
     /// How this node's keys should be kept now: sealed by the cluster's unlock key when the
@@ -220,6 +240,10 @@ impl ClusterNode {
     /// of the moment (after a renewal that changed this node's role).
     pub fn redial(&self) {
         self.channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.stream_channels
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();

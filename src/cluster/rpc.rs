@@ -38,6 +38,18 @@ pub fn dial(addr: &str, creds: &Arc<Credentials>) -> anyhow::Result<Channel> {
     dial_tls(addr, tls::client_config(creds)?)
 }
 
+/// [`dial`] for long-lived streams (the dispatcher's sessions): no deadline per call, and
+/// HTTP/2 pings to notice a manager that went away without closing the connection.
+pub fn dial_stream(addr: &str, creds: &Arc<Credentials>) -> anyhow::Result<Channel> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .with_context(|| format!("{addr} is not a host:port address"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(Duration::from_secs(3))
+        .keep_alive_while_idle(true);
+    Ok(endpoint.connect_with_connector_lazy(tls_connector(addr, tls::client_config(creds)?)))
+}
+
 /// Dial a manager that must hold a manager certificate of `root_pem`, with no certificate of
 /// our own (a node joining, once it trusts the root).
 pub fn dial_with_root(addr: &str, root_pem: &str) -> anyhow::Result<Channel> {
@@ -75,9 +87,24 @@ pub fn dial_unverified(addr: &str) -> anyhow::Result<Channel> {
 /// A lazy channel to `addr` whose connections are TLS by `config`, checking the manager's
 /// name (the role in its certificate).
 fn dial_tls(addr: &str, config: rustls::ClientConfig) -> anyhow::Result<Channel> {
+    Ok(endpoint(addr, "http")?.connect_with_connector_lazy(tls_connector(addr, config)))
+}
+
+/// Connections to `addr`, TLS by `config`, checking the manager's name.
+fn tls_connector(
+    addr: &str,
+    config: rustls::ClientConfig,
+) -> impl tower::Service<
+    http::Uri,
+    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Clone
+       + Send
+       + 'static {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let target = addr.to_string();
-    let connect = tower::service_fn(move |_: http::Uri| {
+    tower::service_fn(move |_: http::Uri| {
         let (connector, target) = (connector.clone(), target.clone());
         async move {
             let tcp = tokio::net::TcpStream::connect(&target).await?;
@@ -85,8 +112,7 @@ fn dial_tls(addr: &str, config: rustls::ClientConfig) -> anyhow::Result<Channel>
             let tls = connector.connect(tls::manager_name(), tcp).await?;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
         }
-    });
-    Ok(endpoint(addr, "http")?.connect_with_connector_lazy(connect))
+    })
 }
 
 /// Accepts any server certificate (still checking the handshake's signatures): what it

@@ -38,6 +38,8 @@ pub struct ClusterOptions {
     /// A new cluster's age identity and git credentials (`init`'s `--identity`,
     /// `--git-token`, `--ssh-key`).
     pub secrets: super::config::ClusterSecrets,
+    /// A new cluster's heartbeat period (`init --dispatcher-heartbeat`).
+    pub dispatcher_heartbeat: Option<Duration>,
 }
 
 impl Default for ClusterOptions {
@@ -49,6 +51,7 @@ impl Default for ClusterOptions {
             snapshot_interval: 10_000,
             autolock: false,
             secrets: Default::default(),
+            dispatcher_heartbeat: None,
         }
     }
 }
@@ -192,6 +195,7 @@ async fn init(
             None
         },
         secrets: options.secrets.clone(),
+        dispatcher_heartbeat: options.dispatcher_heartbeat,
     };
     let info = NodeInfo {
         node_id,
@@ -281,11 +285,6 @@ async fn join(
         .into_inner();
     let role = Role::from_word(&issued.role)
         .with_context(|| format!("the manager answered an unknown role {:?}", issued.role))?;
-    if role == Role::Worker {
-        bail!(
-            "this is a worker token: worker nodes (taking tasks from the managers' dispatcher) come with the next release; join with the manager token (`reconciler join-token manager`) for now"
-        );
-    }
     let keys = NodeKeys {
         tls_key: zeroize::Zeroizing::new(key.to_string()),
         data_key: DataKey::generate()?,
@@ -310,7 +309,10 @@ async fn join(
         shutdown,
     )
     .await?;
-    enter_raft(&node, manager).await?;
+    // A worker takes no part in Raft: it gets its work from the dispatcher.
+    if role == Role::Manager {
+        enter_raft(&node, manager).await?;
+    }
     files.save(&info)?;
     Ok(node)
 }
@@ -557,7 +559,10 @@ async fn launch(
             Some(node.sm.clone()),
         ))
         .add_service(CaService::new(node.clone()))
-        .add_service(ControlService::new(node.clone()));
+        .add_service(ControlService::new(node.clone()))
+        .add_service(crate::dispatcher::service::DispatcherService::new(
+            node.clone(),
+        ));
     let (raft, stop) = (node.raft.clone(), shutdown.clone());
     tokio::spawn(async move {
         let incoming = tls::incoming(listener, tls_config);

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::executor::Executor;
+use crate::agent::local_files::LocalFiles;
 use crate::agent::DockerRuntime;
 use crate::cluster::files::NodeFiles;
 use crate::cluster::node::ClusterNode;
@@ -30,7 +31,8 @@ use crate::desired::{self, GitTree, LoadOptions};
 use crate::gitops::{self, Mirror, Watcher, WatcherConfig, WatcherHandle};
 use crate::orchestrator::{IdGen, Orchestrator};
 use crate::secrets::Identities;
-use crate::store::{Availability, Command, Node, NodeRole, State};
+use crate::store::{Availability, Command, Node, NodeRole, State, TaskStatus};
+use std::collections::HashMap;
 
 pub use content::MirrorContent;
 
@@ -356,8 +358,8 @@ pub async fn run(
         mirror.path().to_path_buf(),
         config.path.clone(),
         keyring.clone(),
-        &config.data_dir,
     ));
+    let files = Arc::new(LocalFiles::new(&config.data_dir));
     let runtime = DockerRuntime::connect_local().with_node_filter(node_id.clone());
     let own_containers = runtime.clone();
     // This node as the scheduler sees it; registered again at every start (its address,
@@ -374,23 +376,21 @@ pub async fn run(
         crate::cluster::ca::Role::Worker => NodeRole::Worker,
     };
     me.engine_version = runtime.engine_version().await.unwrap_or_default();
-    {
-        let (shared, stop) = (shared.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            // Retried until it commits: a manager that restarts while the others are away
-            // registers once a quorum is back.
-            while !stop.is_cancelled() {
-                if shared
-                    .apply(vec![Command::UpsertNode { node: me.clone() }])
-                    .await
-                    > 0
-                {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        });
-    }
+    // Every node, managers too, gets its work from the dispatcher, which registers it when
+    // its session opens (its description new, its role, availability and labels kept).
+    let dispatcher = crate::dispatcher::Dispatcher::new(Arc::new(DispatchBackend {
+        shared: shared.clone(),
+        content: content.clone(),
+    }));
+    let _ = cluster.dispatcher.set(dispatcher.clone());
+    let link = crate::agent::session::Link::new();
+    tokio::spawn(crate::agent::session::run(
+        link.clone(),
+        cluster.creds.clone(),
+        cluster.manager_addresses(),
+        me,
+        shutdown.clone(),
+    ));
     tracing::info!(listen = %listener.local_addr()?, repo = %mirror.display_url(), node = %node_id, cluster = %cluster.cluster_id(), "reconciler up");
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -398,13 +398,23 @@ pub async fn run(
     // it); only the leader turns new heads into revisions.
     let watcher = Arc::new(tokio::sync::Mutex::new(watcher));
     let stop = shutdown.clone();
+    let creds = cluster.creds.clone();
     tasks.spawn(supervise(
         "watcher",
         shared.loop_failures.clone(),
         shutdown.clone(),
         move || {
-            let (watcher, stop) = (watcher.clone(), stop.clone());
-            async move { watcher.lock().await.watch(stop).await }
+            let (watcher, stop, creds) = (watcher.clone(), stop.clone(), creds.clone());
+            async move {
+                // A worker reads no repository: it is given its tasks and their content.
+                while creds.identity().role == crate::cluster::ca::Role::Worker {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    }
+                }
+                watcher.lock().await.watch(stop).await
+            }
         },
     ));
     let git = Arc::new(GitLoop {
@@ -432,12 +442,27 @@ pub async fn run(
         shutdown.clone(),
         move || orchestrator_loop(s.clone(), stop.clone()),
     ));
+    let (s, stop, d) = (shared.clone(), shutdown.clone(), dispatcher.clone());
+    tasks.spawn(supervise(
+        "dispatcher",
+        shared.loop_failures.clone(),
+        shutdown.clone(),
+        move || dispatcher_loop(s.clone(), d.clone(), stop.clone()),
+    ));
     let (s, stop) = (shared.clone(), shutdown.clone());
     tasks.spawn(supervise(
         "agent",
         shared.loop_failures.clone(),
         shutdown.clone(),
-        move || agent_loop(s.clone(), runtime.clone(), content.clone(), stop.clone()),
+        move || {
+            agent_loop(
+                s.clone(),
+                runtime.clone(),
+                files.clone(),
+                link.clone(),
+                stop.clone(),
+            )
+        },
     ));
     let (s, stop, ingress) = (
         shared.clone(),
@@ -839,17 +864,86 @@ async fn orchestrate(shared: &Shared) {
     }
 }
 
+/// The dispatcher serves while this manager leads; its sessions end when it stops leading.
+async fn dispatcher_loop(
+    shared: Arc<Shared>,
+    dispatcher: Arc<crate::dispatcher::Dispatcher>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = until_leader(&shared) => {}
+        }
+        let stop = shutdown.child_token();
+        tokio::select! {
+            _ = until_not_leader(&shared) => {}
+            _ = dispatcher.serve(stop.clone()) => {}
+        }
+        stop.cancel();
+        if shutdown.is_cancelled() {
+            return;
+        }
+    }
+}
+
+/// What the dispatcher needs of this manager.
+struct DispatchBackend {
+    shared: Arc<Shared>,
+    content: Arc<MirrorContent>,
+}
+
+impl crate::dispatcher::Backend for DispatchBackend {
+    fn read_state(&self, f: &mut dyn FnMut(&State)) {
+        self.shared.cluster.sm.read(|s| f(s))
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.subscribe()
+    }
+
+    fn commit(&self, commands: Vec<Command>) -> futures::future::BoxFuture<'static, usize> {
+        let shared = self.shared.clone();
+        Box::pin(async move { shared.apply(commands).await })
+    }
+
+    fn resolve(
+        &self,
+        version: &str,
+        need: &crate::agent::assignment::Need,
+    ) -> crate::agent::assignment::Content {
+        self.content.resolve(version, need)
+    }
+
+    fn heartbeat_period(&self) -> Duration {
+        self.shared
+            .cluster
+            .sm
+            .read_cluster(|c| c.and_then(|c| c.dispatcher_heartbeat))
+            .unwrap_or(crate::dispatcher::DEFAULT_HEARTBEAT)
+    }
+
+    fn managers(&self) -> Vec<String> {
+        self.shared.cluster.manager_addresses()
+    }
+}
+
 async fn agent_loop(
     shared: Arc<Shared>,
     runtime: DockerRuntime,
-    content: Arc<MirrorContent>,
+    files: Arc<LocalFiles>,
+    link: Arc<crate::agent::session::Link>,
     shutdown: CancellationToken,
 ) {
-    // Woken by the store (new tasks, new desired states) and by the engine's events about
-    // this node's containers; the timer is only a safety net, so an idle node costs nothing.
+    // Woken by the assignment set (new tasks, new desired states) and by the engine's events
+    // about this node's containers; the timer is only a safety net, so an idle node costs
+    // nothing.
     let mut events = runtime.container_events();
-    let mut executor = Executor::new(runtime, shared.node_id.clone(), content.clone());
-    let mut changes = shared.subscribe();
+    let mut executor = Executor::new(runtime, shared.node_id.clone(), files.clone());
+    let mut changes = link.subscribe();
+    // What was reported and when: a pass that runs before the set shows a report need not
+    // send it again.
+    let mut reported: HashMap<String, (TaskStatus, std::time::Instant)> = HashMap::new();
     let mut backoff = gitops::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let mut last_upkeep: Option<std::time::Instant> = None;
     let mut networks_seen: Vec<String> = Vec::new();
@@ -863,7 +957,7 @@ async fn agent_loop(
         }
     };
     loop {
-        let state = shared.snapshot();
+        let state = link.assignments();
         let reports = executor.step(&state, now_ms()).await;
         let pause = match reports.engine_down.clone() {
             Some(e) => {
@@ -885,10 +979,10 @@ async fn agent_loop(
         if reports.engine_down.is_none() {
             *shared.addresses.write().expect("lock") = reports.addresses;
         }
-        shared.apply(reports.commands).await;
+        report(&link, &state, reports.commands, &mut reported).await;
         // Upkeep: when the stacks' networks changed (one was removed with its stack), and
         // every UPKEEP otherwise.
-        let networks: Vec<String> = state.networks.keys().cloned().collect();
+        let networks: Vec<String> = state.cluster_networks.iter().cloned().collect();
         let due = last_upkeep.is_none_or(|t| t.elapsed() > UPKEEP)
             || networks != networks_seen
             || networks_left;
@@ -911,18 +1005,23 @@ async fn agent_loop(
             let keep: std::collections::BTreeSet<&str> = state
                 .tasks
                 .values()
-                .filter(|t| t.node == shared.node_id)
                 .flat_map(|t| t.spec.content_versions())
                 .collect();
-            if let Err(e) = content.prune_files(&keep) {
+            if !state.complete {
+                // Not yet told what this node runs: keep every copy.
+            } else if let Err(e) = files.prune_files(&keep) {
                 upkeep_failed("removing old copies of repo files", format!("{e:#}"));
             }
             // Containers of nodes the cluster does not know (a data dir deleted, a node gone):
             // nothing adopts or removes them, so status says so, once in the log too.
-            if let Ok(by_node) = executor.runtime().containers_by_node().await {
+            let by_node = match state.complete {
+                true => executor.runtime().containers_by_node().await.ok(),
+                false => None,
+            };
+            if let Some(by_node) = by_node {
                 let stale: std::collections::BTreeMap<String, Vec<String>> = by_node
                     .into_iter()
-                    .filter(|(node, _)| !state.nodes.contains_key(node))
+                    .filter(|(node, _)| !state.cluster_nodes.contains(node))
                     .collect();
                 let mut known = shared.stale.write().expect("lock");
                 for (node, names) in &stale {
@@ -943,6 +1042,43 @@ async fn agent_loop(
     }
 }
 
+/// Send a pass's status reports, but not one already sent in the last few seconds that the
+/// assignment set does not show yet.
+async fn report(
+    link: &crate::agent::session::Link,
+    set: &crate::agent::assignment::Assignments,
+    commands: Vec<Command>,
+    reported: &mut HashMap<String, (TaskStatus, std::time::Instant)>,
+) {
+    use crate::dispatcher::wire::StatusUpdate;
+    let same = |a: &TaskStatus, b: &TaskStatus| {
+        (a.state, &a.message, &a.error, &a.container_id, a.exit_code)
+            == (b.state, &b.message, &b.error, &b.container_id, b.exit_code)
+    };
+    reported.retain(|id, (_, at)| set.tasks.contains_key(id) && at.elapsed() < REPORT_AGAIN);
+    let mut updates = Vec::new();
+    for c in commands {
+        let Command::UpdateTaskStatus { id, status } = c else {
+            continue;
+        };
+        if reported.get(&id).is_some_and(|(s, _)| same(s, &status)) {
+            continue;
+        }
+        reported.insert(id.clone(), (status.clone(), std::time::Instant::now()));
+        updates.push(StatusUpdate { id, status });
+    }
+    if updates.is_empty() {
+        return;
+    }
+    if let Err(e) = link.report(updates).await {
+        // Computed again from what the engine shows, once a session is open.
+        tracing::debug!(error = %e, "status reports not delivered");
+        reported.clear();
+    }
+}
+
+/// How long a report sent is not sent again while the assignment set does not show it.
+const REPORT_AGAIN: Duration = Duration::from_secs(5);
 /// How long the agent lets a burst of changes settle before a pass.
 const WAKE_SETTLE: Duration = Duration::from_millis(5);
 /// An agent pass when nothing woke it sooner.

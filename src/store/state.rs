@@ -60,6 +60,19 @@ pub enum Command {
     UpsertNode {
         node: Node,
     },
+    /// A node opened a dispatcher session: it is ready, and its description (hostname,
+    /// platform, resources, engine) is as it says now. A node new to the store is added with
+    /// the given role and availability; a known one keeps its role, availability and labels
+    /// (those are the operator's).
+    NodeSeen {
+        node: Node,
+    },
+    /// The dispatcher heard nothing from a node for three heartbeat periods (down), or heard
+    /// from it again (ready).
+    SetNodeReady {
+        id: String,
+        ready: bool,
+    },
     /// `node rm`: the node leaves the store (its certificate is refused by the cluster's
     /// own settings, committed beside).
     RemoveNode {
@@ -198,6 +211,8 @@ impl State {
             | Command::RefuseRevision { .. }
             | Command::DeleteTask { .. }
             | Command::UpsertNode { .. }
+            | Command::NodeSeen { .. }
+            | Command::SetNodeReady { .. }
             | Command::RemoveNode { .. } => {}
         }
         Ok(())
@@ -253,6 +268,33 @@ impl State {
                 self.nodes.insert(node.id.clone(), node);
                 Ok(vec![Event::ObjectsChanged])
             }
+            Command::NodeSeen { node } => {
+                let node = match self.nodes.get(&node.id) {
+                    Some(known) => Node {
+                        role: known.role,
+                        availability: known.availability,
+                        labels: known.labels.clone(),
+                        ready: true,
+                        ..node
+                    },
+                    None => Node {
+                        ready: true,
+                        ..node
+                    },
+                };
+                if self.nodes.get(&node.id) == Some(&node) {
+                    return Ok(vec![]);
+                }
+                self.nodes.insert(node.id.clone(), node);
+                Ok(vec![Event::ObjectsChanged])
+            }
+            Command::SetNodeReady { id, ready } => match self.nodes.get_mut(&id) {
+                Some(n) if n.ready != ready => {
+                    n.ready = ready;
+                    Ok(vec![Event::ObjectsChanged])
+                }
+                _ => Ok(vec![]),
+            },
             Command::RemoveNode { id } => Ok(match self.nodes.remove(&id) {
                 Some(_) => vec![Event::ObjectsChanged],
                 None => vec![],
