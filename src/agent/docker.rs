@@ -227,6 +227,33 @@ impl DockerRuntime {
         Ok(v.version.unwrap_or_default())
     }
 
+    /// The node as its engine describes it: platform, capacity and the engine's own labels
+    /// (`dockerd --label`), which placement constraints read as `engine.labels.*`.
+    pub async fn describe(&self) -> Result<EngineDescription, RuntimeError> {
+        let info = self
+            .client()
+            .await?
+            .info()
+            .await
+            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
+        Ok(EngineDescription {
+            version: info.server_version.unwrap_or_default(),
+            os: info.os_type.unwrap_or_default(),
+            arch: info.architecture.unwrap_or_default(),
+            labels: info
+                .labels
+                .unwrap_or_default()
+                .into_iter()
+                .map(|l| match l.split_once('=') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => (l, String::new()),
+                })
+                .collect(),
+            nano_cpus: info.ncpu.unwrap_or(0).max(0) as u64 * 1_000_000_000,
+            memory_bytes: info.mem_total.unwrap_or(0).max(0) as u64,
+        })
+    }
+
     /// Remove task directories whose container is gone (after a crash between remove steps, or
     /// a container removed by hand). Returns the task ids pruned.
     pub async fn prune_task_files(&self) -> Result<Vec<String>, RuntimeError> {
@@ -632,9 +659,33 @@ impl Runtime for DockerRuntime {
             .await
             .map_err(|e| classify(&format!("create network {name}"), e))?;
         // Engines before API 1.44 create a second network of the same name unless asked not to
-        // (CheckDuplicate, which bollard's 1.53 types lack); they warn instead. If another agent
-        // won the race, drop ours so the name stays unambiguous.
-        if created.warning.contains("already exists") {
+        // (CheckDuplicate, which bollard's 1.53 types lack), and two agents sharing an engine
+        // (several nodes on one machine) can create one each at the same moment. Every agent
+        // keeps the oldest of the name and drops its own if it is not that one, so the name
+        // is soon unambiguous again.
+        let filters = std::collections::HashMap::from([("name", vec![name.to_string()])]);
+        let options = ListNetworksOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let same_name: Vec<(std::time::SystemTime, String)> = docker
+            .list_networks(Some(options))
+            .await
+            .map_err(|e| classify("list networks", e))?
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name))
+            .filter_map(|n| {
+                // Docker's RFC 3339 with nanoseconds; the fraction's length varies, so the
+                // text does not sort by time.
+                let created = n
+                    .created
+                    .as_deref()
+                    .and_then(|c| humantime::parse_rfc3339_weak(c).ok())
+                    .unwrap_or(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 40));
+                Some((created, n.id?))
+            })
+            .collect();
+        let oldest = same_name.iter().min().map(|(_, id)| id.as_str());
+        if same_name.len() > 1 && oldest != Some(created.id.as_str()) {
             tracing::debug!(
                 network = name,
                 "lost a creation race: removing the duplicate"
@@ -849,4 +900,15 @@ fn error_chain(e: &BollardError) -> String {
         source = cause.source();
     }
     text
+}
+
+/// What a node's engine says of the node (`docker info`).
+#[derive(Clone, Debug, Default)]
+pub struct EngineDescription {
+    pub version: String,
+    pub os: String,
+    pub arch: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub nano_cpus: u64,
+    pub memory_bytes: u64,
 }

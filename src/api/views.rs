@@ -115,7 +115,11 @@ pub struct TaskView {
     pub name: String,
     pub service: String,
     pub slot: Option<u64>,
+    /// The node's ID ("" while the task waits for one).
     pub node: String,
+    /// The node's hostname, as `service ps` shows it.
+    #[serde(default)]
+    pub node_hostname: String,
     pub image: String,
     pub desired_state: TaskState,
     pub state: TaskState,
@@ -242,6 +246,11 @@ pub fn tasks(state: &State, service: Option<&str>) -> Vec<TaskView> {
                 service: t.service.clone(),
                 slot: t.slot,
                 node: t.node.clone(),
+                node_hostname: state
+                    .nodes
+                    .get(&t.node)
+                    .map(|n| n.hostname.clone())
+                    .unwrap_or_default(),
                 image: t.spec.container.image.clone(),
                 desired_state: t.desired_state,
                 state: t.status.state,

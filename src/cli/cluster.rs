@@ -116,7 +116,8 @@ pub struct ListArgs {
 /// A listing of services' or one stack's objects.
 #[derive(Debug, clap::Args)]
 pub struct ListOfArgs {
-    /// The services (`service ps` takes several, as docker's), or the stack.
+    /// The services (`service ps` takes several, as docker's), the nodes (`node ps`), or
+    /// the stack.
     #[arg(required = true, num_args = 1..)]
     names: Vec<String>,
     #[command(flatten)]
@@ -227,7 +228,14 @@ fn task_row(task: &TaskView, no_trunc: bool, now: u64) -> super::format::Row {
         ),
         ("Name", task.name.clone()),
         ("Image", task.image.clone()),
-        ("Node", task.node.clone()),
+        (
+            "Node",
+            if task.node_hostname.is_empty() {
+                task.node.clone()
+            } else {
+                task.node_hostname.clone()
+            },
+        ),
         ("DesiredState", task.desired_state.name().to_string()),
         ("CurrentState", format!("{} {ago} ago", task.state.name())),
         (
@@ -261,6 +269,32 @@ fn formatted(
     let format = super::format::Format::parse(format, fields)?;
     print!("{}", format.render(rows)?);
     Ok(0)
+}
+
+/// `node ps NODE...`: the tasks on the nodes, each named as docker takes it (ID, ID prefix or
+/// hostname).
+pub fn node_ps(a: ListOfArgs) -> anyhow::Result<i32> {
+    let keep = Filters::parse(&a.filter, &filter::TASK_KEYS)?;
+    let all: Vec<TaskView> = Client::new(&a.server)?.get("/api/v1/tasks")?;
+    let mut v: Vec<TaskView> = Vec::new();
+    for name in &a.names {
+        let on = |t: &TaskView| {
+            !t.node.is_empty()
+                && (t.node == *name
+                    || t.node.starts_with(name.as_str())
+                    || t.node_hostname == *name)
+        };
+        let mine: Vec<&TaskView> = all.iter().filter(|t| on(t)).collect();
+        let nodes: std::collections::BTreeSet<&str> =
+            mine.iter().map(|t| t.node.as_str()).collect();
+        anyhow::ensure!(
+            nodes.len() <= 1,
+            "node {name} is ambiguous ({} nodes match)",
+            nodes.len()
+        );
+        v.extend(mine.into_iter().filter(|t| keep.task(t)).cloned());
+    }
+    show_tasks(&v, &a)
 }
 
 impl ListOfArgs {

@@ -2,7 +2,7 @@
 //! them, and the changes of role and membership (made by the leader, whichever manager is
 //! asked). A node is named by its ID, a unique ID prefix, or its hostname, as docker takes it.
 
-use crate::cluster::lifecycle::{Action, NodeChange, NodeInspect};
+use crate::cluster::lifecycle::{Action, NodeChange, NodeInspect, NodeUpdate};
 use crate::cluster::rpc::{self, pb};
 use crate::cluster::services::NodeList;
 
@@ -23,6 +23,31 @@ pub enum NodeCommand {
     /// certificates are refused from then on.
     #[command(alias = "remove")]
     Rm(RmArgs),
+    /// Change a node's availability (active, pause: no new tasks, drain: its tasks move),
+    /// labels (placement constraints read them) or role.
+    Update(UpdateArgs),
+    /// The tasks on nodes (ID, ID prefix or hostname), as `service ps` shows them.
+    Ps(super::cluster::ListOfArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpdateArgs {
+    /// ID, ID prefix or hostname.
+    node_name: String,
+    /// active, pause (no new tasks) or drain (its tasks move to other nodes).
+    #[arg(long, value_parser = ["active", "pause", "drain"])]
+    availability: Option<String>,
+    /// Add or change a label (repeatable).
+    #[arg(long = "label-add", value_name = "KEY=VALUE")]
+    label_add: Vec<String>,
+    /// Remove a label (repeatable).
+    #[arg(long = "label-rm", value_name = "KEY")]
+    label_rm: Vec<String>,
+    /// worker or manager (as `node promote` / `node demote`).
+    #[arg(long, value_parser = ["worker", "manager"])]
+    role: Option<String>,
+    #[command(flatten)]
+    node: NodeArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -97,7 +122,33 @@ pub fn run(cmd: NodeCommand) -> anyhow::Result<i32> {
             &args.nodes,
             Action::Remove { force: args.force },
         ),
+        NodeCommand::Update(args) => update(args),
+        NodeCommand::Ps(args) => super::cluster::node_ps(args),
     }
+}
+
+fn update(args: UpdateArgs) -> anyhow::Result<i32> {
+    use crate::store::{Availability, NodeRole};
+    let mut u = NodeUpdate {
+        availability: args.availability.as_deref().map(|a| match a {
+            "pause" => Availability::Pause,
+            "drain" => Availability::Drain,
+            _ => Availability::Active,
+        }),
+        label_rm: args.label_rm,
+        role: args.role.as_deref().map(|r| match r {
+            "manager" => NodeRole::Manager,
+            _ => NodeRole::Worker,
+        }),
+        ..Default::default()
+    };
+    for l in &args.label_add {
+        // As docker: `key=value`, or a bare `key` for an empty value.
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        anyhow::ensure!(!k.is_empty(), "--label-add {l:?}: the key is empty");
+        u.label_add.insert(k.to_string(), v.to_string());
+    }
+    change(&args.node, &[args.node_name], Action::Update(u))
 }
 
 /// Each node in turn, as docker does: every one is tried, each failure said, and the exit
@@ -108,7 +159,7 @@ fn change(args: &NodeArgs, nodes: &[String], action: Action) -> anyhow::Result<i
     for name in nodes {
         let change = NodeChange {
             node: name.clone(),
-            action,
+            action: action.clone(),
         };
         let body = rpc::json(&change).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
         match control.call(async |c| c.change_node(body).await) {

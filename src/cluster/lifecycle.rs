@@ -23,12 +23,29 @@ pub struct NodeChange {
     pub action: Action,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Promote,
     Demote,
-    Remove { force: bool },
+    Remove {
+        force: bool,
+    },
+    /// `node update`.
+    Update(NodeUpdate),
+}
+
+/// What `node update` changes; what it leaves out stays.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeUpdate {
+    #[serde(default)]
+    pub availability: Option<crate::store::Availability>,
+    #[serde(default)]
+    pub label_add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub label_rm: Vec<String>,
+    #[serde(default)]
+    pub role: Option<NodeRole>,
 }
 
 /// A membership change waits this long for a quorum.
@@ -151,6 +168,43 @@ pub async fn change(node: &ClusterNode, change: NodeChange) -> Result<String, St
     let managers = node.managers();
     let in_raft = managers.contains_key(&rid);
     match change.action {
+        Action::Update(update) => {
+            let mut labels = record.labels.clone();
+            for k in &update.label_rm {
+                if labels.remove(k).is_none() {
+                    return Err(Status::failed_precondition(format!(
+                        "key {k} doesn't exist in node's labels"
+                    )));
+                }
+            }
+            labels.extend(update.label_add);
+            let availability = update.availability.unwrap_or(record.availability);
+            commit(
+                node,
+                Proposal::Commands(vec![Command::SetNodeSpec {
+                    id: id.clone(),
+                    availability,
+                    labels,
+                }]),
+            )
+            .await?;
+            let role = update.role.filter(|r| *r != record.role);
+            if let Some(role) = role {
+                let action = match role {
+                    NodeRole::Manager => Action::Promote,
+                    NodeRole::Worker => Action::Demote,
+                };
+                Box::pin(self::change(
+                    node,
+                    NodeChange {
+                        node: id.clone(),
+                        action,
+                    },
+                ))
+                .await?;
+            }
+            Ok(id)
+        }
         Action::Promote => {
             if record.role == NodeRole::Manager {
                 return Ok(format!("Node {id} is already a manager."));
@@ -262,6 +316,8 @@ pub async fn leave(node: &ClusterNode, force: bool) -> Result<String, Status> {
         };
         return Err(Status::failed_precondition(message));
     }
+    // No more work for this node: its agent's session ends before it is marked down.
+    node.leaving.cancel();
     if manager && voters > 1 {
         // Down first, while this node may still write; then out of Raft, by the leader.
         if let Some(mut record) = node.sm.read(|s| s.nodes.get(&me).cloned()) {

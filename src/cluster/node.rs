@@ -63,6 +63,9 @@ pub struct ClusterNode {
     /// Cancelled when this node has left the cluster (`reconciler leave`): the process stops
     /// and forgets its cluster.
     pub left: tokio_util::sync::CancellationToken,
+    /// Cancelled when this node starts to leave: its agent closes its dispatcher session
+    /// first, so that nothing says it is ready once it is marked down.
+    pub leaving: tokio_util::sync::CancellationToken,
     /// Fetch the repository now: set by the manager once its git watcher runs.
     pub on_sync: std::sync::OnceLock<SyncHook>,
     /// The key this node's Raft files are sealed with.
@@ -100,6 +103,7 @@ impl ClusterNode {
             stream_channels: Default::default(),
             dispatcher: Default::default(),
             left: Default::default(),
+            leaving: Default::default(),
             on_sync: Default::default(),
         }
     }

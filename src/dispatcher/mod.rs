@@ -308,12 +308,12 @@ impl Dispatcher {
         }
     }
 
-    /// Nodes silent for [`MISSED_HEARTBEATS`] periods are down; a down node heard again is
-    /// ready. A dispatcher that has just started counts from its start, not from the last
-    /// heartbeat its predecessor saw.
+    /// Nodes silent for [`MISSED_HEARTBEATS`] periods are down, and their sessions end (a
+    /// node is ready again only when it opens a new one). A dispatcher that has just started
+    /// counts from its start, not from the last heartbeat its predecessor saw.
     async fn check_heartbeats(&self) {
         let grace = self.backend.heartbeat_period() * MISSED_HEARTBEATS;
-        let (since, beats): (Instant, HashMap<String, Instant>) = {
+        let (since, beats): (Instant, HashMap<String, (String, Instant)>) = {
             let inner = self.lock();
             let Some(since) = inner.active_since else {
                 return;
@@ -323,31 +323,36 @@ impl Dispatcher {
                 inner
                     .sessions
                     .iter()
-                    .map(|(n, s)| (n.clone(), s.last_beat))
+                    .map(|(n, s)| (n.clone(), (s.id.clone(), s.last_beat)))
                     .collect(),
             )
         };
-        let mut commands = Vec::new();
+        let mut down = Vec::new();
         self.backend.read_state(&mut |s| {
-            for n in s.nodes.values() {
-                let last = beats.get(&n.id).copied().unwrap_or(since).max(since);
-                let silent = last.elapsed() > grace;
-                if n.ready && silent {
+            for n in s.nodes.values().filter(|n| n.ready) {
+                let last = beats.get(&n.id).map(|b| b.1).unwrap_or(since).max(since);
+                if last.elapsed() > grace {
                     tracing::warn!(node = %n.id, hostname = %n.hostname, "node down: no heartbeat for {} periods", MISSED_HEARTBEATS);
-                    commands.push(Command::SetNodeReady {
-                        id: n.id.clone(),
-                        ready: false,
-                    });
-                } else if !n.ready && !silent && beats.contains_key(&n.id) {
-                    commands.push(Command::SetNodeReady {
-                        id: n.id.clone(),
-                        ready: true,
-                    });
+                    down.push(n.id.clone());
                 }
             }
         });
-        if !commands.is_empty() {
-            self.backend.commit(commands).await;
+        if down.is_empty() {
+            return;
         }
+        {
+            let mut inner = self.lock();
+            for node in &down {
+                let silent = beats.get(node).map(|b| b.0.as_str());
+                if inner.sessions.get(node).map(|s| s.id.as_str()) == silent {
+                    inner.sessions.remove(node);
+                }
+            }
+        }
+        let commands = down
+            .into_iter()
+            .map(|id| Command::SetNodeReady { id, ready: false })
+            .collect();
+        self.backend.commit(commands).await;
     }
 }

@@ -375,7 +375,28 @@ pub async fn run(
         crate::cluster::ca::Role::Manager => NodeRole::Manager,
         crate::cluster::ca::Role::Worker => NodeRole::Worker,
     };
-    me.engine_version = runtime.engine_version().await.unwrap_or_default();
+    match runtime.describe().await {
+        Ok(engine) => {
+            // Docker's names for the platform (x86_64, linux), as constraints use them.
+            me.engine_version = engine.version;
+            if !engine.os.is_empty() {
+                me.os = engine.os;
+            }
+            if !engine.arch.is_empty() {
+                me.arch = engine.arch;
+            }
+            me.engine_labels = engine.labels;
+            if engine.nano_cpus > 0 {
+                me.nano_cpus = engine.nano_cpus;
+            }
+            if engine.memory_bytes > 0 {
+                me.memory_bytes = engine.memory_bytes;
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the Docker Engine did not describe this node; using what the system says")
+        }
+    }
     // Every node, managers too, gets its work from the dispatcher, which registers it when
     // its session opens (its description new, its role, availability and labels kept).
     let dispatcher = crate::dispatcher::Dispatcher::new(Arc::new(DispatchBackend {
@@ -384,12 +405,22 @@ pub async fn run(
     }));
     let _ = cluster.dispatcher.set(dispatcher.clone());
     let link = crate::agent::session::Link::new();
+    let session_stop = shutdown.child_token();
+    {
+        let (leaving, stop) = (cluster.leaving.clone(), session_stop.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = leaving.cancelled() => stop.cancel(),
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
     tokio::spawn(crate::agent::session::run(
         link.clone(),
         cluster.creds.clone(),
         cluster.manager_addresses(),
         me,
-        shutdown.clone(),
+        session_stop,
     ));
     tracing::info!(listen = %listener.local_addr()?, repo = %mirror.display_url(), node = %node_id, cluster = %cluster.cluster_id(), "reconciler up");
 

@@ -331,9 +331,33 @@ fn fill_slots(
             .map(|n| (None, n.id.clone()))
             .collect(),
     };
+    // A replicated task on a node that is down (or gone) or drained moves: it is told to
+    // stop, and its slot is filled elsewhere (at once from a down node, which cannot say it
+    // stopped; once it has stopped from a drained one). A global task stays on a down node
+    // until it returns.
+    if matches!(svc.spec.mode, Mode::Replicated { .. }) {
+        for t in by_slot.values().flatten().filter(|t| {
+            t.is_live() && t.status.state >= TaskState::Assigned && !node_usable(state, &t.node)
+        }) {
+            sched.release(t);
+            out.commands.push(Command::SetTaskDesiredState {
+                id: t.id.clone(),
+                state: TaskState::Shutdown,
+            });
+        }
+    }
     // Surplus: slots past the replica count, nodes no longer eligible (constraint enforcer).
     for (key, tasks) in &by_slot {
         if wanted.contains(key) {
+            continue;
+        }
+        let waiting_for_its_node = key.0.is_none()
+            && state.nodes.get(&key.1).is_some_and(|n| {
+                !n.ready
+                    && n.availability != crate::store::Availability::Drain
+                    && schedule::constraints_hold(&svc.spec, n)
+            });
+        if waiting_for_its_node {
             continue;
         }
         for t in tasks
@@ -357,7 +381,7 @@ fn fill_slots(
         let newest = tasks.last();
         let mut restarts = Vec::new();
         if let Some(ended) = newest {
-            if !ended.status.state.is_terminal() {
+            if !ended.status.state.is_terminal() && !node_down(state, &ended.node) {
                 continue; // still stopping: the replacement waits for it
             }
             match restart::restart_decision(&svc.spec.task.restart_policy, ended, now) {
@@ -393,6 +417,19 @@ fn fill_slots(
             task: Box::new(task),
         });
     }
+}
+
+/// A node tasks may stay on: known, ready and not drained.
+fn node_usable(state: &State, node: &str) -> bool {
+    state
+        .nodes
+        .get(node)
+        .is_some_and(|n| n.ready && n.availability != crate::store::Availability::Drain)
+}
+
+/// A node that cannot say its tasks stopped: down, or no longer in the cluster.
+fn node_down(state: &State, node: &str) -> bool {
+    state.nodes.get(node).is_none_or(|n| !n.ready)
 }
 
 /// Place tasks still waiting for a node; a task that fits nowhere says why.

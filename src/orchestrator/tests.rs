@@ -133,6 +133,10 @@ impl Sim {
         let now = self.now;
         let mut reports = Vec::new();
         for t in self.state.tasks.values() {
+            // A node that is down says nothing.
+            if self.state.nodes.get(&t.node).is_some_and(|n| !n.ready) {
+                continue;
+            }
             let st = &t.status;
             let mut next = st.clone();
             next.timestamp = now;
@@ -1191,4 +1195,89 @@ fn start_first_waits_the_delay_after_a_new_task_that_died_before_running() {
     assert_eq!(other_slot(&sim), 0, "the next slot waits the delay");
     sim.run(died + 8_000 - sim.now);
     assert_eq!(other_slot(&sim), 1, "and is handed out after it");
+}
+
+impl Sim {
+    fn set_node(&mut self, id: &str, change: impl FnOnce(&mut Node)) {
+        let mut node = self.state.nodes[id].clone();
+        change(&mut node);
+        self.state.apply(Command::UpsertNode { node }).unwrap();
+    }
+
+    fn running_per_node(&self, image: &str) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for n in self.nodes_running(image) {
+            *m.entry(n).or_default() += 1;
+        }
+        m
+    }
+}
+
+#[test]
+fn a_down_nodes_replicated_tasks_run_elsewhere_and_its_global_task_waits_for_it() {
+    let mut sim = Sim::new();
+    sim.add_node("node-2", &[]);
+    sim.add_node("node-3", &[]);
+    sim.commit(
+        "c1",
+        "services:\n  web:\n    image: web:1\n    deploy:\n      replicas: 6\n  agent:\n    image: agent:1\n    deploy:\n      mode: global\n",
+    );
+    sim.run(2_000);
+    assert_eq!(
+        sim.running_per_node("web:1")
+            .into_values()
+            .collect::<Vec<_>>(),
+        [2, 2, 2]
+    );
+    sim.set_node("node-3", |n| n.ready = false);
+    sim.run(2_000);
+    let live_on_3 = |sim: &Sim, image: &str| {
+        sim.state
+            .tasks
+            .values()
+            .filter(|t| t.node == "node-3" && t.spec.container.image == image && t.is_live())
+            .count()
+    };
+    // Six run on the two nodes left, the down node's tasks are told to stop...
+    assert_eq!(
+        sim.running_per_node("web:1")
+            .into_iter()
+            .filter(|(n, _)| n != "node-3")
+            .map(|(_, c)| c)
+            .sum::<usize>(),
+        6
+    );
+    assert_eq!(live_on_3(&sim, "web:1"), 0);
+    // ...but its global task is left for when it returns, and none is added elsewhere.
+    assert_eq!(live_on_3(&sim, "agent:1"), 1);
+    assert_eq!(sim.nodes_running("agent:1").len(), 3);
+    // Back: its old replicated tasks stop (the agent is told so), nothing is duplicated.
+    sim.set_node("node-3", |n| n.ready = true);
+    sim.run(2_000);
+    assert!(!sim.running_per_node("web:1").contains_key("node-3"));
+    assert_eq!(sim.nodes_running("web:1").len(), 6);
+    assert_eq!(sim.nodes_running("agent:1").len(), 3);
+}
+
+#[test]
+fn draining_a_node_moves_its_tasks_and_its_global_task_goes() {
+    let mut sim = Sim::new();
+    sim.add_node("node-2", &[]);
+    sim.commit(
+        "c1",
+        "services:\n  web:\n    image: web:1\n    deploy:\n      replicas: 4\n  agent:\n    image: agent:1\n    deploy:\n      mode: global\n",
+    );
+    sim.run(2_000);
+    assert_eq!(sim.running_per_node("web:1")["node-2"], 2);
+    sim.set_node("node-2", |n| n.availability = Availability::Drain);
+    sim.run(3_000);
+    assert_eq!(
+        sim.running_per_node("web:1"),
+        BTreeMap::from([("node-1".to_string(), 4)])
+    );
+    assert_eq!(sim.nodes_running("agent:1"), ["node-1"]);
+    // Active again: new placements may use it; what runs stays where it is (as Swarm).
+    sim.set_node("node-2", |n| n.availability = Availability::Active);
+    sim.run(2_000);
+    assert_eq!(sim.nodes_running("agent:1"), ["node-1", "node-2"]);
 }

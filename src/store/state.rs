@@ -67,6 +67,12 @@ pub enum Command {
     NodeSeen {
         node: Node,
     },
+    /// `node update`: the operator's part of a node (availability and labels).
+    SetNodeSpec {
+        id: String,
+        availability: Availability,
+        labels: BTreeMap<String, String>,
+    },
     /// The dispatcher heard nothing from a node for three heartbeat periods (down), or heard
     /// from it again (ready).
     SetNodeReady {
@@ -131,6 +137,8 @@ pub enum ApplyError {
     NoService(String),
     #[error("no task {0}")]
     NoTask(String),
+    #[error("no such node: {0}")]
+    NoNode(String),
     #[error("task {0} exists already")]
     TaskExists(String),
     #[error("{place} of service {service} holds a live task of that version already ({task})")]
@@ -214,6 +222,11 @@ impl State {
             | Command::NodeSeen { .. }
             | Command::SetNodeReady { .. }
             | Command::RemoveNode { .. } => {}
+            Command::SetNodeSpec { id, .. } => {
+                if !self.nodes.contains_key(id) {
+                    return Err(ApplyError::NoNode(id.clone()));
+                }
+            }
         }
         Ok(())
     }
@@ -286,6 +299,19 @@ impl State {
                     return Ok(vec![]);
                 }
                 self.nodes.insert(node.id.clone(), node);
+                Ok(vec![Event::ObjectsChanged])
+            }
+            Command::SetNodeSpec {
+                id,
+                availability,
+                labels,
+            } => {
+                let node = self.nodes.get_mut(&id).ok_or(ApplyError::NoNode(id))?;
+                if node.availability == availability && node.labels == labels {
+                    return Ok(vec![]);
+                }
+                node.availability = availability;
+                node.labels = labels;
                 Ok(vec![Event::ObjectsChanged])
             }
             Command::SetNodeReady { id, ready } => match self.nodes.get_mut(&id) {

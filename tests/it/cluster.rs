@@ -1212,3 +1212,182 @@ async fn managers_joined_without_the_age_identity_use_the_clusters_and_no_disk_h
         .unwrap();
     assert!(!status.contains("AGE-SECRET-KEY-"));
 }
+
+/// Running containers of `service` on the node, by the node's label (all share one engine).
+fn running_on(node_id: &str, service: &str) -> usize {
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=org.reconciler.node={node_id}"),
+            "--filter",
+            &format!("label=org.reconciler.service={service}"),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .count()
+}
+
+/// `node ls --json` on the first manager: each node's (status, availability) by hostname.
+fn node_states(cluster: &Cluster) -> std::collections::BTreeMap<String, (String, String)> {
+    cluster
+        .nodes(0)
+        .map(|v| {
+            v["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| {
+                    (
+                        n["hostname"].as_str().unwrap().to_string(),
+                        (
+                            n["status"].as_str().unwrap().to_string(),
+                            n["availability"].as_str().unwrap().to_string(),
+                        ),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_take_tasks_spread_follow_labels_drain_and_move_when_one_dies() {
+    if !images().await {
+        return;
+    }
+    let stack = stack_name("wrk");
+    let (web, zoned) = (format!("{stack}_web"), format!("{stack}_zoned"));
+    let repo = GitRepo::new();
+    repo.write(&[(".keep", Some(""))]);
+    repo.commit("empty");
+    let stack2 = stack.clone();
+    tokio::task::block_in_place(move || {
+        let mut cluster =
+            Cluster::start_with(repo, 1, &[&stack2], &["--dispatcher-heartbeat", "1s"]);
+        let w1 = cluster.add_worker();
+        let w2 = cluster.add_worker();
+        let ids: Vec<String> = cluster
+            .managers
+            .iter()
+            .map(|m| m.node_id().unwrap())
+            .collect();
+        // Registered by their agents' sessions, with the names they were given.
+        cluster.wait_until("m1, w1 and w2 ready", || {
+            let s = node_states(&cluster);
+            ["m1", "w1", "w2"]
+                .iter()
+                .all(|h| s.get(*h).is_some_and(|(st, _)| st == "Ready"))
+        });
+        let out = cluster.managers[0].cli(&["node", "update", "--label-add", "zone=b", "w2"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stdout(&out).trim(), ids[w2]);
+        let text = format!(
+            "{}  zoned:\n    image: {}\n    stop_grace_period: 1s\n    deploy:\n      replicas: 2\n      placement:\n        constraints: [node.labels.zone == b]\n",
+            web_text(6),
+            testing::images::busybox(1)
+        );
+        cluster.repo.write(&[(&compose(&stack2), Some(&text))]);
+        cluster.repo.commit("v1");
+
+        // Six replicas over three active nodes: two each; the constrained ones on w2 only.
+        cluster.wait_until("web spread 2/2/2 and zoned on w2", || {
+            ids.iter().all(|id| running_on(id, &web) == 2) && running_on(&ids[w2], &zoned) == 2
+        });
+        assert_eq!(
+            running_on(&ids[0], &zoned) + running_on(&ids[w1], &zoned),
+            0
+        );
+        let api = cluster.managers[0].api.clone();
+        let out = cluster.managers[0].cli(&[
+            "service",
+            "ps",
+            &web,
+            "--format",
+            "{{.Node}}",
+            "--server",
+            &api,
+        ]);
+        let shown = stdout(&out);
+        for host in ["m1", "w1", "w2"] {
+            assert_eq!(shown.matches(host).count(), 2, "service ps: {shown}");
+        }
+        let out = cluster.managers[0].cli(&[
+            "node",
+            "ps",
+            "w2",
+            "--format",
+            "{{.Name}}",
+            "--server",
+            &api,
+        ]);
+        let shown = stdout(&out);
+        assert_eq!(
+            shown.matches(&format!("{zoned}.")).count(),
+            2,
+            "node ps: {shown}"
+        );
+        assert_eq!(
+            shown.matches(&format!("{web}.")).count(),
+            2,
+            "node ps: {shown}"
+        );
+
+        // A worker killed: down within about three heartbeats, its tasks run elsewhere.
+        let killed = Instant::now();
+        cluster.managers[w1].kill();
+        cluster.wait_until("w1 marked down", || {
+            node_states(&cluster)
+                .get("w1")
+                .is_some_and(|(st, _)| st == "Down")
+        });
+        let down_after = killed.elapsed();
+        assert!(
+            down_after < Duration::from_secs(10),
+            "marked down after {down_after:?} with a 1 s heartbeat"
+        );
+        cluster.wait_until("six web replicas on m1 and w2", || {
+            running_on(&ids[0], &web) + running_on(&ids[w2], &web) == 6
+        });
+        // Its containers are still running: it was killed, not stopped.
+        assert_eq!(running_on(&ids[w1], &web), 2);
+
+        // Back: its stale containers are shut down, and nothing is duplicated.
+        cluster.managers[w1].up();
+        cluster.wait_until("w1 ready again with its old tasks stopped", || {
+            node_states(&cluster)
+                .get("w1")
+                .is_some_and(|(st, _)| st == "Ready")
+                && running_on(&ids[w1], &web) == 0
+        });
+        let total: usize = ids.iter().map(|id| running_on(id, &web)).sum();
+        assert_eq!(total, 6);
+
+        // Drain: w2's tasks move to the others; the constrained ones have nowhere to go.
+        let out = cluster.managers[0].cli(&["node", "update", "--availability", "drain", "w2"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        cluster.wait_until("w2 drained", || {
+            running_on(&ids[w2], &web) == 0
+                && running_on(&ids[0], &web) + running_on(&ids[w1], &web) == 6
+                && running_on(&ids[w2], &zoned) == 0
+        });
+        assert_eq!(node_states(&cluster)["w2"].1, "Drain");
+        let out = cluster.managers[0].cli(&["service", "ps", &zoned, "--server", &api]);
+        assert!(
+            stdout(&out).contains("no suitable node"),
+            "{}",
+            stdout(&out)
+        );
+        // Label changes re-evaluate: the constraint now holds on m1.
+        let out = cluster.managers[0].cli(&["node", "update", "--label-add", "zone=b", "m1"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        cluster.wait_until("zoned placed on m1", || running_on(&ids[0], &zoned) == 2);
+    });
+}
+
+fn web_text(replicas: u32) -> String {
+    web(&testing::images::busybox(1), replicas)
+}

@@ -201,6 +201,7 @@ fn remove(filter: &str) {
 
 pub struct Cluster {
     pub repo: GitRepo,
+    /// The nodes: the managers first, then the workers `add_worker` joined.
     pub managers: Vec<Manager>,
     /// Stacks this test made (their networks are removed at the end).
     pub stacks: Vec<String>,
@@ -435,6 +436,32 @@ impl Cluster {
             cluster.wait_for_node(i);
         }
         cluster
+    }
+
+    /// Join a worker (named `w1`, `w2`...) with the worker token through the first manager;
+    /// its index among the nodes once it is in the cluster.
+    pub fn add_worker(&mut self) -> usize {
+        let i = self.managers.len();
+        let workers = self
+            .managers
+            .iter()
+            .filter(|m| m.name.starts_with('w'))
+            .count();
+        let token = self.token("worker");
+        let mut w = manager(i, &self.repo);
+        w.name = format!("w{}", workers + 1);
+        let (leader, listen) = (self.managers[0].addr.clone(), w.addr.clone());
+        w.spawn(&[
+            "join".into(),
+            "--token".into(),
+            token,
+            leader,
+            "--listen-addr".into(),
+            listen,
+        ]);
+        self.managers.push(w);
+        self.wait_for_node(i);
+        i
     }
 
     /// Until the node wrote its node.json (it does once it is in the cluster).
