@@ -634,6 +634,10 @@ impl Runtime for DockerRuntime {
     async fn ensure_network(&self, spec: &NetworkSpec, stack: &str) -> Result<(), RuntimeError> {
         let docker = self.client().await?;
         let name = spec.name.as_str();
+        // Nodes that share an engine (the tests run several on one machine) would each
+        // create the stack's network at the same moment: the look and the create are one
+        // step for every agent of this machine.
+        let _machine_wide = network_lock().await;
         match docker.inspect_network(name, None).await {
             Ok(network) => return check_existing(name, spec.external, network.labels.unwrap_or_default()),
             Err(e) => match classify(&format!("inspect network {name}"), e) {
@@ -911,4 +915,28 @@ pub struct EngineDescription {
     pub labels: std::collections::BTreeMap<String, String>,
     pub nano_cpus: u64,
     pub memory_bytes: u64,
+}
+
+/// A lock held by one agent of this machine at a time (an advisory `flock`), released when
+/// dropped; `None` when no lock file can be had (then the duplicate check alone guards).
+async fn network_lock() -> Option<std::fs::File> {
+    tokio::task::spawn_blocking(|| {
+        let dir = std::path::Path::new("/run/lock");
+        let dir = if dir.is_dir() {
+            dir.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("reconciler-networks.lock"))
+            .ok()?;
+        file.lock().ok()?;
+        Some(file)
+    })
+    .await
+    .ok()
+    .flatten()
 }

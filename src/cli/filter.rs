@@ -58,7 +58,7 @@ impl Filters {
             "id" => t.id.starts_with(v),
             "name" => t.name.starts_with(v),
             "desired-state" => t.desired_state.name() == v,
-            "node" => t.node == v,
+            "node" => t.node == v || t.node_hostname == v,
             _ => false,
         })
     }

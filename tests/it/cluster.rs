@@ -1306,19 +1306,27 @@ async fn workers_take_tasks_spread_follow_labels_drain_and_move_when_one_dies() 
             "service",
             "ps",
             &web,
+            "--filter",
+            "desired-state=running",
             "--format",
-            "{{.Node}}",
+            "{{.Node}} {{.CurrentState}} {{.Error}}",
             "--server",
             &api,
         ]);
         let shown = stdout(&out);
         for host in ["m1", "w1", "w2"] {
-            assert_eq!(shown.matches(host).count(), 2, "service ps: {shown}");
+            let running = shown
+                .lines()
+                .filter(|l| l.starts_with(&format!("{host} running")))
+                .count();
+            assert_eq!(running, 2, "service ps: {shown}");
         }
         let out = cluster.managers[0].cli(&[
             "node",
             "ps",
             "w2",
+            "--filter",
+            "desired-state=running",
             "--format",
             "{{.Name}}",
             "--server",
