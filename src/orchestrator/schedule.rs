@@ -235,6 +235,9 @@ impl<'a> Scheduler<'a> {
 
     /// Pick the node for a new task of `spec`. `Err` explains why no node fits: "no suitable
     /// node (1 node does not satisfy the placement constraints)".
+    ///
+    /// One pass over the nodes: the filters, then each eligible node's rank, computed once
+    /// (the counts of its preference groups are summed beforehand), so a pick costs O(nodes).
     pub fn pick(&self, spec: &ServiceSpec) -> Result<String, String> {
         if self.nodes.is_empty() {
             return Err("no suitable node (no nodes in the cluster)".into());
@@ -251,58 +254,97 @@ impl<'a> Scheduler<'a> {
             let reasons: Vec<String> = rejected.iter().map(|(f, n)| f.describe(*n)).collect();
             return Err(format!("no suitable node ({})", reasons.join("; ")));
         }
-        let rank = |n: &NodeInfo<'_>| -> Vec<u64> {
-            let mut key = spread_key(spec, n.node, &eligible);
-            key.push(n.tasks_of(&spec.name));
-            key.push(n.total);
-            key
+        let name = spec.name.as_str();
+        let best = if spec.task.placement.spread.is_empty() {
+            eligible
+                .iter()
+                .min_by_key(|n| (n.tasks_of(name), n.total, n.node.id.as_str()))
+        } else {
+            let spread = Spread::new(spec, &eligible);
+            eligible
+                .iter()
+                .enumerate()
+                .min_by(|(i, a), (j, b)| {
+                    spread
+                        .key(*i)
+                        .cmp(spread.key(*j))
+                        .then_with(|| (a.tasks_of(name), a.total).cmp(&(b.tasks_of(name), b.total)))
+                        .then_with(|| a.node.id.cmp(&b.node.id))
+                })
+                .map(|(_, n)| n)
         };
-        let best = eligible
-            .iter()
-            .min_by(|a, b| {
-                rank(a)
-                    .cmp(&rank(b))
-                    .then_with(|| a.node.id.cmp(&b.node.id))
-            })
-            .expect("not empty");
-        Ok(best.node.id.clone())
+        Ok(best.expect("not empty").node.id.clone())
     }
 }
 
-/// The value of a `spread=` label for a node; nodes without the label form their own group.
-fn label_value<'n>(node: &'n Node, key: &str) -> Option<&'n str> {
-    let lower = key.to_ascii_lowercase();
-    if let Some(l) = lower.strip_prefix("node.labels.") {
-        let l = &key[key.len() - l.len()..];
-        node.labels.get(l).map(String::as_str)
-    } else if let Some(l) = lower.strip_prefix("engine.labels.") {
-        let l = &key[key.len() - l.len()..];
-        node.engine_labels.get(l).map(String::as_str)
-    } else {
-        None
+/// A `spread=` label as a preference names it: `node.labels.KEY` or `engine.labels.KEY`.
+enum LabelKey<'s> {
+    Node(&'s str),
+    Engine(&'s str),
+    Other,
+}
+
+impl<'s> LabelKey<'s> {
+    fn parse(key: &'s str) -> Self {
+        let lower = key.to_ascii_lowercase();
+        if let Some(l) = lower.strip_prefix("node.labels.") {
+            LabelKey::Node(&key[key.len() - l.len()..])
+        } else if let Some(l) = lower.strip_prefix("engine.labels.") {
+            LabelKey::Engine(&key[key.len() - l.len()..])
+        } else {
+            LabelKey::Other
+        }
+    }
+
+    /// The node's value; nodes without the label form their own group.
+    fn value<'n>(&self, node: &'n Node) -> Option<&'n str> {
+        match self {
+            LabelKey::Node(l) => node.labels.get(*l).map(String::as_str),
+            LabelKey::Engine(l) => node.engine_labels.get(*l).map(String::as_str),
+            LabelKey::Other => None,
+        }
     }
 }
 
 /// Placement preferences, as Swarm applies them: at each level (outermost first) the group of
 /// nodes sharing this node's label value (within its group at the level above) should hold the
-/// fewest tasks of the service. The key compares those counts level by level.
-fn spread_key(spec: &ServiceSpec, node: &Node, eligible: &[&NodeInfo<'_>]) -> Vec<u64> {
-    let prefs = &spec.task.placement.spread;
-    let mut key = Vec::with_capacity(prefs.len() + 2);
-    for level in 0..prefs.len() {
-        let same_path = |other: &Node| {
-            prefs[..=level]
-                .iter()
-                .all(|p| label_value(other, p) == label_value(node, p))
-        };
-        let count: u64 = eligible
+/// fewest tasks of the service. Each eligible node's key compares those counts level by level.
+struct Spread {
+    keys: Vec<Vec<u64>>,
+}
+
+impl Spread {
+    fn new(spec: &ServiceSpec, eligible: &[&NodeInfo<'_>]) -> Spread {
+        let prefs: Vec<LabelKey<'_>> = spec
+            .task
+            .placement
+            .spread
             .iter()
-            .filter(|n| same_path(n.node))
-            .map(|n| n.tasks_of(&spec.name))
-            .sum();
-        key.push(count);
+            .map(|p| LabelKey::parse(p))
+            .collect();
+        let paths: Vec<Vec<Option<&str>>> = eligible
+            .iter()
+            .map(|n| prefs.iter().map(|p| p.value(n.node)).collect())
+            .collect();
+        // The tasks of the service in each group, at each level: the group is the path of
+        // label values down to that level.
+        let mut groups: HashMap<&[Option<&str>], u64> = HashMap::new();
+        for (n, path) in eligible.iter().zip(&paths) {
+            let tasks = n.tasks_of(&spec.name);
+            for level in 0..prefs.len() {
+                *groups.entry(&path[..=level]).or_default() += tasks;
+            }
+        }
+        let keys = paths
+            .iter()
+            .map(|path| (0..prefs.len()).map(|l| groups[&path[..=l]]).collect())
+            .collect();
+        Spread { keys }
     }
-    key
+
+    fn key(&self, i: usize) -> &[u64] {
+        &self.keys[i]
+    }
 }
 
 #[cfg(test)]

@@ -1399,3 +1399,159 @@ async fn workers_take_tasks_spread_follow_labels_drain_and_move_when_one_dies() 
 fn web_text(replicas: u32) -> String {
     web(&testing::images::busybox(1), replicas)
 }
+
+/// A node's credentials from its data dir, as a client of the cluster.
+fn credentials_of(
+    m: &crate::support::cluster::Manager,
+) -> std::sync::Arc<reconciler::cluster::tls::Credentials> {
+    let files = reconciler::cluster::files::NodeFiles::new(std::path::Path::new(&m.dir()));
+    let reconciler::cluster::files::KeysOnDisk::Open(keys) = files.keys().unwrap() else {
+        panic!("the keys are sealed");
+    };
+    reconciler::cluster::tls::Credentials::new(files.credentials(&keys).unwrap()).unwrap()
+}
+
+/// The first running container of `service` on the node.
+fn container_on(node_id: &str, service: &str) -> Option<String> {
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=org.reconciler.node={node_id}"),
+            "--filter",
+            &format!("label=org.reconciler.service={service}"),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_reach_only_their_node_and_a_node_that_joins_later_takes_pending_and_global_tasks()
+{
+    use reconciler::cluster::rpc::{self, pb};
+    if !images().await {
+        return;
+    }
+    let stack = stack_name("wsec");
+    let (one, spread, every) = (
+        format!("{stack}_one"),
+        format!("{stack}_spread"),
+        format!("{stack}_every"),
+    );
+    let busybox = testing::images::busybox(1);
+    let text = format!(
+        "services:\n  one:\n    image: {busybox}\n    stop_grace_period: 1s\n    secrets: [token]\n    deploy:\n      placement:\n        constraints: [node.hostname == w2]\n  spread:\n    image: {busybox}\n    stop_grace_period: 1s\n    deploy:\n      replicas: 4\n      placement:\n        max_replicas_per_node: 1\n  every:\n    image: {busybox}\n    stop_grace_period: 1s\n    deploy:\n      mode: global\nsecrets:\n  token:\n    file: ./token\n"
+    );
+    let repo = GitRepo::new();
+    repo.write(&[(".keep", Some(""))]);
+    repo.commit("empty");
+    let stack2 = stack.clone();
+    let (spread2, every2, one2) = (spread.clone(), every.clone(), one.clone());
+    let (cluster, ids) = tokio::task::block_in_place(move || {
+        let mut cluster =
+            Cluster::start_with(repo, 1, &[&stack2], &["--dispatcher-heartbeat", "1s"]);
+        cluster.add_worker();
+        cluster.add_worker();
+        cluster.wait_until("m1, w1 and w2 ready", || {
+            let s = node_states(&cluster);
+            s.len() == 3 && s.values().all(|(st, _)| st == "Ready")
+        });
+        cluster.repo.write(&[
+            (&compose(&stack2), Some(&text)),
+            (&format!("{stack2}/token"), Some("s3cr3t-of-w2")),
+        ]);
+        cluster.repo.commit("v1");
+        let ids: Vec<String> = cluster
+            .managers
+            .iter()
+            .map(|m| m.node_id().unwrap())
+            .collect();
+        cluster.wait_until(
+            "three of four spread, one each; every node one of every",
+            || {
+                ids.iter()
+                    .all(|id| running_on(id, &spread2) == 1 && running_on(id, &every2) == 1)
+                    && running_on(&ids[2], &one2) == 1
+            },
+        );
+        (cluster, ids)
+    });
+    let api = cluster.managers[0].api.clone();
+    // The fourth replica waits, and says why.
+    let out = cluster.managers[0].cli(&["service", "ps", &spread, "--no-trunc", "--server", &api]);
+    assert!(
+        stdout(&out).contains("no suitable node (3 nodes at max_replicas_per_node)"),
+        "{}",
+        stdout(&out)
+    );
+    // The secret is on w2's task, and only there.
+    let container = container_on(&ids[2], &one).unwrap();
+    let out = std::process::Command::new("docker")
+        .args(["exec", &container, "cat", "/run/secrets/token"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "s3cr3t-of-w2");
+
+    // w1's certificate: a session for another node is refused...
+    let w1 = credentials_of(&cluster.managers[1]);
+    let addr = cluster.managers[0].addr.clone();
+    let mut client =
+        pb::dispatcher_client::DispatcherClient::new(rpc::dial_stream(&addr, &w1).unwrap());
+    let request = |node: &str| {
+        let body = serde_json::json!({"node": {
+            "id": node, "hostname": "w1", "role": "worker", "availability": "active",
+            "ready": true, "os": "linux", "arch": "x86_64", "nano_cpus": 1, "memory_bytes": 1
+        }});
+        let mut r = tonic::Request::new(pb::Json {
+            json: serde_json::to_vec(&body).unwrap(),
+        });
+        r.metadata_mut()
+            .insert("forwarded-node", ids[2].parse().unwrap());
+        r
+    };
+    let refused = client.session(request(&ids[2])).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+    // ...and its own session carries its own tasks, never w2's secret.
+    // (w1's agent opens its session again when this one replaces it, and may end this one:
+    // then it is opened again.)
+    let mut seen = String::new();
+    for _ in 0..10 {
+        let mut own = request(&ids[1]);
+        own.metadata_mut().remove("forwarded-node");
+        let mut stream = client.session(own).await.unwrap().into_inner();
+        seen.clear();
+        while let Ok(Ok(Some(m))) =
+            tokio::time::timeout(Duration::from_secs(10), stream.message()).await
+        {
+            seen.push_str(&String::from_utf8_lossy(&m.json));
+            if seen.contains("\"full\":true") {
+                break;
+            }
+        }
+        if seen.contains("\"full\":true") {
+            break;
+        }
+    }
+    assert!(seen.contains("\"full\":true"), "{seen}");
+    assert!(!seen.contains(&one), "w2's task reached w1: {seen}");
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode("s3cr3t-of-w2");
+    assert!(!seen.contains("s3cr3t") && !seen.contains(&encoded));
+
+    // A fourth node: the waiting replica and a task of the global service run there.
+    tokio::task::block_in_place(move || {
+        let mut cluster = cluster;
+        let w3 = cluster.add_worker();
+        let w3_id = cluster.managers[w3].node_id().unwrap();
+        cluster.wait_until("w3 runs the fourth replica and its global task", || {
+            running_on(&w3_id, &spread) == 1 && running_on(&w3_id, &every) == 1
+        });
+        let total: usize = ids.iter().map(|id| running_on(id, &spread)).sum();
+        assert_eq!(total, 3);
+    });
+}
