@@ -127,6 +127,7 @@ pub fn status_view(cluster: &dyn Cluster) -> StatusView {
             git,
             stacks: stacks(s),
             services,
+            nodes: views::NodeCounts::of(s),
         }
     })
 }

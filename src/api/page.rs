@@ -52,10 +52,11 @@ pub async fn page(AxState(cluster): Ctx) -> Html<String> {
     Html(format!(
         "<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=2><title>reconciler</title>\
          <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}.bad{{color:#b00}}</style>\
-         <h1>reconciler</h1><p>Live commit <code>{}</code> · {} · ingress: {}</p>{}{}\
+         <h1>reconciler</h1><p>Live commit <code>{}</code> · {} · nodes: {} · ingress: {}</p>{}{}\
          <table><tr><th>SERVICE</th><th>MODE</th><th>REPLICAS</th><th>IMAGE</th><th>PORTS</th><th>UPDATE</th></tr>{}</table>",
         esc(&applied),
         if v.converged { "converged" } else { "converging" },
+        esc(&v.nodes.to_string()),
         esc(&v.node.ingress_backend),
         refused,
         v.node.engine_error.as_ref().map(|e| format!("<p class=bad>Docker Engine: {}</p>", esc(e))).unwrap_or_default()

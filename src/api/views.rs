@@ -67,6 +67,72 @@ pub struct StatusView {
     /// True when every service runs its desired replicas with its current spec and no update is
     /// in progress.
     pub converged: bool,
+    /// The cluster's nodes by state.
+    #[serde(default)]
+    pub nodes: NodeCounts,
+}
+
+/// How many nodes are in each state, as `status` and the page show them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCounts {
+    pub ready: u64,
+    pub down: u64,
+    pub managers: u64,
+    pub workers: u64,
+    /// Ready nodes that take no new tasks (pause) or are emptied (drain).
+    pub paused: u64,
+    pub drained: u64,
+}
+
+impl NodeCounts {
+    pub fn of(state: &State) -> NodeCounts {
+        let mut c = NodeCounts::default();
+        for n in state.nodes.values() {
+            if n.ready {
+                c.ready += 1;
+            } else {
+                c.down += 1;
+            }
+            match n.role {
+                crate::store::NodeRole::Manager => c.managers += 1,
+                crate::store::NodeRole::Worker => c.workers += 1,
+            }
+            match n.availability {
+                crate::store::Availability::Pause => c.paused += 1,
+                crate::store::Availability::Drain => c.drained += 1,
+                crate::store::Availability::Active => {}
+            }
+        }
+        c
+    }
+}
+
+impl std::fmt::Display for NodeCounts {
+    /// "3 ready, 1 down (1 manager, 3 workers; 1 draining)".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plural = |n: u64, one: &str| {
+            if n == 1 {
+                format!("{n} {one}")
+            } else {
+                format!("{n} {one}s")
+            }
+        };
+        write!(
+            f,
+            "{} ready, {} down ({}, {}",
+            self.ready,
+            self.down,
+            plural(self.managers, "manager"),
+            plural(self.workers, "worker")
+        )?;
+        if self.paused > 0 {
+            write!(f, "; {} paused", self.paused)?;
+        }
+        if self.drained > 0 {
+            write!(f, "; {} draining", self.drained)?;
+        }
+        f.write_str(")")
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -104,6 +170,12 @@ pub struct ServiceView {
     /// For global services: the nodes that should run a task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eligible_nodes: Option<u64>,
+    /// A job: its tasks of the current spec that completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed: Option<u64>,
+    /// A replicated job: how many of its tasks run at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u64>,
     /// The service's labels (`deploy.labels`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub labels: std::collections::BTreeMap<String, String>,
@@ -152,10 +224,27 @@ pub fn services(state: &State) -> Vec<ServiceView> {
                         && !crate::orchestrator::is_dirty(t, svc)
                 })
                 .count() as u64;
-            let (mode, desired) = match svc.spec.mode {
-                crate::spec::model::Mode::Replicated { replicas } => ("replicated", Some(replicas)),
-                crate::spec::model::Mode::Global => ("global", None),
+            let mode = svc.spec.mode.name();
+            let (desired, max_concurrent) = match svc.spec.mode {
+                crate::spec::model::Mode::Replicated { replicas } => (Some(replicas), None),
+                crate::spec::model::Mode::ReplicatedJob {
+                    total,
+                    max_concurrent,
+                } => (Some(total), Some(max_concurrent)),
+                crate::spec::model::Mode::Global | crate::spec::model::Mode::GlobalJob => {
+                    (None, None)
+                }
             };
+            // A job's tasks of its current spec that ran to completion.
+            let completed = svc.spec.mode.is_job().then(|| {
+                tasks
+                    .iter()
+                    .filter(|t| {
+                        t.status.state == TaskState::Complete
+                            && !crate::orchestrator::is_dirty(t, svc)
+                    })
+                    .count() as u64
+            });
             // A global service wants one task per node that is up and satisfies its constraints.
             let eligible_nodes = state
                 .nodes
@@ -175,6 +264,8 @@ pub fn services(state: &State) -> Vec<ServiceView> {
                 mode: mode.into(),
                 running,
                 desired,
+                completed,
+                max_concurrent,
                 image: svc.spec.task.container.image.clone(),
                 ports: svc
                     .spec
@@ -192,7 +283,7 @@ pub fn services(state: &State) -> Vec<ServiceView> {
                 revision: svc.revision.clone(),
                 drift: svc.manual_rollback,
                 up_to_date,
-                last_error: (up_to_date < desired.unwrap_or(eligible_nodes))
+                last_error: (completed.is_none() && up_to_date < desired.unwrap_or(eligible_nodes))
                     .then_some(last_error)
                     .flatten(),
                 eligible_nodes: desired.is_none().then_some(eligible_nodes),
@@ -280,9 +371,14 @@ pub fn converged(services: &[ServiceView]) -> bool {
             s.update_state,
             Some(UpdateState::Updating | UpdateState::RollbackStarted)
         );
-        let enough = match s.desired {
-            Some(d) => s.up_to_date == d && s.running == d,
-            None => s.up_to_date == s.running && s.running == s.eligible_nodes.unwrap_or(s.running),
+        let enough = match (s.completed, s.desired) {
+            // A job is done when every completion it wants has happened.
+            (Some(c), Some(d)) => c >= d,
+            (Some(c), None) => c >= s.eligible_nodes.unwrap_or(c),
+            (None, Some(d)) => s.up_to_date == d && s.running == d,
+            (None, None) => {
+                s.up_to_date == s.running && s.running == s.eligible_nodes.unwrap_or(s.running)
+            }
         };
         !rolling && enough
     })

@@ -383,6 +383,12 @@ fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<i32> {
 }
 
 fn replicas(s: &ServiceView) -> String {
+    // Jobs as docker shows them: "1/1 (2/3 completed)".
+    if let Some(done) = s.completed {
+        let of = s.desired.or(s.eligible_nodes).unwrap_or(done);
+        let at_once = s.max_concurrent.or(s.eligible_nodes).unwrap_or(of);
+        return format!("{}/{at_once} ({done}/{of} completed)", s.running);
+    }
     match s.desired {
         Some(d) => format!("{}/{d}", s.running),
         None => format!(
@@ -497,6 +503,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<i32> {
         }
         None => println!("Git:            ok"),
     }
+    println!("Nodes:          {}", v.nodes);
     match &v.node.engine_error {
         Some(e) => println!("Docker Engine:  unreachable: {e}"),
         None => println!("Docker Engine:  ok"),

@@ -164,6 +164,10 @@ impl Orchestrator {
         self.updaters
             .retain(|name, _| state.services.contains_key(name));
         for (name, svc) in &state.services {
+            if svc.spec.mode.is_job() {
+                fill_job(state, svc, now, &mut self.ids, &mut sched, &mut out);
+                continue;
+            }
             self.update(state, name, svc, now, &mut sched, &mut out);
             fill_slots(state, svc, now, &mut self.ids, &mut sched, &mut out);
         }
@@ -322,8 +326,11 @@ fn fill_slots(
         tasks.sort_by_key(|t| (t.created_at, t.id.clone()));
     }
     let wanted: Vec<SlotKey> = match svc.spec.mode {
-        Mode::Replicated { replicas } => (1..=replicas).map(|s| (Some(s), String::new())).collect(),
-        Mode::Global => state
+        Mode::Replicated { replicas }
+        | Mode::ReplicatedJob {
+            total: replicas, ..
+        } => (1..=replicas).map(|s| (Some(s), String::new())).collect(),
+        Mode::Global | Mode::GlobalJob => state
             .nodes
             .values()
             .filter(|n| n.ready && n.availability != crate::store::Availability::Drain)
@@ -402,6 +409,110 @@ fn fill_slots(
                 }
             }
         }
+        let global_node = key.0.is_none().then_some(key.1.as_str());
+        let task = placed_task(
+            svc,
+            key.0,
+            global_node,
+            now,
+            ids.next_id(),
+            TaskState::Running,
+            restarts,
+            sched,
+        );
+        out.commands.push(Command::CreateTask {
+            task: Box::new(task),
+        });
+    }
+}
+
+/// A job runs to completion: each slot (a completion of a replicated job, a node of a global
+/// one) gets tasks until one completes, at most `max_concurrent` slots at a time; a task that
+/// fails is restarted by the restart policy (on-failure by default). A new spec runs the job
+/// again: the tasks of the old one still running are stopped.
+fn fill_job(
+    state: &State,
+    svc: &Service,
+    now: Millis,
+    ids: &mut IdGen,
+    sched: &mut Scheduler<'_>,
+    out: &mut Step,
+) {
+    let name = &svc.spec.name;
+    let mut by_slot: BTreeMap<SlotKey, Vec<&Task>> = BTreeMap::new();
+    for t in state.tasks_of(name) {
+        let stale = t.service_version != svc.version;
+        // An older run, or a task on a node it cannot finish on (down, gone, drained).
+        let moving = !svc.spec.mode.is_global()
+            && t.status.state >= TaskState::Assigned
+            && !node_usable(state, &t.node);
+        if t.is_live() && (stale || moving) {
+            sched.release(t);
+            out.commands.push(Command::SetTaskDesiredState {
+                id: t.id.clone(),
+                state: TaskState::Shutdown,
+            });
+        }
+        if !stale {
+            by_slot.entry(slot_key(t)).or_default().push(t);
+        }
+    }
+    for tasks in by_slot.values_mut() {
+        tasks.sort_by_key(|t| (t.created_at, t.id.clone()));
+    }
+    let (slots, max): (Vec<SlotKey>, u64) = match svc.spec.mode {
+        Mode::ReplicatedJob {
+            total,
+            max_concurrent,
+        } => (
+            (1..=total).map(|s| (Some(s), String::new())).collect(),
+            max_concurrent,
+        ),
+        _ => (
+            state
+                .nodes
+                .values()
+                .filter(|n| n.ready && n.availability != crate::store::Availability::Drain)
+                .filter(|n| schedule::constraints_hold(&svc.spec, n))
+                .map(|n| (None, n.id.clone()))
+                .collect(),
+            u64::MAX,
+        ),
+    };
+    let mut active = by_slot
+        .values()
+        .filter(|tasks| tasks.iter().any(|t| t.is_live()))
+        .count() as u64;
+    for key in slots {
+        let tasks = by_slot.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        let done = tasks.iter().any(|t| t.status.state == TaskState::Complete);
+        if done || tasks.iter().any(|t| t.is_live()) {
+            continue;
+        }
+        let mut restarts = Vec::new();
+        if let Some(ended) = tasks.last() {
+            if !ended.status.state.is_terminal() && !node_down(state, &ended.node) {
+                continue; // still stopping
+            }
+            match restart::restart_decision(&svc.spec.task.restart_policy, ended, now) {
+                Decision::StayDown(_) => continue,
+                Decision::ReplaceAt { at, .. } if at > now => {
+                    out.wake(at);
+                    continue;
+                }
+                Decision::ReplaceAt { is_restart, .. } => {
+                    restarts = ended.restarts.clone();
+                    if is_restart {
+                        restarts.push(now);
+                    }
+                    restarts = restarts_to_keep(&svc.spec.task.restart_policy, restarts, now);
+                }
+            }
+        }
+        if active >= max {
+            break;
+        }
+        active += 1;
         let global_node = key.0.is_none().then_some(key.1.as_str());
         let task = placed_task(
             svc,

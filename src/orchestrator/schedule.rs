@@ -172,6 +172,8 @@ impl NodeInfo<'_> {
 pub struct Scheduler<'a> {
     nodes: Vec<NodeInfo<'a>>,
     index: HashMap<&'a str, usize>,
+    /// Preference groups by preference list (labels do not change within a pass).
+    groups: std::cell::RefCell<HashMap<Vec<String>, std::rc::Rc<Groups>>>,
 }
 
 impl<'a> Scheduler<'a> {
@@ -197,7 +199,11 @@ impl<'a> Scheduler<'a> {
             .enumerate()
             .map(|(i, n)| (n.node.id.as_str(), i))
             .collect();
-        let mut s = Scheduler { nodes, index };
+        let mut s = Scheduler {
+            nodes,
+            index,
+            groups: Default::default(),
+        };
         for t in tasks
             .into_iter()
             .filter(|t| t.is_live() && !t.node.is_empty())
@@ -236,17 +242,21 @@ impl<'a> Scheduler<'a> {
     /// Pick the node for a new task of `spec`. `Err` explains why no node fits: "no suitable
     /// node (1 node does not satisfy the placement constraints)".
     ///
-    /// One pass over the nodes: the filters, then each eligible node's rank, computed once
-    /// (the counts of its preference groups are summed beforehand), so a pick costs O(nodes).
+    /// One pass over the nodes: the filters, then the rank of each eligible node: the tasks of
+    /// the service in its preference groups (summed once per pick, over group numbers worked
+    /// out once per pass), then its own tasks of the service, then all its tasks. A pick costs
+    /// O(nodes) with no allocation per node.
     pub fn pick(&self, spec: &ServiceSpec) -> Result<String, String> {
         if self.nodes.is_empty() {
             return Err("no suitable node (no nodes in the cluster)".into());
         }
+        let name = spec.name.as_str();
         let mut rejected: BTreeMap<Filter, usize> = BTreeMap::new();
-        let mut eligible: Vec<&NodeInfo<'a>> = Vec::new();
-        for n in &self.nodes {
+        // (node index, its tasks of the service)
+        let mut eligible: Vec<(usize, u64)> = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
             match n.filter(spec) {
-                Ok(()) => eligible.push(n),
+                Ok(()) => eligible.push((i, n.tasks_of(name))),
                 Err(f) => *rejected.entry(f).or_default() += 1,
             }
         }
@@ -254,26 +264,77 @@ impl<'a> Scheduler<'a> {
             let reasons: Vec<String> = rejected.iter().map(|(f, n)| f.describe(*n)).collect();
             return Err(format!("no suitable node ({})", reasons.join("; ")));
         }
-        let name = spec.name.as_str();
-        let best = if spec.task.placement.spread.is_empty() {
-            eligible
-                .iter()
-                .min_by_key(|n| (n.tasks_of(name), n.total, n.node.id.as_str()))
-        } else {
-            let spread = Spread::new(spec, &eligible);
-            eligible
-                .iter()
-                .enumerate()
-                .min_by(|(i, a), (j, b)| {
-                    spread
-                        .key(*i)
-                        .cmp(spread.key(*j))
-                        .then_with(|| (a.tasks_of(name), a.total).cmp(&(b.tasks_of(name), b.total)))
-                        .then_with(|| a.node.id.cmp(&b.node.id))
-                })
-                .map(|(_, n)| n)
+        let own = |&(i, tasks): &(usize, u64)| {
+            let n = &self.nodes[i];
+            (tasks, n.total, n.node.id.as_str())
         };
-        Ok(best.expect("not empty").node.id.clone())
+        let prefs = &spec.task.placement.spread;
+        let best = if prefs.is_empty() {
+            eligible.iter().min_by_key(|e| own(e))
+        } else {
+            let groups = self.groups(prefs);
+            let levels = prefs.len();
+            let mut sums: Vec<Vec<u64>> = groups.count.iter().map(|c| vec![0; *c]).collect();
+            for &(i, tasks) in &eligible {
+                for (l, sum) in sums.iter_mut().enumerate() {
+                    sum[groups.of[i * levels + l] as usize] += tasks;
+                }
+            }
+            let rank = |i: usize, l: usize| sums[l][groups.of[i * levels + l] as usize];
+            eligible.iter().min_by(|a, b| {
+                (0..levels)
+                    .map(|l| rank(a.0, l).cmp(&rank(b.0, l)))
+                    .find(|o| o.is_ne())
+                    .unwrap_or(std::cmp::Ordering::Equal)
+                    .then_with(|| own(a).cmp(&own(b)))
+            })
+        };
+        let (i, _) = best.expect("not empty");
+        Ok(self.nodes[*i].node.id.clone())
+    }
+
+    /// Each node's group at each level of these preferences, worked out once per pass.
+    fn groups(&self, prefs: &[String]) -> std::rc::Rc<Groups> {
+        let mut cache = self.groups.borrow_mut();
+        if let Some(g) = cache.get(prefs) {
+            return g.clone();
+        }
+        let g = std::rc::Rc::new(Groups::new(prefs, &self.nodes));
+        cache.insert(prefs.to_vec(), g.clone());
+        g
+    }
+}
+
+/// Placement preferences, as Swarm applies them: at each level (outermost first) the group of
+/// nodes sharing a node's label value, within its group at the level above, should hold the
+/// fewest tasks of the service. Groups are numbered per level; a node without the label is in
+/// a group of its own value (none).
+#[derive(Debug)]
+struct Groups {
+    /// `of[node * levels + level]`: the node's group at that level.
+    of: Vec<u32>,
+    /// How many groups each level has.
+    count: Vec<usize>,
+}
+
+impl Groups {
+    fn new(prefs: &[String], nodes: &[NodeInfo<'_>]) -> Groups {
+        let keys: Vec<LabelKey<'_>> = prefs.iter().map(|p| LabelKey::parse(p)).collect();
+        let levels = keys.len();
+        let mut of = vec![0u32; nodes.len() * levels];
+        let mut count = Vec::with_capacity(levels);
+        let mut parent = vec![0u32; nodes.len()];
+        for (l, key) in keys.iter().enumerate() {
+            let mut ids: HashMap<(u32, Option<&str>), u32> = HashMap::new();
+            for (i, n) in nodes.iter().enumerate() {
+                let next = ids.len() as u32;
+                let id = *ids.entry((parent[i], key.value(n.node))).or_insert(next);
+                of[i * levels + l] = id;
+                parent[i] = id;
+            }
+            count.push(ids.len());
+        }
+        Groups { of, count }
     }
 }
 
@@ -303,47 +364,6 @@ impl<'s> LabelKey<'s> {
             LabelKey::Engine(l) => node.engine_labels.get(*l).map(String::as_str),
             LabelKey::Other => None,
         }
-    }
-}
-
-/// Placement preferences, as Swarm applies them: at each level (outermost first) the group of
-/// nodes sharing this node's label value (within its group at the level above) should hold the
-/// fewest tasks of the service. Each eligible node's key compares those counts level by level.
-struct Spread {
-    keys: Vec<Vec<u64>>,
-}
-
-impl Spread {
-    fn new(spec: &ServiceSpec, eligible: &[&NodeInfo<'_>]) -> Spread {
-        let prefs: Vec<LabelKey<'_>> = spec
-            .task
-            .placement
-            .spread
-            .iter()
-            .map(|p| LabelKey::parse(p))
-            .collect();
-        let paths: Vec<Vec<Option<&str>>> = eligible
-            .iter()
-            .map(|n| prefs.iter().map(|p| p.value(n.node)).collect())
-            .collect();
-        // The tasks of the service in each group, at each level: the group is the path of
-        // label values down to that level.
-        let mut groups: HashMap<&[Option<&str>], u64> = HashMap::new();
-        for (n, path) in eligible.iter().zip(&paths) {
-            let tasks = n.tasks_of(&spec.name);
-            for level in 0..prefs.len() {
-                *groups.entry(&path[..=level]).or_default() += tasks;
-            }
-        }
-        let keys = paths
-            .iter()
-            .map(|path| (0..prefs.len()).map(|l| groups[&path[..=l]]).collect())
-            .collect();
-        Spread { keys }
-    }
-
-    fn key(&self, i: usize) -> &[u64] {
-        &self.keys[i]
     }
 }
 

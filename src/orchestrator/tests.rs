@@ -1281,3 +1281,70 @@ fn draining_a_node_moves_its_tasks_and_its_global_task_goes() {
     sim.run(2_000);
     assert_eq!(sim.nodes_running("agent:1"), ["node-1", "node-2"]);
 }
+
+#[test]
+fn a_replicated_job_completes_its_total_one_at_a_time_and_is_not_started_again() {
+    let mut sim = Sim::new();
+    sim.images.insert(
+        "job:1".into(),
+        Behaviour::Exits {
+            after: 500,
+            code: 0,
+        },
+    );
+    sim.commit(
+        "c1",
+        "services:\n  once:\n    image: job:1\n    deploy:\n      mode: replicated-job\n      replicas: 3\n      max_concurrent: 1\n",
+    );
+    sim.run(10_000);
+    let tasks: Vec<&Task> = sim.state.tasks.values().collect();
+    assert_eq!(tasks.len(), 3, "{tasks:#?}");
+    assert!(tasks.iter().all(|t| t.status.state == TaskState::Complete));
+    assert_eq!(sim.max_running, 1);
+    // Completed: nothing more is started, however long it is left.
+    sim.run(10_000);
+    assert_eq!(sim.state.tasks.len(), 3);
+}
+
+#[test]
+fn a_failing_job_task_is_retried_and_a_new_spec_runs_the_job_again() {
+    let mut sim = Sim::new();
+    sim.images.insert(
+        "job:1".into(),
+        Behaviour::FailsFirst {
+            count: 1,
+            after: 200,
+        },
+    );
+    sim.images.insert(
+        "job:2".into(),
+        Behaviour::Exits {
+            after: 200,
+            code: 0,
+        },
+    );
+    let job = |image: &str| {
+        format!("services:\n  once:\n    image: {image}\n    deploy:\n      mode: replicated-job\n      restart_policy:\n        delay: 1s\n")
+    };
+    sim.commit("c1", &job("job:1"));
+    // FailsFirst's survivor runs on: the job waits for it.
+    sim.run(5_000);
+    let failed = sim
+        .state
+        .tasks
+        .values()
+        .filter(|t| t.status.state == TaskState::Failed)
+        .count();
+    assert_eq!(failed, 1, "the first task failed and was retried");
+    sim.commit("c2", &job("job:2"));
+    sim.run(5_000);
+    let complete: Vec<&Task> = sim
+        .state
+        .tasks
+        .values()
+        .filter(|t| t.status.state == TaskState::Complete)
+        .collect();
+    assert_eq!(complete.len(), 1);
+    assert_eq!(complete[0].spec.container.image, "job:2");
+    assert_eq!(sim.running_images(), Vec::<String>::new());
+}

@@ -380,7 +380,8 @@ impl Updater {
         let svc = state.services.get(&self.service)?;
         let replicas = match svc.spec.mode {
             crate::spec::model::Mode::Replicated { replicas } => Some(replicas),
-            crate::spec::model::Mode::Global => None,
+            crate::spec::model::Mode::ReplicatedJob { total, .. } => Some(total),
+            crate::spec::model::Mode::Global | crate::spec::model::Mode::GlobalJob => None,
         };
         while let Some(key) = self.queue.pop_front() {
             if let (Some(slot), Some(r)) = (key.0, replicas) {

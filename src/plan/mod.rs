@@ -330,7 +330,8 @@ fn content_changed(field: &str) -> FieldChange {
 fn replicas(svc: &ServiceSpec) -> Option<u64> {
     match svc.mode {
         Mode::Replicated { replicas } => Some(replicas),
-        Mode::Global => None,
+        Mode::ReplicatedJob { total, .. } => Some(total),
+        Mode::Global | Mode::GlobalJob => None,
     }
 }
 
@@ -350,6 +351,11 @@ fn service_summary(svc: &ServiceSpec) -> Vec<FieldChange> {
             Mode::Replicated { replicas: 1 } => "replicated, 1 replica".into(),
             Mode::Replicated { replicas } => format!("replicated, {replicas} replicas"),
             Mode::Global => "global".into(),
+            Mode::ReplicatedJob {
+                total,
+                max_concurrent,
+            } => format!("replicated job, {total} completions, {max_concurrent} at a time"),
+            Mode::GlobalJob => "global job, once on every node".into(),
         }),
         added: vec![],
         removed: vec![],

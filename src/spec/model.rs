@@ -43,8 +43,42 @@ pub struct ServiceSpec {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "mode")]
 pub enum Mode {
-    Replicated { replicas: u64 },
+    Replicated {
+        replicas: u64,
+    },
     Global,
+    /// Runs to completion: `total` tasks complete, at most `max_concurrent` at a time; a
+    /// task that exits 0 is not started again.
+    #[serde(rename = "replicated-job")]
+    ReplicatedJob {
+        total: u64,
+        max_concurrent: u64,
+    },
+    /// Runs to completion, once on every node.
+    #[serde(rename = "global-job")]
+    GlobalJob,
+}
+
+impl Mode {
+    /// A job runs to completion (no rolling update: a new spec runs it again).
+    pub fn is_job(self) -> bool {
+        matches!(self, Mode::ReplicatedJob { .. } | Mode::GlobalJob)
+    }
+
+    /// One task per node.
+    pub fn is_global(self) -> bool {
+        matches!(self, Mode::Global | Mode::GlobalJob)
+    }
+
+    /// As `service ls` names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Replicated { .. } => "replicated",
+            Mode::Global => "global",
+            Mode::ReplicatedJob { .. } => "replicated job",
+            Mode::GlobalJob => "global job",
+        }
+    }
 }
 
 /// Everything that, when it changes, means tasks must be replaced (Swarm's TaskSpec).

@@ -347,10 +347,33 @@ fn service(
     };
     let deploy = svc.deploy.clone().unwrap_or_default();
 
-    let mode = match deploy.mode.unwrap_or(raw::DeployMode::Replicated) {
+    let raw_mode = deploy.mode.unwrap_or(raw::DeployMode::Replicated);
+    if deploy.max_concurrent.is_some() && raw_mode != raw::DeployMode::ReplicatedJob {
+        report.error(
+            &at(&["deploy", "max_concurrent"]),
+            "max_concurrent is for mode: replicated-job",
+        );
+    }
+    let mode = match raw_mode {
         raw::DeployMode::Replicated => Mode::Replicated {
             replicas: deploy.replicas.unwrap_or(1),
         },
+        raw::DeployMode::ReplicatedJob => {
+            let total = deploy.replicas.unwrap_or(1);
+            Mode::ReplicatedJob {
+                total,
+                max_concurrent: deploy.max_concurrent.unwrap_or(total).max(1),
+            }
+        }
+        raw::DeployMode::GlobalJob => {
+            if deploy.replicas.is_some() {
+                report.error(
+                    &at(&["deploy", "replicas"]),
+                    "replicas cannot be used with mode: global-job (it runs once on every node)",
+                );
+            }
+            Mode::GlobalJob
+        }
         raw::DeployMode::Global => {
             if deploy.replicas.is_some() {
                 report.error(
@@ -504,14 +527,24 @@ fn service(
                 condition: match r.condition {
                     Some(raw::RestartCondition::None) => RestartCondition::None,
                     Some(raw::RestartCondition::OnFailure) => RestartCondition::OnFailure,
-                    Some(raw::RestartCondition::Any) | None => RestartCondition::Any,
+                    Some(raw::RestartCondition::Any) => RestartCondition::Any,
+                    // A job that completed is done (Swarm's default for jobs).
+                    None if mode.is_job() => RestartCondition::OnFailure,
+                    None => RestartCondition::Any,
                 },
                 delay: r.delay.unwrap_or(d.delay),
                 max_attempts: r.max_attempts.unwrap_or(0),
                 window: r.window.unwrap_or(Duration::ZERO),
             }
         })
-        .unwrap_or_default();
+        .unwrap_or_else(|| RestartPolicy {
+            condition: if mode.is_job() {
+                RestartCondition::OnFailure
+            } else {
+                RestartCondition::Any
+            },
+            ..RestartPolicy::default()
+        });
 
     let update_config = update_config(deploy.update_config.as_ref());
     let rollback_config = update_config_checked(

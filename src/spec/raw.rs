@@ -342,11 +342,16 @@ pub struct Logging {
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct Deploy {
-    /// `replicated` (the default: `replicas` tasks) or `global` (one task per node).
+    /// `replicated` (the default: `replicas` tasks), `global` (one task per node), or a job
+    /// that runs to completion: `replicated-job` (`replicas` completions) or `global-job`.
     pub mode: Option<DeployMode>,
-    /// Number of tasks for a replicated service (default 1, at most 10000).
+    /// Number of tasks for a replicated service (default 1, at most 10000); for a
+    /// replicated job, the number of completions.
     #[schemars(range(min = 0, max = 10000))]
     pub replicas: Option<u64>,
+    /// A replicated job's tasks that run at once (default: all of `replicas`).
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_concurrent: Option<u64>,
     /// `vip` (one virtual IP, the default) or `dnsrr` (DNS round robin over the tasks).
     pub endpoint_mode: Option<EndpointMode>,
     /// Labels on the service (not on its containers).
@@ -365,6 +370,12 @@ pub struct Deploy {
 pub enum DeployMode {
     Replicated,
     Global,
+    /// A job: `replicas` tasks run to completion, at most `max_concurrent` at a time.
+    #[serde(rename = "replicated-job")]
+    ReplicatedJob,
+    /// A job: one task on every node runs to completion.
+    #[serde(rename = "global-job")]
+    GlobalJob,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]

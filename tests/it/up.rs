@@ -1143,3 +1143,74 @@ async fn service_logs_tails_follows_and_stamps_each_line_with_its_task() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_with_three_completions_one_at_a_time_completes_three_times_and_stops() {
+    if !images().await {
+        return;
+    }
+    let stack = stack_name("job");
+    let service = format!("{stack}_once");
+    let text = format!(
+        "services:\n  once:\n    image: {}\n    command: [\"sh\", \"-c\", \"sleep 1\"]\n    deploy:\n      mode: replicated-job\n      replicas: 3\n      max_concurrent: 1\n",
+        testing::images::busybox(1)
+    );
+    let repo = GitRepo::new();
+    repo.write(&[(&compose(&stack), Some(&text))]);
+    let c1 = repo.commit("a job");
+    let up = Up::start(repo, &[&stack], &[]);
+    // Converged: every completion has happened.
+    let status = up.converged(&c1, T).await;
+    let view = status.services.iter().find(|s| s.name == service).unwrap();
+    assert_eq!(view.mode, "replicated job");
+    assert_eq!(view.completed, Some(3));
+    let tasks = up.tasks(&service).await;
+    assert_eq!(tasks.len(), 3, "{tasks:?}");
+    assert!(tasks.iter().all(|t| t.state == TaskState::Complete));
+    // One at a time: no two ran at once (each started after the one before it finished).
+    let mut spans: Vec<(String, String)> = tasks
+        .iter()
+        .map(|t| {
+            let out = Command::new("docker")
+                .args([
+                    "inspect",
+                    "-f",
+                    "{{.State.StartedAt}} {{.State.FinishedAt}}",
+                    t.container_id.as_deref().unwrap(),
+                ])
+                .output()
+                .unwrap();
+            let text = stdout(&out);
+            let (a, b) = text.trim().split_once(' ').unwrap();
+            (a.to_string(), b.to_string())
+        })
+        .collect();
+    spans.sort();
+    for pair in spans.windows(2) {
+        let finished = humantime::parse_rfc3339_weak(&pair[0].1).unwrap();
+        let started = humantime::parse_rfc3339_weak(&pair[1].0).unwrap();
+        assert!(started >= finished, "{spans:?}");
+    }
+    // And it stays done: nothing is started again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(up.tasks(&service).await.len(), 3);
+    let out = Command::new(env!("CARGO_BIN_EXE_reconciler"))
+        .args([
+            "service",
+            "ls",
+            "--filter",
+            &format!("name={service}"),
+            "--format",
+            "{{.Replicas}}",
+            "--server",
+            &up.api,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&out).trim(),
+        "0/1 (3/3 completed)",
+        "{}",
+        stderr(&out)
+    );
+}
