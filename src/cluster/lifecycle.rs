@@ -203,7 +203,8 @@ pub async fn change(node: &ClusterNode, change: NodeChange) -> Result<String, St
                 ))
                 .await?;
             }
-            Ok(id)
+            // As docker: the node as the caller named it.
+            Ok(change.node)
         }
         Action::Promote => {
             if record.role == NodeRole::Manager {

@@ -342,10 +342,23 @@ fn fill_slots(
     // stop, and its slot is filled elsewhere (at once from a down node, which cannot say it
     // stopped; once it has stopped from a drained one). A global task stays on a down node
     // until it returns.
+    // Start-first (the service's update order): a drained node's task runs until its
+    // replacement does.
     if matches!(svc.spec.mode, Mode::Replicated { .. }) {
         for t in by_slot.values().flatten().filter(|t| {
             t.is_live() && t.status.state >= TaskState::Assigned && !node_usable(state, &t.node)
         }) {
+            if state.drains_start_first(t) {
+                let replaced = by_slot[&slot_key(t)].iter().any(|o| {
+                    o.id != t.id
+                        && o.is_live()
+                        && o.status.state == TaskState::Running
+                        && node_usable(state, &o.node)
+                });
+                if !replaced {
+                    continue;
+                }
+            }
             sched.release(t);
             out.commands.push(Command::SetTaskDesiredState {
                 id: t.id.clone(),
@@ -382,12 +395,21 @@ fn fill_slots(
     }
     for key in wanted {
         let tasks = by_slot.get(&key).map(Vec::as_slice).unwrap_or(&[]);
-        if tasks.iter().any(|t| t.is_live()) {
+        if tasks
+            .iter()
+            .any(|t| t.is_live() && !state.drains_start_first(t))
+        {
             continue;
         }
+        let draining = tasks.iter().find(|t| t.is_live());
         let newest = tasks.last();
         let mut restarts = Vec::new();
-        if let Some(ended) = newest {
+        if let Some(d) = draining {
+            // Moving, not restarting: its restart history goes with it.
+            if d.service_version == svc.version {
+                restarts = d.restarts.clone();
+            }
+        } else if let Some(ended) = newest {
             if !ended.status.state.is_terminal() && !node_down(state, &ended.node) {
                 continue; // still stopping: the replacement waits for it
             }

@@ -1348,3 +1348,56 @@ fn a_failing_job_task_is_retried_and_a_new_spec_runs_the_job_again() {
     assert_eq!(complete[0].spec.container.image, "job:2");
     assert_eq!(sim.running_images(), Vec::<String>::new());
 }
+
+#[test]
+fn draining_follows_the_update_order_start_first_starts_the_replacement_before_the_stop() {
+    for (order, start_first) in [("start-first", true), ("stop-first", false)] {
+        let mut sim = Sim::new();
+        sim.add_node("node-2", &[]);
+        sim.commit(
+            "c1",
+            &format!("services:\n  web:\n    image: web:1\n    deploy:\n      replicas: 2\n      update_config:\n        order: {order}\n"),
+        );
+        sim.run(2_000);
+        let old: Vec<String> = sim
+            .state
+            .tasks
+            .values()
+            .filter(|t| t.node == "node-2" && t.status.state == TaskState::Running)
+            .map(|t| t.id.clone())
+            .collect();
+        assert_eq!(old.len(), 1);
+        sim.set_node("node-2", |n| n.availability = Availability::Drain);
+        sim.run(3_000);
+        assert_eq!(
+            sim.running_per_node("web:1"),
+            BTreeMap::from([("node-1".to_string(), 2)])
+        );
+        let slot = sim.state.tasks[&old[0]].slot;
+        let new = sim
+            .state
+            .tasks
+            .values()
+            .find(|t| t.slot == slot && t.node == "node-1" && t.status.state == TaskState::Running)
+            .unwrap();
+        let at = |id: &str, what: &str| {
+            sim.log
+                .iter()
+                .find(|(_, t, w)| t == id && *w == what)
+                .map(|(at, _, _)| *at)
+                .unwrap()
+        };
+        let (stopped, started) = (at(&old[0], "stop"), at(&new.id, "start"));
+        if start_first {
+            assert!(
+                started <= stopped,
+                "{order}: started {started}, stopped {stopped}"
+            );
+        } else {
+            assert!(
+                stopped <= started,
+                "{order}: started {started}, stopped {stopped}"
+            );
+        }
+    }
+}

@@ -176,10 +176,12 @@ impl State {
                 // step computed on a stale view, or by a leader deposed meanwhile, cannot fill
                 // it twice. (A rolling update's new task has a new version; a restart's
                 // predecessor has stopped.)
+                // (A task draining start-first holds its slot until its replacement runs.)
                 let taken = self.tasks.values().find(|t| {
                     t.service == task.service
                         && t.service_version == task.service_version
                         && t.is_live()
+                        && !self.drains_start_first(t)
                         && match task.slot {
                             Some(slot) => t.slot == Some(slot),
                             None => t.slot.is_none() && t.node == task.node,
@@ -229,6 +231,19 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// A replicated task on a drained node whose service updates start-first: its
+    /// replacement starts elsewhere before it stops.
+    pub fn drains_start_first(&self, t: &Task) -> bool {
+        t.slot.is_some()
+            && self.services.get(&t.service).is_some_and(|s| {
+                s.spec.update_config.order == crate::spec::model::UpdateOrder::StartFirst
+            })
+            && self
+                .nodes
+                .get(&t.node)
+                .is_some_and(|n| n.ready && n.availability == Availability::Drain)
     }
 
     /// Point a task's spec at its service's own copy when they are the same (a task comes
