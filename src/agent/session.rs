@@ -83,6 +83,7 @@ pub async fn run(
     creds: Arc<Credentials>,
     mut managers: Vec<String>,
     node: Node,
+    learned: impl Fn(Vec<String>) + Send,
     stop: CancellationToken,
 ) {
     let mut next = 0usize;
@@ -97,7 +98,7 @@ pub async fn run(
         let addr = managers[next % managers.len()].clone();
         next += 1;
         let opened = std::time::Instant::now();
-        let result = session(&link, &creds, &addr, &node, &mut managers, &stop).await;
+        let result = session(&link, &creds, &addr, &node, &mut managers, &learned, &stop).await;
         *link.lock() = None;
         match result {
             Ok(()) => return,
@@ -125,6 +126,7 @@ async fn session(
     addr: &str,
     node: &Node,
     managers: &mut Vec<String>,
+    learned: &(impl Fn(Vec<String>) + Send),
     stop: &CancellationToken,
 ) -> Result<(), String> {
     let text = |s: tonic::Status| s.message().to_string();
@@ -146,6 +148,7 @@ async fn session(
             managers: known,
         } => {
             if !known.is_empty() {
+                learned(known.clone());
                 // This manager first: it answered.
                 let mut list = vec![addr.to_string()];
                 list.extend(known.into_iter().filter(|m| m != addr));

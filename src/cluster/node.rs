@@ -58,6 +58,8 @@ pub struct ClusterNode {
     channels: Mutex<HashMap<String, Channel>>,
     /// The same for long-lived streams (dispatcher sessions passed on to the leader).
     stream_channels: Mutex<HashMap<String, Channel>>,
+    /// The managers the dispatcher named last (a worker knows no Raft membership).
+    known_managers: Mutex<Vec<String>>,
     /// The dispatcher, once the node's loops run (it serves while this manager leads).
     pub dispatcher: std::sync::OnceLock<std::sync::Arc<crate::dispatcher::Dispatcher>>,
     /// Cancelled when this node has left the cluster (`reconciler leave`): the process stops
@@ -91,6 +93,7 @@ impl ClusterNode {
         keys: (DataKey, Option<UnlockKey>),
     ) -> Self {
         ClusterNode {
+            known_managers: Mutex::new(info.managers.clone()),
             data_key: keys.0,
             sealed_with: Mutex::new(keys.1),
             raft_id: raft_id(&info.node_id),
@@ -234,10 +237,34 @@ impl ClusterNode {
             out.push(addr);
         }
         out.extend(managers.values().map(|(a, _)| a.clone()));
+        out.extend(
+            self.known_managers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned(),
+        );
         out.extend(self.info.managers.iter().cloned());
         let mut seen = std::collections::HashSet::new();
         out.retain(|a| seen.insert(a.clone()));
         out
+    }
+
+    /// The managers as the dispatcher names them now: kept for renewals and role checks, and
+    /// in node.json for the next start (a worker's way back in when the manager it joined
+    /// through is gone).
+    pub fn learn_managers(&self, managers: Vec<String>) {
+        let mut known = self
+            .known_managers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *known == managers || managers.is_empty() {
+            return;
+        }
+        known.clone_from(&managers);
+        if let Err(e) = self.files.update(|info| info.managers = managers) {
+            tracing::warn!(error = %format!("{e:#}"), "recording the managers in node.json");
+        }
     }
 
     /// Forget the connections made so far: the next call dials again, with the certificate

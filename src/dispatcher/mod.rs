@@ -68,6 +68,8 @@ struct Inner {
     active_since: Option<Instant>,
     /// By node: one session each (a new one replaces the old).
     sessions: HashMap<String, Session>,
+    /// Nodes whose session opened and whose registration (`NodeSeen`) has not committed yet.
+    unregistered: HashMap<String, Node>,
 }
 
 struct Session {
@@ -134,8 +136,7 @@ impl Dispatcher {
             role,
             ..request.node
         };
-        let backend = self.backend.clone();
-        tokio::spawn(async move { backend.commit(vec![Command::NodeSeen { node: seen }]).await });
+        self.lock().unregistered.insert(node.to_string(), seen);
         self.wake.notify_one();
         Ok(rx)
     }
@@ -198,6 +199,7 @@ impl Dispatcher {
                 inner.active_since = None;
                 // Every session's stream ends: the agents open new ones with the next leader.
                 inner.sessions.clear();
+                inner.unregistered.clear();
             }
         }
         {
@@ -209,6 +211,7 @@ impl Dispatcher {
         let mut changes = self.backend.subscribe();
         let mut sent: HashMap<String, Sent> = HashMap::new();
         loop {
+            self.register().await;
             self.fan_out(&mut sent).await;
             self.check_heartbeats().await;
             let tick = (self.backend.heartbeat_period() / 2).max(Duration::from_millis(100));
@@ -217,6 +220,25 @@ impl Dispatcher {
                 _ = changes.changed() => {}
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(tick) => {}
+            }
+        }
+    }
+
+    /// Nodes whose session opened are ready, with their description as they give it; tried
+    /// again on the next pass if it does not commit (no quorum for a moment).
+    async fn register(&self) {
+        let nodes: Vec<Node> = self.lock().unregistered.drain().map(|(_, n)| n).collect();
+        if nodes.is_empty() {
+            return;
+        }
+        let commands = nodes
+            .iter()
+            .map(|n| Command::NodeSeen { node: n.clone() })
+            .collect();
+        if self.backend.commit(commands).await == 0 {
+            let mut inner = self.lock();
+            for n in nodes {
+                inner.unregistered.entry(n.id.clone()).or_insert(n);
             }
         }
     }

@@ -415,11 +415,13 @@ pub async fn run(
             }
         });
     }
+    let learner = cluster.clone();
     tokio::spawn(crate::agent::session::run(
         link.clone(),
         cluster.creds.clone(),
         cluster.manager_addresses(),
         me,
+        move |managers| learner.learn_managers(managers),
         session_stop,
     ));
     tracing::info!(listen = %listener.local_addr()?, repo = %mirror.display_url(), node = %node_id, cluster = %cluster.cluster_id(), "reconciler up");

@@ -1555,3 +1555,66 @@ async fn secrets_reach_only_their_node_and_a_node_that_joins_later_takes_pending
         assert_eq!(total, 3);
     });
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_keep_their_tasks_when_their_manager_dies_and_take_work_from_the_next_leader() {
+    if !images().await {
+        return;
+    }
+    let stack = stack_name("wfo");
+    let service = format!("{stack}_web");
+    let spec = |replicas: u32| {
+        format!(
+            "services:\n  web:\n    image: {}\n    stop_grace_period: 1s\n    deploy:\n      replicas: {replicas}\n      placement:\n        constraints: [node.role == worker]\n",
+            testing::images::busybox(1)
+        )
+    };
+    let repo = GitRepo::new();
+    repo.write(&[(".keep", Some(""))]);
+    repo.commit("empty");
+    let stack2 = stack.clone();
+    tokio::task::block_in_place(move || {
+        let mut cluster =
+            Cluster::start_with(repo, 3, &[&stack2], &["--dispatcher-heartbeat", "1s"]);
+        let w1 = cluster.add_worker();
+        let w2 = cluster.add_worker();
+        let workers = [
+            cluster.managers[w1].node_id().unwrap(),
+            cluster.managers[w2].node_id().unwrap(),
+        ];
+        cluster.wait_until("three managers and two workers ready", || {
+            let s = node_states(&cluster);
+            s.len() == 5 && s.values().all(|(st, _)| st == "Ready")
+        });
+        cluster.repo.write(&[(&compose(&stack2), Some(&spec(2)))]);
+        cluster.repo.commit("two on the workers");
+        cluster.wait_until("one task on each worker", || {
+            workers.iter().all(|w| running_on(w, &service) == 1)
+        });
+
+        // The manager both workers joined through, and the leader, is killed.
+        let leader = cluster.leader(T);
+        assert_eq!(leader, 0, "m1 made the cluster and leads it");
+        cluster.managers[0].kill();
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(
+            workers.iter().all(|w| running_on(w, &service) == 1),
+            "the workers' containers keep running"
+        );
+        let next = cluster.leader(T);
+        assert_ne!(next, 0);
+        // The workers found the new leader's dispatcher: they stay ready, and new work
+        // reaches them.
+        cluster.repo.write(&[(&compose(&stack2), Some(&spec(4)))]);
+        cluster.repo.commit("four on the workers");
+        cluster.wait_until("two tasks on each worker", || {
+            workers.iter().all(|w| running_on(w, &service) == 2)
+        });
+        let nodes = cluster.nodes(next).unwrap();
+        for n in nodes["nodes"].as_array().unwrap() {
+            if n["hostname"].as_str().unwrap().starts_with('w') {
+                assert_eq!(n["status"], "Ready", "{n}");
+            }
+        }
+    });
+}
