@@ -72,6 +72,11 @@ pub trait Cluster: Send + Sync + 'static {
     fn git(&self) -> serde_json::Value;
     /// Fetch now; the answer is the head commit (JSON) or why the fetch failed.
     fn sync_now(&self) -> BoxFuture<'static, Result<serde_json::Value, String>>;
+    /// Does this node hold the cluster's state? A worker does not (it knows only its own
+    /// tasks), and says so rather than show a state it does not follow.
+    fn is_manager(&self) -> bool {
+        true
+    }
 }
 
 /// Read the state through the handle.
@@ -102,11 +107,27 @@ pub fn router(cluster: Arc<dyn Cluster>, security: security::Security) -> Router
         .route("/api/v1/tasks", get(all_tasks))
         .route("/api/v1/state", get(export_state))
         .route("/api/v1/sync", post(sync))
-        .with_state(cluster)
+        .with_state(cluster.clone())
+        .layer(axum::middleware::from_fn_with_state(cluster, managers_only))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(security),
             security::check,
         ))
+}
+
+/// As Docker answers on a worker: "This node is not a swarm manager."
+async fn managers_only(
+    AxState(cluster): Ctx,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if cluster.is_manager() {
+        return next.run(request).await;
+    }
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "this node is a worker: worker nodes hold no cluster state; ask a manager's API (`--server`)",
+    )
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

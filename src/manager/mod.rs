@@ -198,6 +198,10 @@ impl crate::api::Cluster for Shared {
         serde_json::to_value(self.watcher.status()).unwrap_or_default()
     }
 
+    fn is_manager(&self) -> bool {
+        self.cluster.creds.identity().role == crate::cluster::ca::Role::Manager
+    }
+
     fn sync_now(&self) -> futures::future::BoxFuture<'static, Result<serde_json::Value, String>> {
         let watcher = self.watcher.clone();
         Box::pin(async move {

@@ -1344,6 +1344,16 @@ async fn workers_take_tasks_spread_follow_labels_drain_and_move_when_one_dies() 
             "node ps: {shown}"
         );
 
+        // A worker holds no cluster state, and its API says so instead of showing any.
+        let out =
+            cluster.managers[w1].cli(&["service", "ls", "--server", &cluster.managers[w1].api]);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("this node is a worker"),
+            "{}",
+            stderr(&out)
+        );
+
         // A worker killed: down within about three heartbeats, its tasks run elsewhere.
         let killed = Instant::now();
         cluster.managers[w1].kill();
