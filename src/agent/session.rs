@@ -55,6 +55,20 @@ impl Link {
         self.current.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Tell the dispatcher this node leaves (it is down at once), on the open session if any.
+    async fn say_goodbye(&self) {
+        let Some((mut client, session_id)) = self.lock().take() else {
+            return;
+        };
+        let Ok(body) = rpc::json(&Heartbeat {
+            session_id,
+            leaving: true,
+        }) else {
+            return;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), client.heartbeat(body)).await;
+    }
+
     /// Send status reports on the open session: how many changed a task. Without a session
     /// they are dropped; the executor computes them again from what the engine shows.
     pub async fn report(&self, updates: Vec<StatusUpdate>) -> Result<usize, String> {
@@ -84,6 +98,7 @@ pub async fn run(
     mut managers: Vec<String>,
     node: Node,
     learned: impl Fn(Vec<String>) + Send,
+    leaving: Leaving,
     stop: CancellationToken,
 ) {
     let mut next = 0usize;
@@ -99,6 +114,11 @@ pub async fn run(
         next += 1;
         let opened = std::time::Instant::now();
         let result = session(&link, &creds, &addr, &node, &mut managers, &learned, &stop).await;
+        if leaving.asked.is_cancelled() {
+            link.say_goodbye().await;
+            leaving.said.cancel();
+            return;
+        }
         *link.lock() = None;
         match result {
             Ok(()) => return,
@@ -114,10 +134,23 @@ pub async fn run(
             backoff.reset();
         }
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {
+                if leaving.asked.is_cancelled() {
+                    leaving.said.cancel();
+                }
+                return;
+            }
             _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }
+}
+
+/// A node that leaves: `asked` when it starts to (the session then ends), `said` once its
+/// agent told the dispatcher (or could not).
+#[derive(Clone, Default)]
+pub struct Leaving {
+    pub asked: CancellationToken,
+    pub said: CancellationToken,
 }
 
 async fn session(
@@ -178,7 +211,7 @@ async fn session(
                 SessionMessage::Welcome { .. } => {}
             },
             _ = beat.tick() => {
-                let call = client.heartbeat(rpc::json(&Heartbeat { session_id: session_id.clone() }).map_err(text)?);
+                let call = client.heartbeat(rpc::json(&Heartbeat { session_id: session_id.clone(), leaving: false }).map_err(text)?);
                 let answer = tokio::time::timeout(period, call)
                     .await
                     .map_err(|_| "a heartbeat was not answered in time".to_string())?

@@ -317,8 +317,10 @@ pub async fn leave(node: &ClusterNode, force: bool) -> Result<String, Status> {
         };
         return Err(Status::failed_precondition(message));
     }
-    // No more work for this node: its agent's session ends before it is marked down.
-    node.leaving.cancel();
+    // No more work for this node: its agent's session ends, telling the dispatcher (which
+    // marks it down), before anything else.
+    node.leaving.asked.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(3), node.leaving.said.cancelled()).await;
     if manager && voters > 1 {
         // Down first, while this node may still write; then out of Raft, by the leader.
         if let Some(mut record) = node.sm.read(|s| s.nodes.get(&me).cloned()) {

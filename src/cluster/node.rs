@@ -67,7 +67,7 @@ pub struct ClusterNode {
     pub left: tokio_util::sync::CancellationToken,
     /// Cancelled when this node starts to leave: its agent closes its dispatcher session
     /// first, so that nothing says it is ready once it is marked down.
-    pub leaving: tokio_util::sync::CancellationToken,
+    pub leaving: crate::agent::session::Leaving,
     /// Fetch the repository now: set by the manager once its git watcher runs.
     pub on_sync: std::sync::OnceLock<SyncHook>,
     /// The key this node's Raft files are sealed with.

@@ -154,6 +154,28 @@ impl Dispatcher {
         }
     }
 
+    /// `node` leaves the cluster: its session ends and it is down at once, rather than after
+    /// three missed heartbeats.
+    pub async fn leave(&self, node: &str, session: &str) -> Result<(), DispatchError> {
+        {
+            let mut inner = self.lock();
+            inner.active_since.ok_or(DispatchError::NotServing)?;
+            if inner.sessions.get(node).map(|s| s.id.as_str()) != Some(session) {
+                return Err(DispatchError::UnknownSession);
+            }
+            inner.sessions.remove(node);
+            inner.unregistered.remove(node);
+        }
+        tracing::info!(node = %node, "a node leaves the cluster: down");
+        self.backend
+            .commit(vec![Command::SetNodeReady {
+                id: node.to_string(),
+                ready: false,
+            }])
+            .await;
+        Ok(())
+    }
+
     /// Task status reports of `node`: only its own tasks count, and times are this manager's
     /// (a worker's clock may be off: a monitor window or restart delay must not depend on it).
     pub async fn report(&self, node: &str, batch: StatusBatch) -> Result<usize, DispatchError> {

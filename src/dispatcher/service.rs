@@ -173,7 +173,13 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         match self.route(forwarded)? {
             Route::Here(d) => {
                 let beat: Heartbeat = from_json(req.get_ref())?;
-                let period = d.heartbeat(&node, &beat.session_id).map_err(status)?;
+                if beat.leaving {
+                    d.leave(&node, &beat.session_id).await.map_err(status)?;
+                }
+                let period = match beat.leaving {
+                    true => super::DEFAULT_HEARTBEAT,
+                    false => d.heartbeat(&node, &beat.session_id).map_err(status)?,
+                };
                 Ok(Response::new(json(&HeartbeatAnswer {
                     period_ms: period.as_millis() as u64,
                 })?))

@@ -29,6 +29,9 @@ pub enum SessionMessage {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub session_id: String,
+    /// The node is leaving the cluster (`reconciler leave`): it is down from now on.
+    #[serde(default)]
+    pub leaving: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

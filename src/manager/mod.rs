@@ -411,7 +411,7 @@ pub async fn run(
     let link = crate::agent::session::Link::new();
     let session_stop = shutdown.child_token();
     {
-        let (leaving, stop) = (cluster.leaving.clone(), session_stop.clone());
+        let (leaving, stop) = (cluster.leaving.asked.clone(), session_stop.clone());
         tokio::spawn(async move {
             tokio::select! {
                 _ = leaving.cancelled() => stop.cancel(),
@@ -426,6 +426,7 @@ pub async fn run(
         cluster.manager_addresses(),
         me,
         move |managers| learner.learn_managers(managers),
+        cluster.leaving.clone(),
         session_stop,
     ));
     tracing::info!(listen = %listener.local_addr()?, repo = %mirror.display_url(), node = %node_id, cluster = %cluster.cluster_id(), "reconciler up");

@@ -1403,6 +1403,22 @@ async fn workers_take_tasks_spread_follow_labels_drain_and_move_when_one_dies() 
         let out = cluster.managers[0].cli(&["node", "update", "--label-add", "zone=b", "m1"]);
         assert!(out.status.success(), "{}", stderr(&out));
         cluster.wait_until("zoned placed on m1", || running_on(&ids[0], &zoned) == 2);
+
+        // A worker that leaves is down at once (not three heartbeats later), its containers gone.
+        let out = cluster.managers[w1].cli(&["leave"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let left = Instant::now();
+        cluster.wait_until("w1 down after leaving", || {
+            node_states(&cluster)
+                .get("w1")
+                .is_some_and(|(st, _)| st == "Down")
+        });
+        assert!(
+            left.elapsed() < Duration::from_millis(1500),
+            "w1 was marked down {:?} after it left (a heartbeat timeout is 3 s)",
+            left.elapsed()
+        );
+        cluster.wait_until("w1's containers removed", || containers_of(&ids[w1]) == 0);
     });
 }
 
