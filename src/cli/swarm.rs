@@ -79,6 +79,11 @@ pub fn init(args: InitArgs) -> anyhow::Result<i32> {
         humantime::format_duration(args.cert_expiry),
         humantime::format_duration(MIN_CERT_EXPIRY)
     );
+    anyhow::ensure!(
+        args.dispatcher_heartbeat >= Duration::from_millis(100),
+        "--dispatcher-heartbeat {} is too short: at least 100ms (a node silent for three periods is marked down)",
+        humantime::format_duration(args.dispatcher_heartbeat)
+    );
     let options = ClusterOptions {
         // A recovered manager keeps the address it had unless told otherwise.
         listen_addr: if args.force_new_cluster {
@@ -91,6 +96,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<i32> {
         snapshot_interval: args.snapshot_interval,
         autolock: args.autolock,
         dispatcher_heartbeat: Some(args.dispatcher_heartbeat),
+        hostname: args.up.hostname.clone(),
         // Filled from up's flags (`--identity`, `--git-token`, `--ssh-key`) by `up::serve`.
         secrets: Default::default(),
     };
@@ -135,6 +141,7 @@ pub fn join(args: JoinArgs) -> anyhow::Result<i32> {
     let options = ClusterOptions {
         listen_addr: default_listen(&args.up),
         advertise_addr: args.up.advertise_addr.clone(),
+        hostname: args.up.hostname.clone(),
         ..ClusterOptions::default()
     };
     up::serve(

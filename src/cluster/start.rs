@@ -40,6 +40,8 @@ pub struct ClusterOptions {
     pub secrets: super::config::ClusterSecrets,
     /// A new cluster's heartbeat period (`init --dispatcher-heartbeat`).
     pub dispatcher_heartbeat: Option<Duration>,
+    /// The name this node gives when it joins (`--hostname`; default: the machine's).
+    pub hostname: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -52,6 +54,7 @@ impl Default for ClusterOptions {
             autolock: false,
             secrets: Default::default(),
             dispatcher_heartbeat: None,
+            hostname: None,
         }
     }
 }
@@ -272,7 +275,10 @@ async fn join(
         .issue_node_certificate(pb::IssueRequest {
             csr_pem: csr,
             token: token.to_string(),
-            hostname: crate::manager::hostname(),
+            hostname: options
+                .hostname
+                .clone()
+                .unwrap_or_else(crate::manager::hostname),
             advertise_addr: advertise.clone(),
         })
         .await

@@ -344,9 +344,20 @@ fn fill_slots(
     // until it returns.
     // Start-first (the service's update order): a drained node's task runs until its
     // replacement does.
+    // The constraint enforcer: a node whose labels no longer satisfy the service's
+    // constraints loses its tasks of the current spec the same way.
     if matches!(svc.spec.mode, Mode::Replicated { .. }) {
+        let unfit = |t: &Task| {
+            t.service_version == svc.version
+                && state
+                    .nodes
+                    .get(&t.node)
+                    .is_some_and(|n| !schedule::constraints_hold(&svc.spec, n))
+        };
         for t in by_slot.values().flatten().filter(|t| {
-            t.is_live() && t.status.state >= TaskState::Assigned && !node_usable(state, &t.node)
+            t.is_live()
+                && t.status.state >= TaskState::Assigned
+                && (!node_usable(state, &t.node) || unfit(t))
         }) {
             if state.drains_start_first(t) {
                 let replaced = by_slot[&slot_key(t)].iter().any(|o| {

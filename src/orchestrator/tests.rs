@@ -1401,3 +1401,24 @@ fn draining_follows_the_update_order_start_first_starts_the_replacement_before_t
         }
     }
 }
+
+#[test]
+fn a_label_taken_off_a_node_moves_the_tasks_its_constraint_placed_there() {
+    let mut sim = Sim::new();
+    sim.add_node("node-2", &[("zone", "b")]);
+    sim.add_node("node-3", &[]);
+    sim.commit(
+        "c1",
+        "services:\n  web:\n    image: web:1\n    deploy:\n      replicas: 2\n      placement:\n        constraints: [node.labels.zone == b]\n",
+    );
+    sim.run(2_000);
+    assert_eq!(sim.nodes_running("web:1"), ["node-2", "node-2"]);
+    sim.set_node("node-3", |n| {
+        n.labels.insert("zone".into(), "b".into());
+    });
+    sim.set_node("node-2", |n| {
+        n.labels.remove("zone");
+    });
+    sim.run(3_000);
+    assert_eq!(sim.nodes_running("web:1"), ["node-3", "node-3"]);
+}
