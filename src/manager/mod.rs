@@ -146,11 +146,6 @@ impl Shared {
             .collect()
     }
 
-    /// A copy of the state for a loop to read without holding the lock.
-    pub fn snapshot(&self) -> State {
-        self.cluster.sm.read(State::clone)
-    }
-
     /// Read the state under the lock (for cheap queries).
     pub fn with_state<T>(&self, f: impl FnOnce(&State) -> T) -> T {
         self.cluster.sm.read(f)
