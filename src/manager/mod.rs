@@ -1,8 +1,10 @@
-//! `reconciler up`: one process that is both manager and worker. Independent loops meet in the
-//! store (Swarm's design): the git loop turns new commits into `ApplyRevision` commands, the
-//! orchestrator loop runs the pure [`Orchestrator`], the agent loop runs the [`Executor`] on the
-//! local Docker Engine, the ingress loop publishes ports, and the API serves status. No loop
-//! calls another; each wakes on store changes or its own timer.
+//! A node of the cluster, manager or worker (`up`, `init`, `join`). Independent loops meet in
+//! the store (Swarm's design): on the leader, the git loop turns new commits into
+//! `ApplyRevision` commands, the orchestrator loop runs the pure [`Orchestrator`] and the
+//! dispatcher hands every node's agent its assignment set; on every node, the agent loop runs
+//! the [`Executor`] on the local Docker Engine from that set, the ingress loop publishes ports,
+//! and the API serves status (a worker's says it holds no cluster state). No loop calls
+//! another; each wakes on store changes, its assignment set or its own timer.
 
 mod content;
 pub mod ingress;
@@ -361,8 +363,8 @@ pub async fn run(
     let files = Arc::new(LocalFiles::new(&config.data_dir));
     let runtime = DockerRuntime::connect_local().with_node_filter(node_id.clone());
     let own_containers = runtime.clone();
-    // This node as the scheduler sees it; registered again at every start (its address,
-    // capacity and engine may have changed).
+    // This node as the scheduler sees it, as its agent describes it when its session opens
+    // (its address, capacity and engine may have changed since the last start).
     let mut me = local_node(
         &node_id,
         config.hostname.as_deref(),
