@@ -65,6 +65,24 @@ impl Filters {
 }
 
 impl Filters {
+    /// Nodes, as `docker node ls` filters them: `id` (a prefix), `name` (the hostname, a
+    /// prefix), `role` (manager, worker), `node.label` (the operator's labels) and `label`
+    /// (the engine's), each `KEY` present or `KEY=VALUE`.
+    pub fn node(&self, n: &crate::cluster::services::NodeStatus) -> bool {
+        let label = |labels: &BTreeMap<String, String>, v: &str| match v.split_once('=') {
+            Some((k, value)) => labels.get(k).is_some_and(|l| l == value),
+            None => labels.contains_key(v),
+        };
+        self.all(|key, v| match key {
+            "id" => n.id.starts_with(v),
+            "name" => n.hostname.starts_with(v),
+            "role" => n.role == v,
+            "node.label" => label(&n.labels, v),
+            "label" => label(&n.engine_labels, v),
+            _ => false,
+        })
+    }
+
     /// Stacks: `name` (a prefix).
     pub fn stack(&self, name: &str) -> bool {
         self.all(|key, v| key == "name" && name.starts_with(v))
@@ -73,6 +91,7 @@ impl Filters {
 
 pub const SERVICE_KEYS: [&str; 4] = ["name", "mode", "stack", "label"];
 pub const TASK_KEYS: [&str; 4] = ["id", "name", "desired-state", "node"];
+pub const NODE_KEYS: [&str; 5] = ["id", "name", "role", "node.label", "label"];
 
 #[cfg(test)]
 mod tests {

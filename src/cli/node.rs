@@ -96,6 +96,10 @@ pub struct LsArgs {
     /// .Availability .ManagerStatus .EngineVersion.
     #[arg(long, conflicts_with_all = ["json", "quiet"])]
     format: Option<String>,
+    /// Only nodes that match KEY=VALUE (repeatable), as docker's: id, name, role,
+    /// node.label (KEY or KEY=VALUE), label (the engine's).
+    #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+    filter: Vec<String>,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -268,9 +272,11 @@ fn capital(s: &str) -> String {
 }
 
 fn ls(args: LsArgs) -> anyhow::Result<i32> {
+    let keep = super::filter::Filters::parse(&args.filter, &super::filter::NODE_KEYS)?;
     let mut control = Control::connect(&args.node)?;
     let answer = control.call(async |c| c.list_nodes(pb::Empty {}).await)?;
     let mut list: NodeList = serde_json::from_slice(&answer.json)?;
+    list.nodes.retain(|n| keep.node(n));
     list.nodes
         .sort_by(|a, b| (&a.hostname, &a.id).cmp(&(&b.hostname, &b.id)));
     if args.json {

@@ -249,6 +249,8 @@ impl ControlService {
                         },
                         engine_version: n.engine_version.clone(),
                         addr: manager.map(|(a, _)| a.clone()).unwrap_or_default(),
+                        labels: n.labels.clone(),
+                        engine_labels: n.engine_labels.clone(),
                     }
                 })
                 .collect()
@@ -272,6 +274,8 @@ impl ControlService {
                     .into(),
                     engine_version: String::new(),
                     addr: addr.clone(),
+                    labels: Default::default(),
+                    engine_labels: Default::default(),
                 });
             }
         }
@@ -310,6 +314,11 @@ pub struct NodeStatus {
     pub engine_version: String,
     /// The cluster address of a manager.
     pub addr: String,
+    /// The operator's labels (`node update --label-add`) and the engine's.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub engine_labels: std::collections::BTreeMap<String, String>,
 }
 
 /// The answer of ListNodes.

@@ -1288,6 +1288,21 @@ async fn workers_take_tasks_spread_follow_labels_drain_and_move_when_one_dies() 
         let out = cluster.managers[0].cli(&["node", "update", "--label-add", "zone=b", "w2"]);
         assert!(out.status.success(), "{}", stderr(&out));
         assert_eq!(stdout(&out).trim(), "w2");
+        let hosts = |filters: &[&str]| {
+            let mut args = vec!["node", "ls", "--format", "{{.Hostname}}"];
+            for f in filters {
+                args.extend(["--filter", f]);
+            }
+            let out = cluster.managers[0].cli(&args);
+            assert!(out.status.success(), "{}", stderr(&out));
+            stdout(&out)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(hosts(&["role=worker"]), ["w1", "w2"]);
+        assert_eq!(hosts(&["node.label=zone=b"]), ["w2"]);
+        assert_eq!(hosts(&["role=manager", "name=w"]), Vec::<String>::new());
         let text = format!(
             "{}  zoned:\n    image: {}\n    stop_grace_period: 1s\n    deploy:\n      replicas: 2\n      placement:\n        constraints: [node.labels.zone == b]\n",
             web_text(6),
