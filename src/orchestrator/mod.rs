@@ -413,50 +413,79 @@ fn fill_slots(
             continue;
         }
         let draining = tasks.iter().find(|t| t.is_live());
-        let newest = tasks.last();
-        let mut restarts = Vec::new();
-        if let Some(d) = draining {
+        let restarts = match (draining, tasks.last()) {
             // Moving, not restarting: its restart history goes with it.
-            if d.service_version == svc.version {
-                restarts = d.restarts.clone();
-            }
-        } else if let Some(ended) = newest {
-            if !ended.status.state.is_terminal() && !node_down(state, &ended.node) {
-                continue; // still stopping: the replacement waits for it
-            }
-            match restart::restart_decision(&svc.spec.task.restart_policy, ended, now) {
-                Decision::StayDown(_) if ended.service_version == svc.version => continue,
-                Decision::StayDown(_) => {} // the spec changed since: attempts start afresh
-                Decision::ReplaceAt { at, .. } if at > now => {
-                    out.wake(at);
-                    continue;
-                }
-                Decision::ReplaceAt { is_restart, .. } => {
-                    if ended.service_version == svc.version {
-                        restarts = ended.restarts.clone();
-                    }
-                    if is_restart {
-                        restarts.push(now);
-                    }
-                    restarts = restarts_to_keep(&svc.spec.task.restart_policy, restarts, now);
-                }
-            }
-        }
-        let global_node = key.0.is_none().then_some(key.1.as_str());
-        let task = placed_task(
-            svc,
-            key.0,
-            global_node,
-            now,
-            ids.next_id(),
-            TaskState::Running,
-            restarts,
-            sched,
-        );
-        out.commands.push(Command::CreateTask {
-            task: Box::new(task),
-        });
+            (Some(d), _) if d.service_version == svc.version => d.restarts.clone(),
+            (Some(_), _) | (None, None) => Vec::new(),
+            (None, Some(ended)) => match replacement(state, svc, ended, now, out) {
+                Some(restarts) => restarts,
+                None => continue,
+            },
+        };
+        create_task(svc, &key, now, ids, restarts, sched, out);
     }
+}
+
+/// Whether a slot whose newest task `ended` gets a new task now, and the restart history the
+/// new one carries: `None` while the old one is still stopping, when the restart policy keeps
+/// the slot down, or until its delay has passed (a wake-up is asked for then).
+fn replacement(
+    state: &State,
+    svc: &Service,
+    ended: &Task,
+    now: Millis,
+    out: &mut Step,
+) -> Option<Vec<Millis>> {
+    if !ended.status.state.is_terminal() && !node_down(state, &ended.node) {
+        return None; // still stopping: the replacement waits for it
+    }
+    let policy = &svc.spec.task.restart_policy;
+    let same_spec = ended.service_version == svc.version;
+    match restart::restart_decision(policy, ended, now) {
+        Decision::StayDown(_) if same_spec => None,
+        Decision::StayDown(_) => Some(Vec::new()), // the spec changed since: attempts start afresh
+        Decision::ReplaceAt { at, .. } if at > now => {
+            out.wake(at);
+            None
+        }
+        Decision::ReplaceAt { is_restart, .. } => {
+            let mut restarts = if same_spec {
+                ended.restarts.clone()
+            } else {
+                Vec::new()
+            };
+            if is_restart {
+                restarts.push(now);
+            }
+            Some(restarts_to_keep(policy, restarts, now))
+        }
+    }
+}
+
+/// A new task for the slot, placed by the scheduler (a global slot's node is its own).
+fn create_task(
+    svc: &Service,
+    key: &SlotKey,
+    now: Millis,
+    ids: &mut IdGen,
+    restarts: Vec<Millis>,
+    sched: &mut Scheduler<'_>,
+    out: &mut Step,
+) {
+    let global_node = key.0.is_none().then_some(key.1.as_str());
+    let task = placed_task(
+        svc,
+        key.0,
+        global_node,
+        now,
+        ids.next_id(),
+        TaskState::Running,
+        restarts,
+        sched,
+    );
+    out.commands.push(Command::CreateTask {
+        task: Box::new(task),
+    });
 }
 
 /// A job runs to completion: each slot (a completion of a replicated job, a node of a global
@@ -522,44 +551,19 @@ fn fill_job(
         if done || tasks.iter().any(|t| t.is_live()) {
             continue;
         }
-        let mut restarts = Vec::new();
-        if let Some(ended) = tasks.last() {
-            if !ended.status.state.is_terminal() && !node_down(state, &ended.node) {
-                continue; // still stopping
-            }
-            match restart::restart_decision(&svc.spec.task.restart_policy, ended, now) {
-                Decision::StayDown(_) => continue,
-                Decision::ReplaceAt { at, .. } if at > now => {
-                    out.wake(at);
-                    continue;
-                }
-                Decision::ReplaceAt { is_restart, .. } => {
-                    restarts = ended.restarts.clone();
-                    if is_restart {
-                        restarts.push(now);
-                    }
-                    restarts = restarts_to_keep(&svc.spec.task.restart_policy, restarts, now);
-                }
-            }
-        }
+        // (Every task here is of the current spec: a run's failures count within it.)
+        let restarts = match tasks.last() {
+            None => Vec::new(),
+            Some(ended) => match replacement(state, svc, ended, now, out) {
+                Some(restarts) => restarts,
+                None => continue,
+            },
+        };
         if active >= max {
             break;
         }
         active += 1;
-        let global_node = key.0.is_none().then_some(key.1.as_str());
-        let task = placed_task(
-            svc,
-            key.0,
-            global_node,
-            now,
-            ids.next_id(),
-            TaskState::Running,
-            restarts,
-            sched,
-        );
-        out.commands.push(Command::CreateTask {
-            task: Box::new(task),
-        });
+        create_task(svc, &key, now, ids, restarts, sched, out);
     }
 }
 

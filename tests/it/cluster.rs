@@ -1216,8 +1216,9 @@ async fn managers_joined_without_the_age_identity_use_the_clusters_and_no_disk_h
     assert!(!status.contains("AGE-SECRET-KEY-"));
 }
 
-/// Running containers of `service` on the node, by the node's label (all share one engine).
-fn running_on(node_id: &str, service: &str) -> usize {
+/// The running containers of `service` on the node, by the node's label (all nodes share
+/// one engine).
+fn running_ids(node_id: &str, service: &str) -> Vec<String> {
     let out = std::process::Command::new("docker")
         .args([
             "ps",
@@ -1231,7 +1232,12 @@ fn running_on(node_id: &str, service: &str) -> usize {
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
-        .count()
+        .map(str::to_string)
+        .collect()
+}
+
+fn running_on(node_id: &str, service: &str) -> usize {
+    running_ids(node_id, service).len()
 }
 
 /// `node ls --json` on the first manager: each node's (status, availability) by hostname.
@@ -1457,21 +1463,7 @@ fn credentials_of(
 
 /// The first running container of `service` on the node.
 fn container_on(node_id: &str, service: &str) -> Option<String> {
-    let out = std::process::Command::new("docker")
-        .args([
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label=org.reconciler.node={node_id}"),
-            "--filter",
-            &format!("label=org.reconciler.service={service}"),
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .map(str::to_string)
+    running_ids(node_id, service).into_iter().next()
 }
 
 #[tokio::test(flavor = "multi_thread")]
