@@ -190,6 +190,31 @@ async fn each_gets_assignments(sessions: &mut [tokio::sync::mpsc::Receiver<Sessi
     }
 }
 
+/// A dispatcher serving a store that holds `base`.
+async fn serve(
+    base: &State,
+) -> (
+    Arc<Store>,
+    Arc<Dispatcher>,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let store = Arc::new(Store {
+        state: RwLock::new(base.clone()),
+        changes: tokio::sync::watch::Sender::new(0),
+    });
+    let d = Dispatcher::new(store.clone());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let serving = {
+        let (d, stop) = (d.clone(), stop.clone());
+        tokio::spawn(async move { d.serve(stop).await })
+    };
+    while !d.is_active() {
+        tokio::task::yield_now().await;
+    }
+    (store, d, stop, serving)
+}
+
 fn fan_out(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -204,19 +229,7 @@ fn fan_out(c: &mut Criterion) {
             rt.block_on(async {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let store = Arc::new(Store {
-                        state: RwLock::new(base.clone()),
-                        changes: tokio::sync::watch::Sender::new(0),
-                    });
-                    let d = Dispatcher::new(store.clone());
-                    let stop = tokio_util::sync::CancellationToken::new();
-                    let serving = {
-                        let (d, stop) = (d.clone(), stop.clone());
-                        tokio::spawn(async move { d.serve(stop).await })
-                    };
-                    while !d.is_active() {
-                        tokio::task::yield_now().await;
-                    }
+                    let (_store, d, stop, serving) = serve(&base).await;
                     let start = Instant::now();
                     let mut sessions = open_all(&d, &base).await;
                     each_gets_assignments(&mut sessions).await;
@@ -233,19 +246,7 @@ fn fan_out(c: &mut Criterion) {
             rt.block_on(async {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let store = Arc::new(Store {
-                        state: RwLock::new(base.clone()),
-                        changes: tokio::sync::watch::Sender::new(0),
-                    });
-                    let d = Dispatcher::new(store.clone());
-                    let stop = tokio_util::sync::CancellationToken::new();
-                    let serving = {
-                        let (d, stop) = (d.clone(), stop.clone());
-                        tokio::spawn(async move { d.serve(stop).await })
-                    };
-                    while !d.is_active() {
-                        tokio::task::yield_now().await;
-                    }
+                    let (store, d, stop, serving) = serve(&base).await;
                     let mut sessions = open_all(&d, &base).await;
                     each_gets_assignments(&mut sessions).await;
                     // Every task told to stop: every node's set changes.

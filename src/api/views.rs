@@ -246,12 +246,7 @@ pub fn services(state: &State) -> Vec<ServiceView> {
                     .count() as u64
             });
             // A global service wants one task per node that is up and satisfies its constraints.
-            let eligible_nodes = state
-                .nodes
-                .values()
-                .filter(|n| n.ready && n.availability != crate::store::Availability::Drain)
-                .filter(|n| crate::orchestrator::schedule::constraints_hold(&svc.spec, n))
-                .count() as u64;
+            let eligible_nodes = crate::orchestrator::global_nodes(state, &svc.spec).count() as u64;
             let last_error = tasks
                 .iter()
                 .filter(|t| t.status.error.is_some())

@@ -330,11 +330,7 @@ fn fill_slots(
         | Mode::ReplicatedJob {
             total: replicas, ..
         } => (1..=replicas).map(|s| (Some(s), String::new())).collect(),
-        Mode::Global | Mode::GlobalJob => state
-            .nodes
-            .values()
-            .filter(|n| n.ready && n.availability != crate::store::Availability::Drain)
-            .filter(|n| schedule::constraints_hold(&svc.spec, n))
+        Mode::Global | Mode::GlobalJob => global_nodes(state, &svc.spec)
             .map(|n| (None, n.id.clone()))
             .collect(),
     };
@@ -531,11 +527,7 @@ fn fill_job(
             max_concurrent,
         ),
         _ => (
-            state
-                .nodes
-                .values()
-                .filter(|n| n.ready && n.availability != crate::store::Availability::Drain)
-                .filter(|n| schedule::constraints_hold(&svc.spec, n))
+            global_nodes(state, &svc.spec)
                 .map(|n| (None, n.id.clone()))
                 .collect(),
             u64::MAX,
@@ -565,6 +557,19 @@ fn fill_job(
         active += 1;
         create_task(svc, &key, now, ids, restarts, sched, out);
     }
+}
+
+/// The nodes a global service (or global job) runs a task on: ready, not drained, and
+/// satisfying its constraints.
+pub fn global_nodes<'a>(
+    state: &'a State,
+    spec: &'a crate::spec::model::ServiceSpec,
+) -> impl Iterator<Item = &'a crate::store::Node> + 'a {
+    state
+        .nodes
+        .values()
+        .filter(|n| n.ready && n.availability != crate::store::Availability::Drain)
+        .filter(move |n| schedule::constraints_hold(spec, n))
 }
 
 /// A node tasks may stay on: known, ready and not drained.

@@ -732,18 +732,12 @@ fn certificates_are_renewed_before_they_expire_and_the_cluster_outlives_the_firs
 }
 
 fn containers_of(node_id: &str) -> usize {
-    let out = std::process::Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=org.reconciler.node={node_id}"),
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .count()
+    docker_ps(&[
+        "-a",
+        "--filter",
+        &format!("label=org.reconciler.node={node_id}"),
+    ])
+    .len()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1219,15 +1213,19 @@ async fn managers_joined_without_the_age_identity_use_the_clusters_and_no_disk_h
 /// The running containers of `service` on the node, by the node's label (all nodes share
 /// one engine).
 fn running_ids(node_id: &str, service: &str) -> Vec<String> {
+    docker_ps(&[
+        "--filter",
+        &format!("label=org.reconciler.node={node_id}"),
+        "--filter",
+        &format!("label=org.reconciler.service={service}"),
+    ])
+}
+
+/// `docker ps -q` with these arguments: the container IDs.
+fn docker_ps(args: &[&str]) -> Vec<String> {
     let out = std::process::Command::new("docker")
-        .args([
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label=org.reconciler.node={node_id}"),
-            "--filter",
-            &format!("label=org.reconciler.service={service}"),
-        ])
+        .args(["ps", "-q"])
+        .args(args)
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
