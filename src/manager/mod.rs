@@ -376,7 +376,17 @@ pub async fn run(
         crate::cluster::ca::Role::Manager => NodeRole::Manager,
         crate::cluster::ca::Role::Worker => NodeRole::Worker,
     };
-    match runtime.describe().await {
+    // Bounded: a node whose engine hangs still registers (and shows its engine missing in
+    // `node ls`) rather than never opening its session.
+    let described = tokio::time::timeout(DESCRIBE_TIMEOUT, runtime.describe())
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::agent::RuntimeError::Unavailable(format!(
+                "no answer within {}",
+                humantime::format_duration(DESCRIBE_TIMEOUT)
+            )))
+        });
+    match described {
         Ok(engine) => {
             // Docker's names for the platform (x86_64, linux), as constraints use them.
             me.engine_version = engine.version;
@@ -1112,6 +1122,8 @@ async fn report(
     }
 }
 
+/// How long the engine may take to describe the node before its session opens without it.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a report sent is not sent again while the assignment set does not show it.
 const REPORT_AGAIN: Duration = Duration::from_secs(5);
 /// How long the agent lets a burst of changes settle before a pass.
