@@ -1307,9 +1307,10 @@ async fn workers_take_tasks_spread_follow_labels_drain_and_move_when_one_dies() 
         assert_eq!(hosts(&["role=worker"]), ["w1", "w2"]);
         assert_eq!(hosts(&["node.label=zone=b"]), ["w2"]);
         assert_eq!(hosts(&["role=manager", "name=w"]), Vec::<String>::new());
+        // web starts a replacement before it stops a task, draining too.
         let text = format!(
             "{}  zoned:\n    image: {}\n    stop_grace_period: 1s\n    deploy:\n      replicas: 2\n      placement:\n        constraints: [node.labels.zone == b]\n",
-            web_text(6),
+            web_text(6).replace("monitor: 1s\n", "monitor: 1s\n        order: start-first\n"),
             testing::images::busybox(1)
         );
         cluster.repo.write(&[(&compose(&stack2), Some(&text))]);
@@ -1406,14 +1407,24 @@ async fn workers_take_tasks_spread_follow_labels_drain_and_move_when_one_dies() 
         let total: usize = ids.iter().map(|id| running_on(id, &web)).sum();
         assert_eq!(total, 6);
 
-        // Drain: w2's tasks move to the others; the constrained ones have nowhere to go.
+        // Drain: w2's tasks move to the others in web's update order (start-first: never
+        // fewer than six running); the constrained ones have nowhere to go.
         let out = cluster.managers[0].cli(&["node", "update", "--availability", "drain", "w2"]);
         assert!(out.status.success(), "{}", stderr(&out));
+        let fewest = std::cell::Cell::new(usize::MAX);
         cluster.wait_until("w2 drained", || {
+            // One listing for all nodes, so that a task moving between two reads is not lost.
+            let total = docker_ps(&["--filter", &format!("label=org.reconciler.service={web}")]);
+            fewest.set(fewest.get().min(total.len()));
             running_on(&ids[w2], &web) == 0
                 && running_on(&ids[0], &web) + running_on(&ids[w1], &web) == 6
                 && running_on(&ids[w2], &zoned) == 0
         });
+        assert!(
+            fewest.get() >= 6,
+            "web ran {} tasks at one point of the drain: start-first was not kept",
+            fewest.get()
+        );
         assert_eq!(node_states(&cluster)["w2"].1, "Drain");
         let out = cluster.managers[0].cli(&["service", "ps", &zoned, "--server", &api]);
         assert!(
