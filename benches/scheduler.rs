@@ -78,6 +78,8 @@ fn state(nodes: usize, replicas: usize) -> State {
         .insert("bench".into(), loaded.spec.expect("the stack loads"));
     state
         .apply(Command::ApplyRevision {
+            summary: String::new(),
+            trigger: None,
             commit: "c1".into(),
             desired,
             prune: true,

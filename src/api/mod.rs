@@ -21,9 +21,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::future::BoxFuture;
 
-use crate::desired::DesiredState;
 use crate::plan::state_file::StateFile;
-use crate::spec::StackSpec;
 use crate::store::{ApplyError, Command, State};
 use views::*;
 
@@ -213,50 +211,6 @@ async fn sync(AxState(cluster): Ctx) -> Response {
     }
 }
 
-/// What the cluster runs, in the state export format (`plan --server` diffs against it).
-pub fn running_state(s: &State) -> DesiredState {
-    let mut out = DesiredState {
-        revision: s.revision.applied.as_ref().map(|a| a.commit.clone()),
-        ..Default::default()
-    };
-    for svc in s.services.values() {
-        entry(&mut out, &svc.spec.stack)
-            .services
-            .insert(svc.spec.name.clone(), svc.spec.clone());
-    }
-    // Objects are keyed by their short name in a stack file; the full name is unique too.
-    fn place<T: Clone>(
-        out: &mut DesiredState,
-        objects: &std::collections::BTreeMap<String, crate::store::Owned<T>>,
-        section: fn(&mut StackSpec) -> &mut std::collections::BTreeMap<String, T>,
-    ) {
-        for (name, o) in objects {
-            let key = short(&o.stack, name);
-            section(entry(out, &o.stack)).insert(key, o.spec.clone());
-        }
-    }
-    place(&mut out, &s.networks, |st| &mut st.networks);
-    place(&mut out, &s.volumes, |st| &mut st.volumes);
-    place(&mut out, &s.secrets, |st| &mut st.secrets);
-    place(&mut out, &s.configs, |st| &mut st.configs);
-    out
-}
-
-fn entry<'a>(out: &'a mut DesiredState, stack: &str) -> &'a mut StackSpec {
-    out.stacks
-        .entry(stack.to_string())
-        .or_insert_with(|| StackSpec {
-            name: stack.to_string(),
-            ..Default::default()
-        })
-}
-
-fn short(stack: &str, full: &str) -> String {
-    full.strip_prefix(&format!("{stack}_"))
-        .unwrap_or(full)
-        .to_string()
-}
-
 async fn export_state(AxState(cluster): Ctx) -> Json<StateFile> {
-    Json(StateFile::new(read(&*cluster, running_state)))
+    Json(StateFile::new(read(&*cluster, State::running_state)))
 }

@@ -85,6 +85,8 @@ async fn serving(
     desired.stacks.insert("s".into(), loaded.spec.unwrap());
     state
         .apply(Command::ApplyRevision {
+            summary: String::new(),
+            trigger: None,
             commit: "c".into(),
             desired,
             prune: true,

@@ -19,7 +19,7 @@ use super::backoff::Backoff;
 use super::mirror::{Commit, GitError, Mirror};
 
 /// What caused a fetch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Trigger {
     Startup,
@@ -31,6 +31,21 @@ pub enum Trigger {
     SyncNow,
     /// This manager became the leader and fetched, to start from the branch's head.
     Leadership,
+}
+
+impl Trigger {
+    /// In words, as `history` shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Trigger::Startup => "start-up",
+            Trigger::Poll => "poll",
+            Trigger::Retry => "retry",
+            Trigger::FileChange => "watch",
+            Trigger::Webhook => "webhook",
+            Trigger::SyncNow => "sync",
+            Trigger::Leadership => "new leader",
+        }
+    }
 }
 
 /// A new head of the tracked branch.

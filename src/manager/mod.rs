@@ -765,6 +765,8 @@ async fn git_loop(this: &GitLoop, updates: &mut mpsc::Receiver<gitops::Update>) 
                 commit: commit.clone(),
                 errors,
                 at,
+                summary: update.commit.summary.clone(),
+                trigger: Some(update.trigger),
             }
         };
         let command = match loaded {
@@ -799,6 +801,8 @@ async fn git_loop(this: &GitLoop, updates: &mut mpsc::Receiver<gitops::Update>) 
                     prune: config.prune,
                     at,
                     blocked,
+                    summary: update.commit.summary.clone(),
+                    trigger: Some(update.trigger),
                 }
             }
             Ok(Ok(l)) => refuse(

@@ -173,6 +173,9 @@ impl Orchestrator {
         }
         schedule_pending(state, now, &mut sched, &mut out);
         reap(state, self.history_limit, &mut out);
+        if out.commands.is_empty() {
+            out.commands.extend(converged(state, now));
+        }
         out
     }
 
@@ -666,4 +669,16 @@ fn reap(state: &State, limit: usize, out: &mut Step) {
             });
         }
     }
+}
+
+/// The applied commit's history record closes once everything it asks for runs (as `status`
+/// judges convergence). Looked at only while a commit awaits it, and only on a quiet step.
+fn converged(state: &State, now: Millis) -> Option<Command> {
+    let commit = state.history.awaiting_convergence()?;
+    crate::api::views::converged(&crate::api::views::services(state)).then(|| {
+        Command::CommitConverged {
+            commit: commit.to_string(),
+            at: now,
+        }
+    })
 }

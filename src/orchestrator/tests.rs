@@ -90,6 +90,8 @@ impl Sim {
         desired.stacks.insert("app".into(), loaded.spec.unwrap());
         self.state
             .apply(Command::ApplyRevision {
+                summary: String::new(),
+                trigger: None,
                 blocked: Default::default(),
                 commit: commit.into(),
                 desired,
@@ -627,6 +629,8 @@ fn a_removed_stack_leaves_nothing_behind() {
     sim.run(2_000);
     sim.state
         .apply(Command::ApplyRevision {
+            summary: String::new(),
+            trigger: None,
             blocked: Default::default(),
             commit: "c2".into(),
             desired: DesiredState::default(),
@@ -803,6 +807,8 @@ fn tasks_that_never_found_a_node_go_with_their_service() {
     // The stack leaves git: no agent will ever report these removed, the reaper must.
     sim.state
         .apply(Command::ApplyRevision {
+            summary: String::new(),
+            trigger: None,
             blocked: Default::default(),
             commit: "c2".into(),
             desired: DesiredState::default(),
@@ -1421,4 +1427,207 @@ fn a_label_taken_off_a_node_moves_the_tasks_its_constraint_placed_there() {
     });
     sim.run(3_000);
     assert_eq!(sim.nodes_running("web:1"), ["node-3", "node-3"]);
+}
+
+// The history of commits: each one's outcome, plan and timeline, as the orchestrator and the
+// store write them (`reconciler history` shows these records).
+
+fn record<'a>(sim: &'a Sim, commit: &str) -> &'a crate::store::CommitRecord {
+    sim.state
+        .history
+        .find(commit)
+        .unwrap_or_else(|| panic!("no record of {commit}"))
+}
+
+fn kinds(r: &crate::store::CommitRecord) -> Vec<&'static str> {
+    r.events.iter().map(|e| e.kind.name()).collect()
+}
+
+#[test]
+fn each_commit_keeps_its_outcome_plan_and_timeline() {
+    use crate::store::history::Outcome;
+    let mut sim = Sim::new();
+    sim.commit("c1c1c1", &web("web:1", 3, STOP_FIRST));
+    let applied = sim.now;
+    sim.run(3_000);
+    let r1 = record(&sim, "c1c1c1");
+    assert_eq!(r1.outcome, Outcome::Converged);
+    assert_eq!(kinds(r1), ["received", "applied", "converged"]);
+    assert!(r1.converged_at.unwrap() > applied);
+    let plan = r1.plan.as_ref().unwrap();
+    // The stack's default network and its service.
+    assert_eq!(plan.counts(), (2, 0, 0), "{plan:?}");
+    assert!(plan.stacks[0].changes.iter().any(|c| c.name == "app_web"));
+
+    // A rolling update: started, three tasks replaced, completed, converged; the plan says
+    // what changed against c1.
+    sim.commit("c2c2c2", &web("web:2", 3, STOP_FIRST));
+    sim.run(20_000);
+    let r2 = record(&sim, "c2c2c2");
+    assert_eq!(r2.outcome, Outcome::Converged, "{:?}", r2.events);
+    assert_eq!(
+        kinds(r2),
+        [
+            "received",
+            "applied",
+            "rollout started",
+            "rollout completed",
+            "converged"
+        ]
+    );
+    let rollout = &r2.rollouts["app_web"];
+    assert_eq!(rollout.replaced, 3);
+    assert_eq!(rollout.state, UpdateState::Completed);
+    let plan = r2.plan.as_ref().unwrap();
+    assert_eq!(plan.from_revision.as_deref(), Some("c1c1c1"));
+    assert_eq!(plan.counts(), (0, 1, 0));
+    let image = plan.stacks[0].changes[0]
+        .fields
+        .iter()
+        .find(|f| f.field.contains("image"))
+        .expect("the image change");
+    assert_eq!(image.to.as_deref(), Some("web:2"));
+
+    // A refused commit is recorded with its errors; what runs is c2's.
+    sim.state
+        .apply(Command::RefuseRevision {
+            commit: "c3c3c3".into(),
+            errors: vec!["app/compose.yml:3: services.web.image: required".into()],
+            at: sim.now,
+            summary: "break it".into(),
+            trigger: Some(crate::gitops::Trigger::Webhook),
+        })
+        .unwrap();
+    let r3 = record(&sim, "c3c3c3");
+    assert_eq!(r3.outcome, Outcome::Refused);
+    assert_eq!(r3.errors.len(), 1);
+    assert!(r3.plan.is_none());
+    assert_eq!(r3.summary, "break it");
+    assert_eq!(sim.state.history.awaiting_convergence(), None);
+}
+
+#[test]
+fn a_rolled_back_commit_is_never_a_success() {
+    use crate::store::history::Outcome;
+    let mut sim = Sim::new();
+    sim.images.insert(
+        "web:bad".into(),
+        Behaviour::Exits {
+            after: 500,
+            code: 1,
+        },
+    );
+    let rollback =
+        "        parallelism: 1\n        monitor: 3s\n        failure_action: rollback\n";
+    sim.commit("good", &web("web:1", 3, rollback));
+    sim.run(2_000);
+    sim.commit("badbad", &web("web:bad", 3, rollback));
+    sim.run(30_000);
+    assert_eq!(sim.update_state(), Some(UpdateState::RollbackCompleted));
+    let r = record(&sim, "badbad");
+    assert_eq!(r.outcome, Outcome::RolledBack, "{:?}", r.events);
+    assert!(!r.outcome.is_success());
+    let k = kinds(r);
+    assert!(
+        k.contains(&"rollback started") && k.contains(&"rolled back"),
+        "{k:?}"
+    );
+    // The reason is the failure, not "rollback in progress".
+    let rollout = &r.rollouts["app_web"];
+    assert!(
+        rollout.message.contains("non-zero exit (1)"),
+        "{}",
+        rollout.message
+    );
+    // Back on the old spec it converges, and stays a rollback.
+    assert!(r.converged_at.is_some());
+    assert_eq!(record(&sim, "good").outcome, Outcome::Converged);
+}
+
+#[test]
+fn a_paused_update_says_so_and_a_commit_applied_before_convergence_supersedes() {
+    use crate::store::history::Outcome;
+    let mut sim = Sim::new();
+    sim.images.insert(
+        "web:bad".into(),
+        Behaviour::Exits {
+            after: 500,
+            code: 1,
+        },
+    );
+    let paced = "        parallelism: 1\n        delay: 2s\n        monitor: 3s\n";
+    sim.commit("c1c1c1", &web("web:1", 3, paced));
+    sim.run(2_000);
+    sim.commit("c2c2c2", &web("web:bad", 3, paced));
+    sim.run(10_000);
+    let r2 = record(&sim, "c2c2c2");
+    assert_eq!(r2.outcome, Outcome::Paused);
+    assert!(r2.rollouts["app_web"]
+        .message
+        .contains("update paused due to failure"));
+    // A slow update, overtaken by the next commit.
+    sim.commit("c3c3c3", &web("web:3", 3, paced));
+    sim.run(300);
+    sim.commit("c4c4c4", &web("web:4", 3, paced));
+    sim.run(30_000);
+    let r3 = record(&sim, "c3c3c3");
+    assert_eq!(r3.outcome, Outcome::Superseded, "{:?}", r3.events);
+    assert_eq!(r3.superseded_by.as_deref(), Some("c4c4c4"));
+    // The paused one stays paused (that is what happened to it), and says what came after.
+    let r2 = record(&sim, "c2c2c2");
+    assert_eq!(r2.outcome, Outcome::Paused);
+    assert_eq!(r2.superseded_by.as_deref(), Some("c3c3c3"));
+    assert_eq!(record(&sim, "c4c4c4").outcome, Outcome::Converged);
+}
+
+#[test]
+fn the_same_commit_applied_again_is_one_record_and_the_history_is_bounded() {
+    use crate::store::history::HISTORY_LEN;
+    let mut sim = Sim::new();
+    sim.commit("c1c1c1", &web("web:1", 1, STOP_FIRST));
+    sim.run(2_000);
+    // A new leader applies the branch head again.
+    sim.commit("c1c1c1", &web("web:1", 1, STOP_FIRST));
+    assert_eq!(sim.state.history.len(), 1);
+    for i in 0..HISTORY_LEN + 10 {
+        sim.state
+            .apply(Command::RefuseRevision {
+                commit: format!("bad{i:05}"),
+                errors: vec!["no".into()],
+                at: sim.now,
+                summary: String::new(),
+                trigger: None,
+            })
+            .unwrap();
+    }
+    assert_eq!(sim.state.history.len(), HISTORY_LEN);
+    assert!(
+        sim.state.history.find("c1c1c1").is_none(),
+        "the oldest went first"
+    );
+}
+
+#[test]
+fn a_rollback_by_hand_marks_the_commit_rolled_back() {
+    use crate::store::history::Outcome;
+    let mut sim = Sim::new();
+    sim.commit("c1c1c1", &web("web:1", 2, STOP_FIRST));
+    sim.run(2_000);
+    sim.commit("c2c2c2", &web("web:2", 2, STOP_FIRST));
+    sim.run(15_000);
+    assert_eq!(record(&sim, "c2c2c2").outcome, Outcome::Converged);
+    sim.state
+        .apply(Command::RollbackService {
+            service: "app_web".into(),
+            manual: true,
+            at: sim.now,
+        })
+        .unwrap();
+    sim.run(15_000);
+    let r = record(&sim, "c2c2c2");
+    assert_eq!(r.outcome, Outcome::RolledBack);
+    assert!(r
+        .events
+        .iter()
+        .any(|e| e.message.contains("rolled back by hand")));
 }

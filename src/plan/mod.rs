@@ -5,7 +5,7 @@ mod diff;
 pub mod render;
 pub mod state_file;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::desired::DesiredState;
 use crate::spec::model::{
@@ -13,19 +13,19 @@ use crate::spec::model::{
     UpdateOrder, VolumeSpec,
 };
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     /// The commit the observed state came from, if known.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_revision: Option<String>,
     /// The commit the desired state came from, if it came from git.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_revision: Option<String>,
     /// Stacks with changes, by name.
     pub stacks: Vec<StackPlan>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Create,
@@ -33,14 +33,14 @@ pub enum Action {
     Remove,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StackPlan {
     pub name: String,
     pub action: Action,
     pub changes: Vec<Change>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Network,
@@ -50,36 +50,36 @@ pub enum Kind {
     Service,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Change {
     pub kind: Kind,
     /// Full name, e.g. `shop_web`.
     pub name: String,
     pub action: Action,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<FieldChange>,
     /// How tasks move, for services.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FieldChange {
     pub field: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
     /// For lists: elements that appear.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub added: Vec<String>,
     /// For lists: elements that go.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<String>,
 }
 
 /// What happens to a service's tasks.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Rollout {
     /// New service: tasks start (per node for global services).
@@ -93,7 +93,7 @@ pub enum Rollout {
         /// Tasks replaced (None: one per node, global service).
         tasks: Option<u64>,
         /// Tasks started (+) or stopped (-) besides the replaced ones.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         scale: Option<(u64, u64)>,
         parallelism: u64,
         order: UpdateOrder,

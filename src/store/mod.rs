@@ -5,9 +5,12 @@
 //! wake on its changes; they never call each other (Swarm's design), which is what makes a
 //! restart or a new leader harmless.
 
+pub mod history;
 pub mod objects;
+mod running;
 pub mod state;
 
+pub use history::{CommitRecord, History};
 pub use objects::*;
 pub use state::{ApplyError, Command, Event, Owned, State};
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::history::{History, Received};
 use super::objects::*;
 use crate::desired::DesiredState;
 use crate::spec::model::{FileObjectSpec, NetworkSpec, ServiceSpec, VolumeSpec};
@@ -26,6 +27,9 @@ pub struct State {
     /// still names.
     #[serde(default)]
     pub contents: BTreeMap<String, ContentRef>,
+    /// What the cluster did with each commit it saw (the last 200).
+    #[serde(default)]
+    pub history: History,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -49,11 +53,26 @@ pub enum Command {
         /// Stacks left as they are (not updated, not pruned), with why.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         blocked: BTreeMap<String, Vec<String>>,
+        /// The commit message's first line and what made the cluster look, for the history.
+        #[serde(default)]
+        summary: String,
+        #[serde(default)]
+        trigger: Option<crate::gitops::Trigger>,
     },
     /// A commit that failed validation: recorded for status, nothing else changes.
     RefuseRevision {
         commit: String,
         errors: Vec<String>,
+        at: Millis,
+        #[serde(default)]
+        summary: String,
+        #[serde(default)]
+        trigger: Option<crate::gitops::Trigger>,
+    },
+    /// Everything the commit asks for runs (seen by the leader's orchestrator): its history
+    /// record is closed with the time it took.
+    CommitConverged {
+        commit: String,
         at: Millis,
     },
     /// A node joined or changed (labels, availability, readiness).
@@ -219,6 +238,7 @@ impl State {
             },
             Command::ApplyRevision { .. }
             | Command::RefuseRevision { .. }
+            | Command::CommitConverged { .. }
             | Command::DeleteTask { .. }
             | Command::UpsertNode { .. }
             | Command::NodeSeen { .. }
@@ -284,11 +304,41 @@ impl State {
                 prune,
                 at,
                 blocked,
-            } => Ok(self.apply_revision(commit, desired, prune, at, blocked)),
-            Command::RefuseRevision { commit, errors, at } => {
+                summary,
+                trigger,
+            } => {
+                let received = Received {
+                    commit: commit.clone(),
+                    summary,
+                    trigger,
+                    at,
+                };
+                let plan = self.plan_of(&commit, &desired, prune, &blocked);
+                self.history.applied(received, plan, blocked.clone());
+                Ok(self.apply_revision(commit, desired, prune, at, blocked))
+            }
+            Command::RefuseRevision {
+                commit,
+                errors,
+                at,
+                summary,
+                trigger,
+            } => {
+                let received = Received {
+                    commit: commit.clone(),
+                    summary,
+                    trigger,
+                    at,
+                };
+                self.history.refused(received, errors.clone());
                 self.revision.refused = Some(RefusedRevision { commit, at, errors });
                 Ok(vec![Event::RevisionChanged])
             }
+            Command::CommitConverged { commit, at } => Ok(if self.history.converged(&commit, at) {
+                vec![Event::RevisionChanged]
+            } else {
+                vec![]
+            }),
             Command::UpsertNode { node } => {
                 if self.nodes.get(&node.id) == Some(&node) {
                     return Ok(vec![]);
@@ -343,6 +393,12 @@ impl State {
             Command::CreateTask { task } => {
                 let id = task.id.clone();
                 let mut task = *task;
+                if let Some(svc) = self.services.get(&task.service) {
+                    if svc.version == task.service_version {
+                        self.history
+                            .task_started(&task.service, svc.revision.as_deref());
+                    }
+                }
                 self.share_spec(&mut task);
                 self.tasks.insert(id.clone(), task);
                 Ok(vec![Event::TaskCreated(id)])
@@ -399,13 +455,16 @@ impl State {
                     .services
                     .get_mut(&service)
                     .ok_or(ApplyError::NoService(service.clone()))?;
+                let old = svc.update.as_ref().map(|u| u.state);
+                self.history
+                    .update_status(&service, svc.revision.as_deref(), old, status.as_ref());
                 svc.update = status;
                 Ok(vec![Event::ServiceUpdated(service)])
             }
             Command::RollbackService {
                 service,
                 manual,
-                at: _,
+                at,
             } => {
                 let svc = self
                     .services
@@ -418,6 +477,10 @@ impl State {
                 svc.previous_spec = Some(std::mem::replace(&mut svc.spec, previous));
                 svc.version += 1;
                 svc.manual_rollback = manual;
+                if manual {
+                    self.history
+                        .rolled_back_by_hand(&service, svc.revision.as_deref(), at);
+                }
                 Ok(vec![Event::ServiceUpdated(service)])
             }
         }
@@ -533,6 +596,31 @@ impl State {
             blocked,
         });
         events
+    }
+
+    /// What applying `desired` changes against what runs now, as `reconciler plan` shows it:
+    /// blocked stacks are left out (they do not change), and so are removals without prune.
+    fn plan_of(
+        &self,
+        commit: &str,
+        desired: &DesiredState,
+        prune: bool,
+        blocked: &BTreeMap<String, Vec<String>>,
+    ) -> crate::plan::Plan {
+        let running = self.running_state();
+        let mut plan = crate::plan::plan(desired, &running);
+        plan.from_revision = running.revision;
+        plan.to_revision = Some(commit.to_string());
+        plan.stacks.retain(|s| !blocked.contains_key(&s.name));
+        if !prune {
+            use crate::plan::Action;
+            plan.stacks.retain(|s| s.action != Action::Remove);
+            for stack in &mut plan.stacks {
+                stack.changes.retain(|c| c.action != Action::Remove);
+            }
+            plan.stacks.retain(|s| !s.changes.is_empty());
+        }
+        plan
     }
 
     /// Forget content versions that no service spec (current or previous) and no task names.

@@ -19,6 +19,8 @@ fn desired(stacks: &[(&str, &str)]) -> DesiredState {
 
 fn apply_rev(commit: &str, d: DesiredState, prune: bool) -> Command {
     Command::ApplyRevision {
+        summary: String::new(),
+        trigger: None,
         blocked: Default::default(),
         commit: commit.into(),
         desired: d,

@@ -56,6 +56,8 @@ fn revision_of(commit: &str, text: &str) -> crate::store::Command {
     let mut desired = crate::desired::DesiredState::default();
     desired.stacks.insert("web".into(), loaded.spec.unwrap());
     crate::store::Command::ApplyRevision {
+        summary: String::new(),
+        trigger: None,
         commit: commit.into(),
         desired,
         prune: true,
