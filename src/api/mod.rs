@@ -101,6 +101,8 @@ pub fn router(cluster: Arc<dyn Cluster>, security: security::Security) -> Router
         .route("/api/v1/services/{name}", get(inspect_service))
         .route("/api/v1/services/{name}/tasks", get(service_tasks))
         .route("/api/v1/services/{name}/rollback", post(rollback))
+        .route("/api/v1/history", get(history))
+        .route("/api/v1/history/{commit}", get(history_of))
         .route("/api/v1/stacks", get(list_stacks))
         .route("/api/v1/tasks", get(all_tasks))
         .route("/api/v1/state", get(export_state))
@@ -171,6 +173,27 @@ async fn inspect_service(AxState(cluster): Ctx, Path(name): Path<String>) -> Res
     match read(&*cluster, |s| s.services.get(&name).cloned()) {
         Some(svc) => Json(svc).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no service {name}")),
+    }
+}
+
+/// The commits the cluster saw, newest first.
+async fn history(AxState(cluster): Ctx) -> Json<Vec<crate::store::CommitRecord>> {
+    Json(read(&*cluster, |s| {
+        s.history.records().rev().cloned().collect()
+    }))
+}
+
+/// One commit's record, by its id or a prefix of 4 characters or more.
+async fn history_of(AxState(cluster): Ctx, Path(commit): Path<String>) -> Response {
+    match read(&*cluster, |s| s.history.find(&commit).cloned()) {
+        Some(r) => Json(r).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no commit {commit} in the history (the cluster keeps its last {} commits; give 4 characters or more)",
+                crate::store::history::HISTORY_LEN
+            ),
+        ),
     }
 }
 

@@ -400,15 +400,7 @@ fn replicas(s: &ServiceView) -> String {
 }
 
 fn update(s: &ServiceView) -> String {
-    let state = match s.update_state {
-        None => "",
-        Some(UpdateState::Updating) => "updating",
-        Some(UpdateState::Paused) => "paused",
-        Some(UpdateState::Completed) => "completed",
-        Some(UpdateState::RollbackStarted) => "rolling back",
-        Some(UpdateState::RollbackPaused) => "rollback paused",
-        Some(UpdateState::RollbackCompleted) => "rolled back",
-    };
+    let state = s.update_state.map_or("", UpdateState::name);
     let mut text = match s.update_state {
         Some(
             UpdateState::Paused | UpdateState::RollbackPaused | UpdateState::RollbackCompleted,

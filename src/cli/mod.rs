@@ -15,6 +15,7 @@ mod export;
 mod filter;
 mod format;
 mod gitops_way;
+mod history;
 mod lock;
 mod node;
 mod plan;
@@ -81,6 +82,8 @@ enum Command {
     Node(node::NodeCommand),
     /// What runs: live and refused commits, services, replicas, update states.
     Status(cluster::StatusArgs),
+    /// What the cluster did with each commit: outcome, timeline, rollouts and plan.
+    History(history::Args),
     /// Fetch the repository now; with --wait, follow the commit until it converges.
     Sync(cluster::SyncArgs),
     /// Services of the running cluster.
@@ -145,6 +148,7 @@ pub fn main() -> i32 {
         Command::UnlockKey(args) => lock::unlock_key(args),
         Command::Update(args) => lock::update(args),
         Command::Status(args) => cluster::status(args),
+        Command::History(args) => history::run(args),
         Command::Sync(args) => cluster::sync(args),
         Command::Service(cmd) => cluster::service(cmd),
         Command::Stack(cmd) => cluster::stack(cmd),

@@ -44,6 +44,20 @@ pub enum UpdateState {
     RollbackCompleted,
 }
 
+impl UpdateState {
+    /// As `service ls` and `history` show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            UpdateState::Updating => "updating",
+            UpdateState::Paused => "paused",
+            UpdateState::Completed => "completed",
+            UpdateState::RollbackStarted => "rolling back",
+            UpdateState::RollbackPaused => "rollback paused",
+            UpdateState::RollbackCompleted => "rolled back",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UpdateStatus {
     pub state: UpdateState,

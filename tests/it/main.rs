@@ -6,6 +6,7 @@ mod cli_gitops_way;
 mod cluster;
 mod docker_runtime;
 mod gitops;
+mod history;
 mod plan_cli;
 mod secrets;
 mod spec_corpus;

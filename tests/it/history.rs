@@ -1,0 +1,171 @@
+//! `reconciler history` against a real `up`: every commit pushed is there with what became of
+//! it: converged (and how long it took), rolled back with its reason (never a success), or
+//! refused with its errors; each with its timeline and the plan it made.
+
+use std::time::{Duration, Instant};
+
+use reconciler::store::UpdateState;
+use reconciler::testing;
+use serde_json::Value;
+
+use crate::support::up::{compose, free_port, images, stack_name, Up};
+use crate::support::{reconciler as run, stderr, stdout};
+
+const T: Duration = Duration::from_secs(60);
+
+fn web(image: &str, port: u16) -> String {
+    format!(
+        "services:\n  web:\n    image: {image}\n    ports: [\"{port}:80\"]\n    stop_grace_period: 1s\n    deploy:\n      replicas: 2\n      update_config:\n        failure_action: rollback\n        delay: 1s\n        monitor: 2s\n"
+    )
+}
+
+fn history(up: &Up, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["history", "--server", &up.api];
+    all.extend_from_slice(args);
+    run(up.repo.path(), &all)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_shows_each_commit_with_its_outcome_and_a_rollback_is_never_a_success() {
+    if !images().await {
+        return;
+    }
+    let stack = stack_name("hist");
+    let name = format!("{stack}_web");
+    let port = free_port();
+    let repo = crate::support::GitRepo::new();
+    repo.write(&[(
+        &compose(&stack),
+        Some(&web(&testing::images::busybox(1), port)),
+    )]);
+    let c1 = repo.commit("first deploy");
+    let up = Up::start(repo, &[&stack], &[]);
+    up.converged(&c1, T).await;
+
+    let c2 = up.commit(
+        &[(
+            &compose(&stack),
+            Some(&web(&testing::images::busybox(2), port)),
+        )],
+        "web to busybox 2",
+    );
+    up.converged(&c2, T).await;
+
+    let c3 = up.commit(
+        &[(&compose(&stack), Some(&web(testing::EXITS, port)))],
+        "an image that exits",
+    );
+    up.wait_for("the rollback completed", T, |s| {
+        s.services
+            .iter()
+            .any(|v| v.name == name && v.update_state == Some(UpdateState::RollbackCompleted))
+    })
+    .await;
+
+    let c4 = up.commit(
+        &[(&compose(&stack), Some("services:\n  web:\n    image: [\n"))],
+        "broken yaml",
+    );
+    up.wait_for("the broken commit refused", T, |s| {
+        s.revision.refused.as_ref().is_some_and(|r| r.commit == c4)
+    })
+    .await;
+
+    // The rolled-back commit closes once the old spec runs again.
+    let deadline = Instant::now() + T;
+    let records = loop {
+        let out = history(&up, &["--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        let records = v.as_array().unwrap().clone();
+        let closed = records
+            .iter()
+            .find(|r| r["commit"] == c3.as_str())
+            .is_some_and(|r| !r["converged_at"].is_null());
+        if closed {
+            break records;
+        }
+        assert!(Instant::now() < deadline, "c3 never converged back: {v:#}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let commits: Vec<&str> = records
+        .iter()
+        .map(|r| r["commit"].as_str().unwrap())
+        .collect();
+    assert_eq!(commits, [&c4, &c3, &c2, &c1], "newest first");
+    let [r4, r3, r2, r1] = [&records[0], &records[1], &records[2], &records[3]];
+
+    assert_eq!(r4["outcome"], "refused");
+    assert_eq!(r4["summary"], "broken yaml");
+    let error = r4["errors"][0].as_str().unwrap();
+    assert!(
+        error.contains("compose.yml"),
+        "the error names the file: {error}"
+    );
+
+    assert_eq!(r3["outcome"], "rolled_back", "{r3:#}");
+    let reason = r3["rollouts"][&name]["message"].as_str().unwrap();
+    assert!(reason.contains("rollback"), "{reason}");
+    let kinds: Vec<&str> = r3["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for k in [
+        "received",
+        "applied",
+        "rollout_started",
+        "rollback_started",
+        "rolled_back",
+    ] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+
+    assert_eq!(r2["outcome"], "converged");
+    assert!(r2["converged_at"].as_u64().unwrap() >= r2["received_at"].as_u64().unwrap());
+    assert_eq!(r2["rollouts"][&name]["replaced"], 2);
+    assert_eq!(r2["plan"]["from_revision"], c1.as_str());
+    let plan = r2["plan"].to_string();
+    assert!(plan.contains(&testing::images::busybox(2)), "{plan}");
+    assert_eq!(r1["outcome"], "converged");
+    assert!(
+        records.iter().all(|r| !r["trigger"].is_null()),
+        "each says what brought it"
+    );
+
+    // The table: a line per commit, the rollback and the refusal plainly so.
+    let out = history(&up, &[]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line = |c: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(&c[..7]))
+            .unwrap_or_else(|| panic!("no line for {c}:\n{text}"))
+            .to_string()
+    };
+    assert!(line(&c4).contains("refused"), "{text}");
+    assert!(line(&c3).contains("rolled back"), "{text}");
+    assert!(line(&c2).contains("converged"), "{text}");
+
+    // One commit: its timeline, its rollout and its plan.
+    let out = history(&up, &[&c3[..8]]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for part in [
+        "Timeline:",
+        "rollback started",
+        "Rollouts:",
+        "Plan:",
+        testing::EXITS,
+    ] {
+        assert!(text.contains(part), "{part} missing:\n{text}");
+    }
+    let out = history(&up, &["0000000"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no commit 0000000"),
+        "{}",
+        stderr(&out)
+    );
+}
