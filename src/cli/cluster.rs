@@ -368,7 +368,7 @@ fn short_id(t: &TaskView) -> &str {
 const MAX_ERROR_CHARS: usize = 30;
 
 /// `text` cut to `max` characters, the last of them an ellipsis when anything was cut.
-fn ellipsis(text: &str, max: usize) -> String {
+pub(super) fn ellipsis(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
         return text.to_string();
     }

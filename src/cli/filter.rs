@@ -89,6 +89,30 @@ impl Filters {
     }
 }
 
+impl Filters {
+    /// Commits (`history`): `id` (a prefix), `outcome` (`converged`, `rolled-back`, ...),
+    /// `trigger` (`webhook`, `poll`, ...), `service` (a service the commit changed or rolled).
+    pub fn commit(&self, r: &crate::store::CommitRecord) -> bool {
+        let words = |s: &str| s.replace(['_', ' '], "-");
+        self.all(|key, v| match key {
+            "id" => r.commit.starts_with(v),
+            "outcome" => words(r.outcome.name()) == words(v),
+            "trigger" => r.trigger.is_some_and(|t| words(t.name()) == words(v)),
+            "service" => {
+                r.rollouts.contains_key(v)
+                    || r.plan.as_ref().is_some_and(|p| {
+                        p.stacks
+                            .iter()
+                            .flat_map(|s| &s.changes)
+                            .any(|c| c.kind == crate::plan::Kind::Service && c.name == v)
+                    })
+            }
+            _ => false,
+        })
+    }
+}
+
+pub const HISTORY_KEYS: [&str; 4] = ["id", "outcome", "trigger", "service"];
 pub const SERVICE_KEYS: [&str; 4] = ["name", "mode", "stack", "label"];
 pub const TASK_KEYS: [&str; 4] = ["id", "name", "desired-state", "node"];
 pub const NODE_KEYS: [&str; 5] = ["id", "name", "role", "node.label", "label"];

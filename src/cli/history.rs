@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::client::{Client, ServerArgs};
-use super::cluster::table;
+use super::cluster::{ellipsis, table};
+use super::filter::{Filters, HISTORY_KEYS};
+use super::format::{Format, Row};
 use crate::store::history::{short, CommitRecord, Outcome};
 
 #[derive(Debug, clap::Args)]
@@ -18,50 +20,113 @@ pub struct Args {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Only the commit ids, newest first, one a line.
+    #[arg(short, long, conflicts_with_all = ["json", "commit"])]
+    quiet: bool,
+    /// Only the commits that match KEY=VALUE (repeatable): id, outcome (converged,
+    /// rolled-back, paused, refused, superseded, rolling), trigger, service.
+    #[arg(
+        short,
+        long = "filter",
+        value_name = "KEY=VALUE",
+        conflicts_with = "commit"
+    )]
+    filter: Vec<String>,
+    /// A Go template per row as docker takes it (`'{{.ID}}\t{{.Outcome}}'`, `table ...`,
+    /// `json`); the fields: .ID .Received .Trigger .Outcome .Took .Changes .Summary .Detail.
+    #[arg(long, conflicts_with_all = ["json", "quiet", "commit"])]
+    format: Option<String>,
+    /// Full commit ids and reasons, not cut to the column.
+    #[arg(long)]
+    no_trunc: bool,
 }
+
+/// The fields `--format` has for a commit.
+const FIELDS: &[&str] = &[
+    "ID", "Received", "Trigger", "Outcome", "Took", "Changes", "Summary", "Detail",
+];
+
+/// Reasons are cut to this many characters in the list unless `--no-trunc`.
+const MAX_DETAIL_CHARS: usize = 60;
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let client = Client::new(&args.server)?;
     let now = crate::store::now_ms();
-    match &args.commit {
-        Some(commit) => {
-            let record: CommitRecord = client.get(&format!("/api/v1/history/{commit}"))?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&record)?);
-            } else {
-                print!("{}", detail(&record, now));
-            }
+    if let Some(commit) = &args.commit {
+        let record: CommitRecord = client.get(&format!("/api/v1/history/{commit}"))?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&record)?);
+        } else {
+            print!("{}", detail(&record, now));
         }
-        None => {
-            let records: Vec<CommitRecord> = client.get("/api/v1/history")?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&records)?);
-            } else if records.is_empty() {
-                println!("No commit seen yet.");
-            } else {
-                println!("{}", list(&records, now));
-            }
+        return Ok(0);
+    }
+    let keep = Filters::parse(&args.filter, &HISTORY_KEYS)?;
+    let records: Vec<CommitRecord> = client.get("/api/v1/history")?;
+    let records: Vec<CommitRecord> = records.into_iter().filter(|r| keep.commit(r)).collect();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+    } else if args.quiet {
+        for r in &records {
+            println!("{}", r.commit);
         }
+    } else if let Some(f) = &args.format {
+        let rows: Vec<Row> = records.iter().map(|r| row(r, now, args.no_trunc)).collect();
+        let format = Format::parse(f, FIELDS)?;
+        print!("{}", format.render(&rows)?);
+    } else if records.is_empty() && args.filter.is_empty() {
+        println!("No commit seen yet.");
+    } else {
+        println!("{}", list(&records, now, args.no_trunc));
     }
     Ok(0)
 }
 
+/// A commit as the list and `--format` show it: ids and reasons cut unless `--no-trunc`, as
+/// docker cuts them.
+fn row(r: &CommitRecord, now: u64, no_trunc: bool) -> Row {
+    let detail = why(r).unwrap_or_default();
+    vec![
+        (
+            "ID",
+            if no_trunc {
+                r.commit.clone()
+            } else {
+                short(&r.commit).to_string()
+            },
+        ),
+        ("Received", format!("{} ago", ago(now, r.received_at))),
+        (
+            "Trigger",
+            r.trigger.map(|t| t.name()).unwrap_or("-").to_string(),
+        ),
+        ("Outcome", outcome(r)),
+        ("Took", r.took().map(seconds).unwrap_or_else(|| "-".into())),
+        ("Changes", changes(r)),
+        ("Summary", r.summary.clone()),
+        (
+            "Detail",
+            if no_trunc {
+                detail
+            } else {
+                ellipsis(&detail, MAX_DETAIL_CHARS)
+            },
+        ),
+    ]
+}
+
 /// A line per commit, newest first.
-fn list(records: &[CommitRecord], now: u64) -> comfy_table::Table {
+fn list(records: &[CommitRecord], now: u64, no_trunc: bool) -> comfy_table::Table {
     let mut t = table(&[
         "COMMIT", "RECEIVED", "TRIGGER", "OUTCOME", "TOOK", "CHANGES", "SUMMARY", "DETAIL",
     ]);
     for r in records {
-        t.add_row(vec![
-            short(&r.commit).to_string(),
-            format!("{} ago", ago(now, r.received_at)),
-            r.trigger.map(|t| t.name()).unwrap_or("-").to_string(),
-            outcome(r),
-            r.took().map(seconds).unwrap_or_else(|| "-".into()),
-            changes(r),
-            r.summary.clone(),
-            why(r).unwrap_or_default(),
-        ]);
+        t.add_row(
+            row(r, now, no_trunc)
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect::<Vec<_>>(),
+        );
     }
     t
 }
@@ -277,7 +342,7 @@ mod tests {
     fn the_list_never_calls_a_rollback_converged() {
         let r = rolled_back();
         assert!(!r.outcome.is_success());
-        let table = list(&[r], 61_000).to_string();
+        let table = list(&[r], 61_000, false).to_string();
         assert!(table.contains("rolled back"), "{table}");
         assert!(
             table.contains("7.0s"),

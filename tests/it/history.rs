@@ -161,6 +161,39 @@ async fn history_shows_each_commit_with_its_outcome_and_a_rollback_is_never_a_su
     ] {
         assert!(text.contains(part), "{part} missing:\n{text}");
     }
+    // As scripts use it: quiet, filter, format.
+    let out = history(&up, &["-q"]);
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        [&c4, &c3, &c2, &c1]
+    );
+    let out = history(&up, &["-q", "--filter", "outcome=rolled-back"]);
+    assert_eq!(stdout(&out).trim(), c3);
+    let out = history(
+        &up,
+        &[
+            "--filter",
+            "outcome=converged",
+            "--format",
+            "{{.ID}} {{.Outcome}} {{.Changes}}",
+        ],
+    );
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "{} converged 1 updated\n{} converged 2 created\n",
+            &c2[..7],
+            &c1[..7]
+        )
+    );
+    let out = history(&up, &["--filter", "colour=red"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unknown filter key \"colour\""),
+        "{}",
+        stderr(&out)
+    );
+
     let out = history(&up, &["0000000"]);
     assert!(!out.status.success());
     assert!(
