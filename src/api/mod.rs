@@ -6,7 +6,7 @@
 //! [`Action`]s it may ask for. It knows nothing of the manager's loops, so either can change
 //! alone (Raft sits behind the same handle: `act` is committed through it).
 
-mod metrics;
+pub mod metrics;
 mod page;
 pub mod security;
 pub mod serve;
@@ -70,6 +70,12 @@ pub trait Cluster: Send + Sync + 'static {
     fn git(&self) -> serde_json::Value;
     /// Fetch now; the answer is the head commit (JSON) or why the fetch failed.
     fn sync_now(&self) -> BoxFuture<'static, Result<serde_json::Value, String>>;
+    /// The process's counters and histograms.
+    fn metrics(&self) -> Arc<metrics::Metrics>;
+    /// What Raft says of this node, on a manager.
+    fn raft(&self) -> Option<metrics::RaftNumbers> {
+        None
+    }
     /// Does this node hold the cluster's state? A worker does not (it knows only its own
     /// tasks), and says so rather than show a state it does not follow.
     fn is_manager(&self) -> bool {

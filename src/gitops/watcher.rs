@@ -99,6 +99,10 @@ pub struct WatchStatus {
     pub fetches: u64,
     /// Fetches failed in a row (0 when the last one worked).
     pub failures: u32,
+    /// Fetches failed so far.
+    pub fetch_failures_total: u64,
+    /// Webhook requests so far, by result (accepted, ignored, pong, refused).
+    pub webhooks: std::collections::BTreeMap<&'static str, u64>,
     pub last_error: Option<String>,
     /// Whether a file watcher on a local repository is active.
     pub file_watch: bool,
@@ -123,6 +127,8 @@ enum Request {
 pub struct WatcherHandle {
     requests: mpsc::Sender<Request>,
     status: watch::Receiver<WatchStatus>,
+    /// Webhook requests by result, counted by the webhook receiver.
+    webhooks: Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>>,
 }
 
 impl std::fmt::Debug for Request {
@@ -156,7 +162,19 @@ impl WatcherHandle {
     }
 
     pub fn status(&self) -> WatchStatus {
-        self.status.borrow().clone()
+        let mut status = self.status.borrow().clone();
+        status.webhooks = self.webhooks.lock().expect("lock").clone();
+        status
+    }
+
+    /// One more webhook request that ended so (accepted, ignored, pong, refused).
+    pub fn count_webhook(&self, result: &'static str) {
+        *self
+            .webhooks
+            .lock()
+            .expect("lock")
+            .entry(result)
+            .or_default() += 1;
     }
 
     /// The tracked branch, once known (configured, or after the first fetch).
@@ -199,6 +217,7 @@ impl Watcher {
         let handle = WatcherHandle {
             requests: req_tx,
             status: status_rx,
+            webhooks: Default::default(),
         };
         (watcher, handle)
     }
@@ -318,6 +337,7 @@ impl Watcher {
                         s.branch = self.mirror.branch();
                         s.fetches += 1;
                         s.failures += 1;
+                        s.fetch_failures_total += 1;
                         s.last_error = Some(err.to_string());
                     });
                     for w in waiters {

@@ -270,38 +270,45 @@ pub fn webhook_router(config: WebhookConfig, handle: WatcherHandle) -> Router {
 }
 
 async fn receive(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (code, status, message) = answer(&hook, &headers, &body);
+    hook.handle.count_webhook(status);
+    reply(code, status, &message)
+}
+
+/// What to answer a webhook request: its HTTP status, its result and why.
+fn answer(hook: &Hook, headers: &HeaderMap, body: &Bytes) -> (StatusCode, &'static str, String) {
     let Some(secret) = hook.config.secret.as_deref().filter(|s| !s.is_empty()) else {
         hook.refusals.refused("no webhook secret is configured");
-        return reply(
+        return (
             StatusCode::FORBIDDEN,
             "refused",
-            "the webhook is disabled until a secret is configured",
+            "the webhook is disabled until a secret is configured".into(),
         );
     };
-    let provider = match verify(&headers, &body, secret.as_bytes()) {
+    let provider = match verify(headers, body, secret.as_bytes()) {
         Ok(p) => p,
         Err(e) => {
             hook.refusals.refused(&format!("bad signature: {e}"));
-            return reply(StatusCode::UNAUTHORIZED, "refused", &e.to_string());
+            return (StatusCode::UNAUTHORIZED, "refused", e.to_string());
         }
     };
-    let event = match parse_event(provider, &headers, &body) {
+    let event = match parse_event(provider, headers, body) {
         Ok(e) => e,
-        Err(msg) => return reply(StatusCode::BAD_REQUEST, "refused", &msg),
+        Err(msg) => return (StatusCode::BAD_REQUEST, "refused", msg),
     };
     let decision = decide(&event, hook.handle.tracked_branch().as_deref());
     tracing::info!(?provider, ?event, ?decision, "webhook");
     match decision {
         Decision::Fetch if hook.handle.trigger(Trigger::Webhook) => {
-            reply(StatusCode::ACCEPTED, "accepted", "fetch scheduled")
+            (StatusCode::ACCEPTED, "accepted", "fetch scheduled".into())
         }
-        Decision::Fetch => reply(
+        Decision::Fetch => (
             StatusCode::SERVICE_UNAVAILABLE,
             "refused",
-            "the git watcher is not running",
+            "the git watcher is not running".into(),
         ),
-        Decision::Pong => reply(StatusCode::OK, "pong", "ok"),
-        Decision::Ignore(reason) => reply(StatusCode::OK, "ignored", &reason),
+        Decision::Pong => (StatusCode::OK, "pong", "ok".into()),
+        Decision::Ignore(reason) => (StatusCode::OK, "ignored", reason),
     }
 }
 

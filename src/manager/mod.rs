@@ -85,6 +85,8 @@ pub struct Shared {
     pub loop_failures: supervise::LoopFailures,
     /// The last write that could not commit (no quorum), while it lasts.
     pub quorum: RwLock<Option<String>>,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: Arc<crate::api::metrics::Metrics>,
 }
 
 impl Shared {
@@ -197,6 +199,20 @@ impl crate::api::Cluster for Shared {
 
     fn is_manager(&self) -> bool {
         self.cluster.creds.identity().role == crate::cluster::ca::Role::Manager
+    }
+
+    fn metrics(&self) -> Arc<crate::api::metrics::Metrics> {
+        self.metrics.clone()
+    }
+
+    fn raft(&self) -> Option<crate::api::metrics::RaftNumbers> {
+        let m = self.cluster.raft.metrics().borrow().clone();
+        Some(crate::api::metrics::RaftNumbers {
+            term: m.current_term,
+            leader: m.current_leader == Some(m.id),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+        })
     }
 
     fn sync_now(&self) -> futures::future::BoxFuture<'static, Result<serde_json::Value, String>> {
@@ -343,6 +359,7 @@ pub async fn run(
         stale: Default::default(),
         loop_failures: Default::default(),
         quorum: Default::default(),
+        metrics: Arc::new(crate::api::metrics::Metrics::new(now_ms())),
     });
 
     let keyring = keyring::Keyring::new(identities, config.source.auth.clone());
@@ -891,7 +908,9 @@ async fn orchestrate(shared: &Shared) {
     let mut orch = Orchestrator::new(IdGen::random());
     let mut changes = shared.subscribe();
     loop {
+        let began = std::time::Instant::now();
         let step = shared.with_state(|s| orch.step(s, now_ms()));
+        shared.metrics.observe_reconcile(began.elapsed());
         let wake = step.wake_at;
         let proposed = !step.commands.is_empty();
         if shared.apply(step.commands).await > 0 {
@@ -1007,7 +1026,9 @@ async fn agent_loop(
     };
     loop {
         let state = link.assignments();
+        let began = std::time::Instant::now();
         let reports = executor.step(&state, now_ms()).await;
+        shared.metrics.observe_agent_pass(began.elapsed());
         let pause = match reports.engine_down.clone() {
             Some(e) => {
                 let first = shared.engine.read().expect("lock").is_none();

@@ -773,6 +773,10 @@ async fn gitops_webhook_bad_signature_is_refused_and_fetches_nothing() {
     let t0 = Instant::now();
     assert_eq!(h.github_push("main").await.0, 202);
     h.expect_fetch(&c2, t0).await;
+    // Counted by result, for /metrics.
+    let counted = h.w.handle.status().webhooks;
+    assert_eq!(counted.get("refused"), Some(&6), "{counted:?}");
+    assert_eq!(counted.get("accepted"), Some(&1), "{counted:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

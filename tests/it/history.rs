@@ -201,4 +201,92 @@ async fn history_shows_each_commit_with_its_outcome_and_a_rollback_is_never_a_su
         "{}",
         stderr(&out)
     );
+
+    // The same four commits in /metrics, counted once however often it is scraped.
+    let mut text = String::new();
+    for _ in 0..2 {
+        text = reqwest::get(format!("{}/metrics", up.api))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    }
+    let value = |line: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(line).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {line} in:\n{text}"))
+    };
+    assert_eq!(value("reconciler_commits_total{result=\"converged\"}"), 2.0);
+    assert_eq!(
+        value("reconciler_commits_total{result=\"rolled_back\"}"),
+        1.0
+    );
+    assert_eq!(value("reconciler_commits_total{result=\"refused\"}"), 1.0);
+    assert_eq!(
+        value("reconciler_rollouts_total{result=\"completed\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("reconciler_rollouts_total{result=\"rolled_back\"}"),
+        1.0
+    );
+    assert_eq!(value("reconciler_commit_to_converged_seconds_count"), 2.0);
+    assert!(value("reconciler_commit_to_converged_seconds_sum") > 0.0);
+    assert!(value("reconciler_reconcile_duration_seconds_count") > 0.0);
+    assert!(value("reconciler_agent_pass_duration_seconds_count") > 0.0);
+    assert!(value("reconciler_git_fetches_total{result=\"ok\"}") >= 4.0);
+    assert_eq!(
+        value(&format!(
+            "reconciler_service_replicas_running{{service=\"{name}\",stack=\"{stack}\"}}"
+        )),
+        2.0
+    );
+    assert_eq!(
+        value(&format!(
+            "reconciler_service_update_state{{service=\"{name}\",stack=\"{stack}\",state=\"rolled_back\"}}"
+        )),
+        1.0
+    );
+    assert!(value("reconciler_tasks{state=\"running\"}") >= 2.0);
+    assert_eq!(
+        value("reconciler_nodes{status=\"ready\",availability=\"active\"}"),
+        1.0
+    );
+    assert_eq!(value("reconciler_raft_leader"), 1.0);
+    assert!(value("reconciler_raft_term") >= 1.0);
+    assert!(value("reconciler_raft_applied_index") >= 4.0);
+    assert!(
+        text.trim_end().ends_with("# EOF"),
+        "OpenMetrics text ends so"
+    );
+
+    // The Grafana dashboard in docs/ asks only for metrics that exist.
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/grafana-dashboard.json"),
+    )
+    .unwrap();
+    let names = metric_names(&dashboard);
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        assert!(
+            text.lines().any(|l| l.starts_with(&name)),
+            "the dashboard uses {name}, which /metrics does not have"
+        );
+    }
+}
+
+/// The metric names a dashboard's queries use (`reconciler_...`).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("reconciler_") {
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[i + name.len()..];
+        out.insert(name);
+    }
+    out
 }
