@@ -110,10 +110,10 @@ impl Metrics {
         };
         // Every result from the start, at zero, so that rate() and increase() see the first.
         for result in COMMIT_RESULTS {
-            m.commits.get_or_create(&label(result));
+            m.commits.get_or_create(&label(result)).inc_by(0);
         }
         for result in ROLLOUT_RESULTS {
-            m.rollouts.get_or_create(&label(result));
+            m.rollouts.get_or_create(&label(result)).inc_by(0);
         }
         m
     }
@@ -243,7 +243,7 @@ pub fn render(cluster: &dyn Cluster) -> String {
     );
     let webhooks: Family<ResultLabel, Counter> = Family::default();
     for result in WEBHOOK_RESULTS {
-        webhooks.get_or_create(&label(result));
+        webhooks.get_or_create(&label(result)).inc_by(0);
     }
     if let Some(counts) = git.get("webhooks").and_then(|w| w.as_object()) {
         for (result, n) in counts {
