@@ -28,6 +28,11 @@ pub struct Client {
 
 impl Client {
     pub fn new(args: &ServerArgs) -> anyhow::Result<Self> {
+        Self::with_timeout(args, std::time::Duration::from_secs(30))
+    }
+
+    /// A client whose calls give up after `timeout`.
+    pub fn with_timeout(args: &ServerArgs, timeout: std::time::Duration) -> anyhow::Result<Self> {
         Ok(Client {
             base: args.server.trim_end_matches('/').to_string(),
             token: args
@@ -35,9 +40,7 @@ impl Client {
                 .clone()
                 .filter(|t| !t.is_empty())
                 .or_else(|| crate::api::security::read_token_file(&args.data_dir)),
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(30))
-                .build()?,
+            http: reqwest::Client::builder().timeout(timeout).build()?,
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?,

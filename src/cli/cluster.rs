@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use clap_complete::ArgValueCandidates;
 use comfy_table::{presets::NOTHING, Table};
 
 use super::client::{Client, ServerArgs};
@@ -118,7 +119,7 @@ pub struct ListArgs {
 pub struct ListOfArgs {
     /// The services (`service ps` takes several, as docker's), the nodes (`node ps`), or
     /// the stack.
-    #[arg(required = true, num_args = 1..)]
+    #[arg(required = true, num_args = 1.., add = ArgValueCandidates::new(super::complete::names))]
     names: Vec<String>,
     #[command(flatten)]
     server: ServerArgs,
@@ -143,6 +144,7 @@ pub struct ListOfArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct NameArgs {
+    #[arg(add = ArgValueCandidates::new(super::complete::services))]
     name: String,
     #[command(flatten)]
     server: ServerArgs,
@@ -152,6 +154,7 @@ pub struct NameArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct LogsArgs {
+    #[arg(add = ArgValueCandidates::new(super::complete::services))]
     name: String,
     #[command(flatten)]
     server: ServerArgs,

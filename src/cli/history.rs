@@ -16,6 +16,7 @@ pub struct Args {
     server: ServerArgs,
     /// One commit (its id, or a prefix of 4 characters or more): its timeline, its services'
     /// rollouts and the plan it made against the commit before.
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::commits))]
     commit: Option<String>,
     /// Print JSON.
     #[arg(long)]

@@ -9,6 +9,7 @@ use crate::logging::{self, LogFormat};
 mod bench;
 mod client;
 mod cluster;
+mod complete;
 mod control;
 mod docs;
 mod export;
@@ -103,6 +104,9 @@ enum Command {
 
 /// Parse the command line, run the command, and return the process exit code.
 pub fn main() -> i32 {
+    // `COMPLETE=bash reconciler` prints the shell's registration; the shell then calls back
+    // with the words typed, and gets candidates (names from the running cluster) and exits.
+    clap_complete::CompleteEnv::with_factory(<Cli as clap::CommandFactory>::command).complete();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -78,3 +78,41 @@ fn help_documents_the_exit_codes_and_colour() {
     assert!(help.contains("2 `plan` found changes"), "{help}");
     assert!(help.contains("NO_COLOR"), "{help}");
 }
+
+/// Dynamic completion registers with the shell, and a TAB never hangs on an API that does not
+/// answer: after a second it offers no names (the flags still come).
+#[test]
+fn dynamic_completion_registers_and_gives_up_on_a_silent_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_reconciler"))
+        .env("COMPLETE", "bash")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let script = stdout(&out);
+    assert!(script.contains("complete -o nospace"), "{script}");
+    assert!(script.contains("reconciler"), "{script}");
+
+    // Accepts connections (the kernel's backlog) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_reconciler"))
+        .env("COMPLETE", "bash")
+        .env("_CLAP_COMPLETE_INDEX", "3")
+        .env(
+            "RECONCILER_SERVER",
+            format!("http://{}", silent.local_addr().unwrap()),
+        )
+        .args(["--", "reconciler", "service", "ps", ""])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let words: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    assert!(words.iter().all(|w| w.starts_with('-')), "{words:?}");
+    assert!(words.iter().any(|w| w == "--filter"), "{words:?}");
+}

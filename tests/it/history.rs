@@ -261,6 +261,42 @@ async fn history_shows_each_commit_with_its_outcome_and_a_rollback_is_never_a_su
         "OpenMetrics text ends so"
     );
 
+    // A shell's TAB (dynamic completion, as `source <(COMPLETE=bash reconciler)` sets up)
+    // offers what the running cluster has.
+    let complete = |words: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_reconciler"))
+            .env("COMPLETE", "bash")
+            .env("_CLAP_COMPLETE_INDEX", (words.len() - 1).to_string())
+            .env("RECONCILER_SERVER", &up.api)
+            .arg("--")
+            .args(words)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    // (Flags are offered too on an empty word; the names come first.)
+    let names = |words: &[&str]| -> Vec<String> {
+        complete(words)
+            .into_iter()
+            .filter(|c| !c.starts_with('-'))
+            .collect()
+    };
+    assert_eq!(names(&["reconciler", "service", "ps", ""]), [name.clone()]);
+    assert_eq!(
+        names(&["reconciler", "service", "logs", ""]),
+        [name.clone()]
+    );
+    assert_eq!(names(&["reconciler", "stack", "ps", ""]), [stack.clone()]);
+    assert_eq!(
+        names(&["reconciler", "history", ""]),
+        [&c4[..7], &c3[..7], &c2[..7], &c1[..7]]
+    );
+    assert_eq!(
+        names(&["reconciler", "service", "ps", "zzz"]),
+        Vec::<String>::new()
+    );
+
     // The Grafana dashboard in docs/ asks only for metrics that exist.
     let dashboard = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/grafana-dashboard.json"),
