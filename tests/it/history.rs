@@ -282,12 +282,12 @@ async fn history_shows_each_commit_with_its_outcome_and_a_rollback_is_never_a_su
             .filter(|c| !c.starts_with('-'))
             .collect()
     };
-    assert_eq!(names(&["reconciler", "service", "ps", ""]), [name.clone()]);
+    assert_eq!(names(&["reconciler", "service", "ps", ""]), [name.as_str()]);
     assert_eq!(
         names(&["reconciler", "service", "logs", ""]),
-        [name.clone()]
+        [name.as_str()]
     );
-    assert_eq!(names(&["reconciler", "stack", "ps", ""]), [stack.clone()]);
+    assert_eq!(names(&["reconciler", "stack", "ps", ""]), [stack.as_str()]);
     assert_eq!(
         names(&["reconciler", "history", ""]),
         [&c4[..7], &c3[..7], &c2[..7], &c1[..7]]
