@@ -79,6 +79,7 @@ fn state(nodes: usize, replicas: usize) -> State {
     state
         .apply(Command::ApplyRevision {
             summary: String::new(),
+            notify: None,
             trigger: None,
             commit: "c1".into(),
             desired,

@@ -14,6 +14,7 @@ pub mod dispatcher;
 pub mod gitops;
 pub mod logging;
 pub mod manager;
+pub mod notify;
 pub mod orchestrator;
 pub mod plan;
 pub mod secrets;

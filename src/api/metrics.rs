@@ -63,6 +63,12 @@ fn label(result: &str) -> ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabel {
+    target: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: String,
 }
@@ -259,6 +265,38 @@ pub fn render(cluster: &dyn Cluster) -> String {
     );
 
     let view = status_view(cluster);
+    let notified: Family<TargetLabel, Counter> = Family::default();
+    let waiting: Family<TargetLabel, Gauge> = Family::default();
+    for (name, t) in &view.node.notifications {
+        for (result, n) in [
+            ("delivered", t.delivered),
+            ("failed", t.failures),
+            ("lost", t.lost),
+        ] {
+            notified
+                .get_or_create(&TargetLabel {
+                    target: name.clone(),
+                    result: result.into(),
+                })
+                .inc_by(n);
+        }
+        waiting
+            .get_or_create(&TargetLabel {
+                target: name.clone(),
+                result: "pending".into(),
+            })
+            .set(t.pending as i64);
+    }
+    reg.register(
+        "notifications",
+        "Notification attempts by target and result (delivered, failed, lost), on the leader",
+        notified,
+    );
+    reg.register(
+        "notifications_pending",
+        "Events waiting for each notification target, on the leader",
+        waiting,
+    );
     let tasks: Family<StateLabel, Gauge> = Family::default();
     read(cluster, |s| {
         let mut by_state: BTreeMap<TaskState, i64> = BTreeMap::new();

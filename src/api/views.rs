@@ -34,6 +34,10 @@ pub struct NodeReport {
     /// Set while this node's writes do not commit (no quorum of managers, no leader).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_error: Option<String>,
+    /// The notification targets of `reconciler.toml`, as this node's sender found them (the
+    /// leader's sends; the others show none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub notifications: BTreeMap<String, crate::notify::TargetStatus>,
 }
 
 /// A map keyed by port, its keys written as JSON object keys are: text. (Flattened into

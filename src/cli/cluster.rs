@@ -506,6 +506,22 @@ pub fn status(args: StatusArgs) -> anyhow::Result<i32> {
     if let Some(e) = &v.node.cluster_error {
         println!("Cluster:        writes do not commit: {e}");
     }
+    for (name, t) in &v.node.notifications {
+        let state = match &t.last_error {
+            Some(e) => format!("failing ({} waiting, retrying): {e}", t.pending),
+            None if t.pending > 0 => format!("{} waiting", t.pending),
+            None => "ok".to_string(),
+        };
+        let lost = if t.lost > 0 {
+            format!("; {} lost off the log", t.lost)
+        } else {
+            String::new()
+        };
+        println!(
+            "Notify {name} ({}): {state}; {} delivered{lost}",
+            t.kind, t.delivered
+        );
+    }
     for (port, e) in &v.node.port_failures {
         println!("Port {port}:      cannot be published: {e}");
     }

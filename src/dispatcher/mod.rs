@@ -174,6 +174,7 @@ impl Dispatcher {
             .commit(vec![Command::SetNodeReady {
                 id: node.to_string(),
                 ready: false,
+                at: crate::store::now_ms(),
             }])
             .await;
         Ok(())
@@ -398,7 +399,11 @@ impl Dispatcher {
         }
         let commands = down
             .into_iter()
-            .map(|id| Command::SetNodeReady { id, ready: false })
+            .map(|id| Command::SetNodeReady {
+                id,
+                ready: false,
+                at: crate::store::now_ms(),
+            })
             .collect();
         self.backend.commit(commands).await;
     }

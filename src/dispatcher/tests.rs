@@ -86,6 +86,7 @@ async fn serving(
     state
         .apply(Command::ApplyRevision {
             summary: String::new(),
+            notify: None,
             trigger: None,
             commit: "c".into(),
             desired,

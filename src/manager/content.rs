@@ -102,6 +102,30 @@ impl MirrorContent {
         secrets::decrypt(name, &bytes, &ids).map_err(|e| e.to_string())
     }
 
+    /// A file at `path` from the repository's root in `commit`, decrypted when it ends in
+    /// `.age` (the values `reconciler.toml` points at).
+    pub fn read_repo_file(
+        &self,
+        what: &str,
+        commit: &str,
+        path: &str,
+    ) -> Result<SecretBytes, String> {
+        let bytes = GitTree::open(&self.repo, commit, "")
+            .and_then(|t| t.read(path))
+            .map_err(|e| format!("{what}: {e:#}"))?
+            .ok_or_else(|| format!("{what}: {path} is not in commit {}", short(commit)))?;
+        if !path.ends_with(".age") {
+            return Ok(SecretBytes::new(bytes));
+        }
+        let ids = self.keyring.identities().ok_or_else(|| {
+            secrets::SecretError::NoIdentity {
+                secret: what.to_string(),
+            }
+            .to_string()
+        })?;
+        secrets::decrypt(what, &bytes, &ids).map_err(|e| e.to_string())
+    }
+
     /// A repo file or directory of `version`, every file of it.
     fn files(&self, version: &str, at: &ContentRef) -> Result<Content, String> {
         let ContentRef::Git {

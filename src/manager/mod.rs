@@ -9,6 +9,7 @@
 mod content;
 pub mod ingress;
 mod keyring;
+pub mod notifier;
 mod supervise;
 
 use supervise::supervise;
@@ -87,6 +88,8 @@ pub struct Shared {
     pub quorum: RwLock<Option<String>>,
     /// Counters and histograms for `/metrics`.
     pub metrics: Arc<crate::api::metrics::Metrics>,
+    /// The notification targets as this manager's sender found them.
+    pub notify: notifier::TargetStatuses,
 }
 
 impl Shared {
@@ -190,6 +193,7 @@ impl crate::api::Cluster for Shared {
                 .cluster
                 .problem()
                 .or_else(|| self.quorum.read().expect("lock").clone()),
+            notifications: self.notify.read().expect("lock").clone(),
         }
     }
 
@@ -360,6 +364,7 @@ pub async fn run(
         loop_failures: Default::default(),
         quorum: Default::default(),
         metrics: Arc::new(crate::api::metrics::Metrics::new(now_ms())),
+        notify: Default::default(),
     });
 
     let keyring = keyring::Keyring::new(identities, config.source.auth.clone());
@@ -503,6 +508,13 @@ pub async fn run(
         shared.loop_failures.clone(),
         shutdown.clone(),
         move || orchestrator_loop(s.clone(), stop.clone()),
+    ));
+    let (s, stop, c) = (shared.clone(), shutdown.clone(), content.clone());
+    tasks.spawn(supervise(
+        "notifier",
+        shared.loop_failures.clone(),
+        shutdown.clone(),
+        move || notifier::notifier_loop(s.clone(), c.clone(), stop.clone()),
     ));
     let (s, stop, d) = (shared.clone(), shutdown.clone(), dispatcher.clone());
     tasks.spawn(supervise(
@@ -745,24 +757,41 @@ async fn git_loop(this: &GitLoop, updates: &mut mpsc::Receiver<gitops::Update>) 
             commit.clone(),
             root_name.clone(),
         );
-        let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<desired::Loaded> {
-            // A path into the repository names the stack it holds, as `validate PATH` does.
-            let tree = GitTree::open(&repo, &commit2, &cfg.path)?;
-            let tree = if cfg.path.trim_matches('/').is_empty() {
-                tree.with_name(name)
-            } else {
-                tree
-            };
-            desired::load(
-                &tree,
-                &LoadOptions {
-                    identities: cfg.keyring.identities().as_ref(),
-                    variables: cfg.variables.clone(),
-                    skip: Default::default(),
-                },
-            )
-        })
+        let loaded = tokio::task::spawn_blocking(
+            move || -> anyhow::Result<(desired::Loaded, NotifyTargets)> {
+                // reconciler.toml is at the repository's root, whatever the stacks' path.
+                let root = GitTree::open(&repo, &commit2, "")?;
+                let notify = crate::notify::config::load(&root, &commit2);
+                // A path into the repository names the stack it holds, as `validate PATH` does.
+                let tree = GitTree::open(&repo, &commit2, &cfg.path)?;
+                let tree = if cfg.path.trim_matches('/').is_empty() {
+                    tree.with_name(name)
+                } else {
+                    tree
+                };
+                let loaded = desired::load(
+                    &tree,
+                    &LoadOptions {
+                        identities: cfg.keyring.identities().as_ref(),
+                        variables: cfg.variables.clone(),
+                        skip: Default::default(),
+                    },
+                )?;
+                Ok((loaded, notify))
+            },
+        )
         .await;
+        // A broken reconciler.toml refuses the commit, as a broken stack file does.
+        let (loaded, notify) = match loaded {
+            Ok(Ok((l, targets))) => (Ok(Ok(l)), Some(targets)),
+            Ok(Err(e)) => (Ok(Err(e)), None),
+            Err(e) => (Err(e), None),
+        };
+        let (notify, notify_errors) = match notify {
+            Some(Ok(targets)) => (Some(targets), None),
+            Some(Err(errors)) => (None, Some(errors)),
+            None => (None, None),
+        };
         if let Ok(Ok(l)) = &loaded {
             let warnings: std::collections::BTreeSet<String> = l
                 .diagnostics
@@ -787,6 +816,16 @@ async fn git_loop(this: &GitLoop, updates: &mut mpsc::Receiver<gitops::Update>) 
             }
         };
         let command = match loaded {
+            Ok(Ok(l)) if notify_errors.is_some() => {
+                let mut errors: Vec<String> = l
+                    .diagnostics
+                    .iter()
+                    .filter(|d| d.is_error())
+                    .map(|d| d.to_string())
+                    .collect();
+                errors.extend(notify_errors.unwrap_or_default());
+                refuse(errors)
+            }
             Ok(Ok(l)) if l.no_stacks.is_some() => {
                 let running = shared.with_state(|s| {
                     s.services
@@ -820,6 +859,7 @@ async fn git_loop(this: &GitLoop, updates: &mut mpsc::Receiver<gitops::Update>) 
                     blocked,
                     summary: update.commit.summary.clone(),
                     trigger: Some(update.trigger),
+                    notify: notify.clone(),
                 }
             }
             Ok(Ok(l)) => refuse(
@@ -841,6 +881,9 @@ async fn git_loop(this: &GitLoop, updates: &mut mpsc::Receiver<gitops::Update>) 
         }
     }
 }
+
+/// The targets of a commit's `reconciler.toml`, or why it is refused.
+type NotifyTargets = Result<Vec<crate::notify::Target>, Vec<String>>;
 
 /// Why a commit with no stacks under the path is refused, and the documented way out.
 fn no_stacks_message(

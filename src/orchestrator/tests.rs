@@ -91,6 +91,7 @@ impl Sim {
         self.state
             .apply(Command::ApplyRevision {
                 summary: String::new(),
+                notify: None,
                 trigger: None,
                 blocked: Default::default(),
                 commit: commit.into(),
@@ -630,6 +631,7 @@ fn a_removed_stack_leaves_nothing_behind() {
     sim.state
         .apply(Command::ApplyRevision {
             summary: String::new(),
+            notify: None,
             trigger: None,
             blocked: Default::default(),
             commit: "c2".into(),
@@ -808,6 +810,7 @@ fn tasks_that_never_found_a_node_go_with_their_service() {
     sim.state
         .apply(Command::ApplyRevision {
             summary: String::new(),
+            notify: None,
             trigger: None,
             blocked: Default::default(),
             commit: "c2".into(),
@@ -1630,4 +1633,47 @@ fn a_rollback_by_hand_marks_the_commit_rolled_back() {
         .events
         .iter()
         .any(|e| e.message.contains("rolled back by hand")));
+}
+
+#[test]
+fn a_service_whose_tasks_keep_failing_is_said_unhealthy_once() {
+    use crate::notify::{config::Value, Kind, NotifyKind, Target};
+    let mut sim = Sim::new();
+    sim.state.notify.set_targets(vec![Target {
+        name: "ops".into(),
+        kind: Kind::Generic,
+        url: Value::Inline {
+            value: "https://ops.example/".into(),
+        },
+        events: vec![],
+        secret: None,
+    }]);
+    sim.images.insert(
+        "web:crash".into(),
+        Behaviour::Exits {
+            after: 300,
+            code: 1,
+        },
+    );
+    sim.commit("c1c1c1", &web("web:crash", 1, STOP_FIRST));
+    sim.run(30_000);
+    let unhealthy: Vec<_> = sim
+        .state
+        .notify
+        .events
+        .iter()
+        .filter(|e| e.kind == NotifyKind::ServiceUnhealthy)
+        .collect();
+    assert_eq!(unhealthy.len(), 1, "{:?}", sim.state.notify.events);
+    assert_eq!(unhealthy[0].service.as_deref(), Some("app_web"));
+    assert!(
+        unhealthy[0].message.contains("keep failing"),
+        "{}",
+        unhealthy[0].message
+    );
+    assert!(
+        unhealthy[0].message.contains("non-zero exit (1)"),
+        "{}",
+        unhealthy[0].message
+    );
 }

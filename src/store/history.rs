@@ -212,20 +212,21 @@ impl History {
             .then_some(last.commit.as_str())
     }
 
-    /// A commit became the desired state, with what it changed.
+    /// A commit became the desired state, with what it changed. False when it is the newest
+    /// record already (a new leader applies the head again).
     pub fn applied(
         &mut self,
         received: Received,
         plan: Plan,
         blocked: BTreeMap<String, Vec<String>>,
-    ) {
+    ) -> bool {
         // The same head applied again (a new leader starts from it): one commit, one record.
         if self
             .records
             .back()
             .is_some_and(|r| r.commit == received.commit && r.outcome != Outcome::Refused)
         {
-            return;
+            return false;
         }
         let at = received.at;
         for earlier in self.records.iter_mut().filter(|r| {
@@ -263,17 +264,18 @@ impl History {
         record.plan = Some(plan);
         record.blocked = blocked;
         self.push(record);
+        true
     }
 
-    /// A commit failed validation.
-    pub fn refused(&mut self, received: Received, errors: Vec<String>) {
+    /// A commit failed validation. False when that was the newest record already.
+    pub fn refused(&mut self, received: Received, errors: Vec<String>) -> bool {
         // The same refusal again (a new leader fetched the same head) is one record.
         if self
             .records
             .back()
             .is_some_and(|r| r.commit == received.commit && r.errors == errors)
         {
-            return;
+            return false;
         }
         let at = received.at;
         let mut record = CommitRecord::new(received, Outcome::Refused);
@@ -288,6 +290,7 @@ impl History {
         });
         record.errors = errors;
         self.push(record);
+        true
     }
 
     /// A service's update status changed; `revision` is the commit that set its spec.

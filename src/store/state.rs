@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use super::history::{History, Received};
 use super::objects::*;
 use crate::desired::DesiredState;
+use crate::notify::event::{News, NotifyKind};
+use crate::notify::NotifyLog;
 use crate::spec::model::{FileObjectSpec, NetworkSpec, ServiceSpec, VolumeSpec};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -30,6 +32,9 @@ pub struct State {
     /// What the cluster did with each commit it saw (the last 200).
     #[serde(default)]
     pub history: History,
+    /// Events for the notification targets of `reconciler.toml`, and where each target is.
+    #[serde(default)]
+    pub notify: NotifyLog,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -58,6 +63,9 @@ pub enum Command {
         summary: String,
         #[serde(default)]
         trigger: Option<crate::gitops::Trigger>,
+        /// The notification targets its `reconciler.toml` names (None: leave them as they are).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        notify: Option<Vec<crate::notify::Target>>,
     },
     /// A commit that failed validation: recorded for status, nothing else changes.
     RefuseRevision {
@@ -74,6 +82,11 @@ pub enum Command {
     CommitConverged {
         commit: String,
         at: Millis,
+    },
+    /// The leader sent a notification target every event it wants up to `seq`.
+    NotificationSent {
+        target: String,
+        seq: u64,
     },
     /// A node joined or changed (labels, availability, readiness).
     UpsertNode {
@@ -97,6 +110,8 @@ pub enum Command {
     SetNodeReady {
         id: String,
         ready: bool,
+        #[serde(default)]
+        at: Millis,
     },
     /// `node rm`: the node leaves the store (its certificate is refused by the cluster's
     /// own settings, committed beside).
@@ -180,6 +195,12 @@ pub enum ApplyError {
     PartsLost,
 }
 
+/// A service whose tasks failed this many times within [`UNHEALTHY_WINDOW`] is unhealthy.
+const UNHEALTHY_FAILURES: usize = 3;
+const UNHEALTHY_WINDOW: Millis = 5 * 60 * 1000;
+/// A service said unhealthy is not said so again for this long.
+const UNHEALTHY_QUIET: Millis = 10 * 60 * 1000;
+
 impl State {
     /// Would `apply` accept this command? (Read-only: the store checks before logging.)
     pub fn check(&self, command: &Command) -> Result<(), ApplyError> {
@@ -239,6 +260,7 @@ impl State {
             Command::ApplyRevision { .. }
             | Command::RefuseRevision { .. }
             | Command::CommitConverged { .. }
+            | Command::NotificationSent { .. }
             | Command::DeleteTask { .. }
             | Command::UpsertNode { .. }
             | Command::NodeSeen { .. }
@@ -306,6 +328,7 @@ impl State {
                 blocked,
                 summary,
                 trigger,
+                notify,
             } => {
                 let received = Received {
                     commit: commit.clone(),
@@ -313,8 +336,22 @@ impl State {
                     trigger,
                     at,
                 };
+                if let Some(targets) = notify {
+                    self.notify.set_targets(targets);
+                }
                 let plan = self.plan_of(&commit, &desired, prune, &blocked);
-                self.history.applied(received, plan, blocked.clone());
+                let (c, u, r) = plan.counts();
+                if self.history.applied(received, plan, blocked.clone()) {
+                    self.notify.push(
+                        NotifyKind::CommitApplied,
+                        at,
+                        News {
+                            commit: Some(commit.clone()),
+                            message: format!("{c} to create, {u} to update, {r} to remove"),
+                            ..Default::default()
+                        },
+                    );
+                }
                 Ok(self.apply_revision(commit, desired, prune, at, blocked))
             }
             Command::RefuseRevision {
@@ -330,15 +367,50 @@ impl State {
                     trigger,
                     at,
                 };
-                self.history.refused(received, errors.clone());
+                if self.history.refused(received, errors.clone()) {
+                    self.notify.push(
+                        NotifyKind::CommitRefused,
+                        at,
+                        News {
+                            commit: Some(commit.clone()),
+                            message: match errors.len() {
+                                0 | 1 => errors.first().cloned().unwrap_or_default(),
+                                n => format!("{} (and {} more)", errors[0], n - 1),
+                            },
+                            ..Default::default()
+                        },
+                    );
+                }
                 self.revision.refused = Some(RefusedRevision { commit, at, errors });
                 Ok(vec![Event::RevisionChanged])
             }
-            Command::CommitConverged { commit, at } => Ok(if self.history.converged(&commit, at) {
-                vec![Event::RevisionChanged]
-            } else {
-                vec![]
-            }),
+            Command::CommitConverged { commit, at } => {
+                if !self.history.converged(&commit, at) {
+                    return Ok(vec![]);
+                }
+                // A rolled-back commit was said already; "converged" is for a success.
+                if let Some(r) = self
+                    .history
+                    .find(&commit)
+                    .filter(|r| r.outcome.is_success())
+                {
+                    let took = r.took().unwrap_or(0);
+                    self.notify.push(
+                        NotifyKind::CommitConverged,
+                        at,
+                        News {
+                            commit: Some(commit.clone()),
+                            message: format!("in {:.1}s", took as f64 / 1000.0),
+                            ..Default::default()
+                        },
+                    );
+                }
+                Ok(vec![Event::RevisionChanged])
+            }
+            Command::NotificationSent { target, seq } => {
+                self.notify.sent(&target, seq);
+                Ok(vec![])
+            }
             Command::UpsertNode { node } => {
                 if self.nodes.get(&node.id) == Some(&node) {
                     return Ok(vec![]);
@@ -379,9 +451,17 @@ impl State {
                 node.labels = labels;
                 Ok(vec![Event::ObjectsChanged])
             }
-            Command::SetNodeReady { id, ready } => match self.nodes.get_mut(&id) {
+            Command::SetNodeReady { id, ready, at } => match self.nodes.get_mut(&id) {
                 Some(n) if n.ready != ready => {
                     n.ready = ready;
+                    if !ready {
+                        let news = News {
+                            node: Some(n.hostname.clone()),
+                            message: format!("node {} ({}) stopped answering", n.hostname, id),
+                            ..Default::default()
+                        };
+                        self.notify.push(NotifyKind::NodeDown, at, news);
+                    }
                     Ok(vec![Event::ObjectsChanged])
                 }
                 _ => Ok(vec![]),
@@ -443,7 +523,12 @@ impl State {
                 if status.state < task.status.state || status == task.status {
                     return Ok(vec![]);
                 }
+                let failed_now =
+                    status.state == TaskState::Failed && task.status.state != TaskState::Failed;
                 task.status = status;
+                if failed_now {
+                    self.maybe_unhealthy(&id);
+                }
                 Ok(vec![Event::TaskUpdated(id)])
             }
             Command::DeleteTask { id } => match self.tasks.remove(&id) {
@@ -458,6 +543,25 @@ impl State {
                 let old = svc.update.as_ref().map(|u| u.state);
                 self.history
                     .update_status(&service, svc.revision.as_deref(), old, status.as_ref());
+                if let Some(st) = status.as_ref().filter(|st| old != Some(st.state)) {
+                    let kind = match st.state {
+                        UpdateState::Paused | UpdateState::RollbackPaused => {
+                            Some(NotifyKind::RolloutPaused)
+                        }
+                        UpdateState::RollbackStarted => Some(NotifyKind::RolloutRolledBack),
+                        _ => None,
+                    };
+                    if let Some(kind) = kind {
+                        let news = News {
+                            commit: svc.revision.clone(),
+                            service: Some(service.clone()),
+                            message: st.message.clone(),
+                            ..Default::default()
+                        };
+                        self.notify
+                            .push(kind, st.completed_at.unwrap_or(st.started_at), news);
+                    }
+                }
                 svc.update = status;
                 Ok(vec![Event::ServiceUpdated(service)])
             }
@@ -596,6 +700,37 @@ impl State {
             blocked,
         });
         events
+    }
+
+    /// A task of a service just failed: when its tasks failed again and again lately, the
+    /// service is news (once in a while, not at every failure).
+    fn maybe_unhealthy(&mut self, id: &str) {
+        let Some(task) = self.tasks.get(id) else {
+            return;
+        };
+        let (service, at) = (task.service.clone(), task.status.timestamp);
+        let why = task.status.error.clone().unwrap_or_default();
+        let failures = self
+            .tasks_of(&service)
+            .filter(|t| {
+                t.status.state == TaskState::Failed
+                    && t.status.timestamp.saturating_add(UNHEALTHY_WINDOW) >= at
+            })
+            .count();
+        if failures < UNHEALTHY_FAILURES
+            || self
+                .notify
+                .unhealthy_since(&service, at.saturating_sub(UNHEALTHY_QUIET))
+        {
+            return;
+        }
+        let news = News {
+            commit: self.services.get(&service).and_then(|s| s.revision.clone()),
+            service: Some(service),
+            message: format!("its tasks keep failing ({failures} in the last 5 minutes): {why}"),
+            ..Default::default()
+        };
+        self.notify.push(NotifyKind::ServiceUnhealthy, at, news);
     }
 
     /// What applying `desired` changes against what runs now, as `reconciler plan` shows it:

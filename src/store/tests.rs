@@ -20,6 +20,7 @@ fn desired(stacks: &[(&str, &str)]) -> DesiredState {
 fn apply_rev(commit: &str, d: DesiredState, prune: bool) -> Command {
     Command::ApplyRevision {
         summary: String::new(),
+        notify: None,
         trigger: None,
         blocked: Default::default(),
         commit: commit.into(),

@@ -7,6 +7,7 @@ mod cluster;
 mod docker_runtime;
 mod gitops;
 mod history;
+mod notify;
 mod plan_cli;
 mod secrets;
 mod spec_corpus;

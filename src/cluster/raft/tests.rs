@@ -57,6 +57,7 @@ fn revision_of(commit: &str, text: &str) -> crate::store::Command {
     desired.stacks.insert("web".into(), loaded.spec.unwrap());
     crate::store::Command::ApplyRevision {
         summary: String::new(),
+        notify: None,
         trigger: None,
         commit: commit.into(),
         desired,
