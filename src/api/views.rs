@@ -38,6 +38,9 @@ pub struct NodeReport {
     /// leader's sends; the others show none).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub notifications: BTreeMap<String, crate::notify::TargetStatus>,
+    /// `up --observe-only`: commits are planned and recorded, none is applied.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub observe_only: bool,
 }
 
 /// A map keyed by port, its keys written as JSON object keys are: text. (Flattened into

@@ -498,6 +498,9 @@ pub fn status(args: StatusArgs) -> anyhow::Result<i32> {
         }
         None => println!("Git:            ok"),
     }
+    if v.node.observe_only {
+        println!("Mode:           observe only: commits are planned, none is applied (`reconciler history COMMIT` shows what one would do)");
+    }
     println!("Nodes:          {}", v.nodes);
     match &v.node.engine_error {
         Some(e) => println!("Docker Engine:  unreachable: {e}"),

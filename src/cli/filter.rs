@@ -96,7 +96,7 @@ impl Filters {
         let words = |s: &str| s.replace(['_', ' '], "-");
         self.all(|key, v| match key {
             "id" => r.commit.starts_with(v),
-            "outcome" => words(r.outcome.name()) == words(v),
+            "outcome" => words(r.outcome.key()) == words(v),
             "trigger" => r.trigger.is_some_and(|t| words(t.name()) == words(v)),
             "service" => {
                 r.rollouts.contains_key(v)

@@ -25,7 +25,7 @@ pub struct Args {
     #[arg(short, long, conflicts_with_all = ["json", "commit"])]
     quiet: bool,
     /// Only the commits that match KEY=VALUE (repeatable): id, outcome (converged,
-    /// rolled-back, paused, refused, superseded, rolling), trigger, service.
+    /// rolled-back, paused, refused, superseded, rolling, observed), trigger, service.
     #[arg(
         short,
         long = "filter",
@@ -230,6 +230,7 @@ fn why(r: &CommitRecord) -> Option<String> {
             .superseded_by
             .as_deref()
             .map(|c| format!("by {}", short(c))),
+        Outcome::Observed => Some("the cluster only observes (--observe-only)".into()),
         Outcome::Rolling | Outcome::Converged => None,
     }
 }

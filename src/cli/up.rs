@@ -38,6 +38,11 @@ pub struct Args {
     /// Keep services, networks, secrets and configs that leave git (default: remove them).
     #[arg(long)]
     no_prune: bool,
+    /// Watch and plan, apply nothing: every commit is validated and recorded with the plan it
+    /// would carry out (`reconciler history COMMIT`), and nothing runs, stops or changes. Give
+    /// it to every manager; start again without it to apply.
+    #[arg(long)]
+    observe_only: bool,
     /// age identity that decrypts the repository's secrets (or RECONCILER_AGE_IDENTITY_FILE).
     #[arg(long, value_name = "FILE")]
     identity: Option<PathBuf>,
@@ -214,6 +219,7 @@ pub fn serve(
         listen: args.listen,
         poll: args.poll,
         prune: !args.no_prune,
+        observe_only: args.observe_only,
         webhook_secret: args.webhook_secret.clone(),
         identity,
         ingress_bind: args.ingress_bind,

@@ -50,6 +50,8 @@ pub struct UpConfig {
     pub poll: Duration,
     /// Remove what leaves git (default true).
     pub prune: bool,
+    /// Validate and plan every commit, apply none (`up --observe-only`).
+    pub observe_only: bool,
     pub webhook_secret: Option<String>,
     /// The age identity file, if any (read at start-up).
     pub identity: Option<PathBuf>,
@@ -75,6 +77,8 @@ pub struct Shared {
     pub engine: RwLock<Option<String>>,
     pub watcher: WatcherHandle,
     pub started: std::time::Instant,
+    /// `up --observe-only`: commits are planned, none applied, and the orchestrator rests.
+    pub observe_only: bool,
     pub ingress_backend: &'static str,
     /// Container addresses by task id, for the ingress proxy.
     pub addresses: ingress::Addresses,
@@ -194,6 +198,7 @@ impl crate::api::Cluster for Shared {
                 .problem()
                 .or_else(|| self.quorum.read().expect("lock").clone()),
             notifications: self.notify.read().expect("lock").clone(),
+            observe_only: self.observe_only,
         }
     }
 
@@ -364,6 +369,7 @@ pub async fn run(
         loop_failures: Default::default(),
         quorum: Default::default(),
         metrics: Arc::new(crate::api::metrics::Metrics::new(now_ms())),
+        observe_only: config.observe_only,
         notify: Default::default(),
     });
 
@@ -492,6 +498,7 @@ pub async fn run(
             path: config.path.clone(),
             keyring,
             prune: config.prune,
+            observe_only: config.observe_only,
             variables: config.variables.clone(),
         },
         shutdown: shutdown.clone(),
@@ -661,6 +668,7 @@ struct GitLoopConfig {
     path: String,
     keyring: Arc<keyring::Keyring>,
     prune: bool,
+    observe_only: bool,
     variables: std::collections::BTreeMap<String, String>,
 }
 
@@ -687,6 +695,7 @@ async fn git_loop(this: &GitLoop, updates: &mut mpsc::Receiver<gitops::Update>) 
         path: this.config.path.clone(),
         keyring: this.config.keyring.clone(),
         prune: this.config.prune,
+        observe_only: this.config.observe_only,
         variables: this.config.variables.clone(),
     });
     // A stack read from the repository root is named after the repository.
@@ -850,16 +859,29 @@ async fn git_loop(this: &GitLoop, updates: &mut mpsc::Receiver<gitops::Update>) 
                 for (stack, why) in &blocked {
                     tracing::warn!(commit = %short, stack = %stack, errors = %why.join("; "), "stack blocked: its secrets cannot be decrypted here; what runs of it stays as it was");
                 }
-                tracing::info!(commit = %short, summary = %update.commit.summary, trigger = ?update.trigger, "applying commit");
-                Command::ApplyRevision {
-                    commit: commit.clone(),
-                    desired: l.state,
-                    prune: config.prune,
-                    at,
-                    blocked,
-                    summary: update.commit.summary.clone(),
-                    trigger: Some(update.trigger),
-                    notify: notify.clone(),
+                if config.observe_only {
+                    tracing::info!(commit = %short, summary = %update.commit.summary, trigger = ?update.trigger, "observing commit: planned, not applied (--observe-only)");
+                    Command::ObserveRevision {
+                        commit: commit.clone(),
+                        desired: l.state,
+                        prune: config.prune,
+                        at,
+                        blocked,
+                        summary: update.commit.summary.clone(),
+                        trigger: Some(update.trigger),
+                    }
+                } else {
+                    tracing::info!(commit = %short, summary = %update.commit.summary, trigger = ?update.trigger, "applying commit");
+                    Command::ApplyRevision {
+                        commit: commit.clone(),
+                        desired: l.state,
+                        prune: config.prune,
+                        at,
+                        blocked,
+                        summary: update.commit.summary.clone(),
+                        trigger: Some(update.trigger),
+                        notify: notify.clone(),
+                    }
                 }
             }
             Ok(Ok(l)) => refuse(
@@ -932,6 +954,11 @@ fn repo_name(url: &str) -> String {
 /// stops leading, it waits, and a fresh orchestrator starts from the store next time (all it
 /// needs is there: a new leader loses nothing and repeats nothing).
 async fn orchestrator_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
+    if shared.observe_only {
+        // Nothing is applied, so nothing is converged either: not a task starts or stops.
+        tracing::info!("observing only: commits are planned and recorded, none is applied");
+        return shutdown.cancelled().await;
+    }
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -76,6 +76,8 @@ pub enum Outcome {
     Converged,
     /// A newer commit was applied before this one converged.
     Superseded,
+    /// Planned, not applied: the cluster only observes (`up --observe-only`).
+    Observed,
 }
 
 impl Outcome {
@@ -87,6 +89,20 @@ impl Outcome {
             Outcome::RolledBack => "rolled back",
             Outcome::Converged => "converged",
             Outcome::Superseded => "superseded",
+            Outcome::Observed => "observed (not applied)",
+        }
+    }
+
+    /// As JSON and `--filter outcome=` name it.
+    pub fn key(self) -> &'static str {
+        match self {
+            Outcome::Refused => "refused",
+            Outcome::Rolling => "rolling",
+            Outcome::Paused => "paused",
+            Outcome::RolledBack => "rolled_back",
+            Outcome::Converged => "converged",
+            Outcome::Superseded => "superseded",
+            Outcome::Observed => "observed",
         }
     }
 
@@ -134,6 +150,7 @@ pub enum EventKind {
     RolloutCompleted,
     Converged,
     Superseded,
+    Observed,
 }
 
 impl EventKind {
@@ -149,6 +166,7 @@ impl EventKind {
             EventKind::RolloutCompleted => "rollout completed",
             EventKind::Converged => "converged",
             EventKind::Superseded => "superseded",
+            EventKind::Observed => "observed",
         }
     }
 }
@@ -207,7 +225,7 @@ impl History {
             .records
             .iter()
             .rev()
-            .find(|r| r.outcome != Outcome::Refused)?;
+            .find(|r| !matches!(r.outcome, Outcome::Refused | Outcome::Observed))?;
         (last.converged_at.is_none() && last.outcome != Outcome::Superseded)
             .then_some(last.commit.as_str())
     }
@@ -265,6 +283,36 @@ impl History {
         record.blocked = blocked;
         self.push(record);
         true
+    }
+
+    /// A commit the cluster only observes: valid, planned, not applied.
+    pub fn observed(
+        &mut self,
+        received: Received,
+        plan: Plan,
+        blocked: BTreeMap<String, Vec<String>>,
+    ) {
+        if self
+            .records
+            .back()
+            .is_some_and(|r| r.commit == received.commit && r.outcome == Outcome::Observed)
+        {
+            return;
+        }
+        let at = received.at;
+        let (created, updated, removed) = plan.counts();
+        let mut record = CommitRecord::new(received, Outcome::Observed);
+        record.push(HistoryEvent {
+            at,
+            kind: EventKind::Observed,
+            service: None,
+            message: format!(
+                "would create {created}, update {updated}, remove {removed}; nothing applied (--observe-only)"
+            ),
+        });
+        record.plan = Some(plan);
+        record.blocked = blocked;
+        self.push(record);
     }
 
     /// A commit failed validation. False when that was the newest record already.

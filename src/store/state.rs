@@ -77,6 +77,20 @@ pub enum Command {
         #[serde(default)]
         trigger: Option<crate::gitops::Trigger>,
     },
+    /// A valid commit seen by a cluster that only observes (`up --observe-only`): recorded in
+    /// the history with the plan it would carry out; nothing else changes.
+    ObserveRevision {
+        commit: String,
+        desired: DesiredState,
+        prune: bool,
+        at: Millis,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        blocked: BTreeMap<String, Vec<String>>,
+        #[serde(default)]
+        summary: String,
+        #[serde(default)]
+        trigger: Option<crate::gitops::Trigger>,
+    },
     /// Everything the commit asks for runs (seen by the leader's orchestrator): its history
     /// record is closed with the time it took.
     CommitConverged {
@@ -260,6 +274,7 @@ impl State {
             Command::ApplyRevision { .. }
             | Command::RefuseRevision { .. }
             | Command::CommitConverged { .. }
+            | Command::ObserveRevision { .. }
             | Command::NotificationSent { .. }
             | Command::DeleteTask { .. }
             | Command::UpsertNode { .. }
@@ -405,6 +420,25 @@ impl State {
                         },
                     );
                 }
+                Ok(vec![Event::RevisionChanged])
+            }
+            Command::ObserveRevision {
+                commit,
+                desired,
+                prune,
+                at,
+                blocked,
+                summary,
+                trigger,
+            } => {
+                let received = Received {
+                    commit: commit.clone(),
+                    summary,
+                    trigger,
+                    at,
+                };
+                let plan = self.plan_of(&commit, &desired, prune, &blocked);
+                self.history.observed(received, plan, blocked);
                 Ok(vec![Event::RevisionChanged])
             }
             Command::NotificationSent { target, seq } => {

@@ -326,3 +326,78 @@ fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
     }
     out
 }
+
+/// `up --observe-only`: every commit is validated and recorded with the plan it would carry
+/// out; no container starts, and a broken commit is still refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn observe_only_plans_every_commit_and_applies_none() {
+    if !images().await {
+        return;
+    }
+    let stack = stack_name("observe");
+    let port = free_port();
+    let repo = crate::support::GitRepo::new();
+    repo.write(&[(
+        &compose(&stack),
+        Some(&web(&testing::images::busybox(1), port)),
+    )]);
+    let c1 = repo.commit("first deploy");
+    let up = Up::start(repo, &[&stack], &["--observe-only"]);
+    let c2 = up.commit(
+        &[(
+            &compose(&stack),
+            Some(&web(&testing::images::busybox(2), port)),
+        )],
+        "web to busybox 2",
+    );
+    let deadline = Instant::now() + T;
+    let records = loop {
+        let out = history(&up, &["--json"]);
+        let v: Value = serde_json::from_str(&stdout(&out)).unwrap_or_default();
+        let records = v.as_array().cloned().unwrap_or_default();
+        if records.iter().any(|r| r["commit"] == c2.as_str()) {
+            break records;
+        }
+        assert!(Instant::now() < deadline, "c2 never observed: {v:#}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    // c1 may be observed or not (c2 may have come first); c2 is, with its plan.
+    let r2 = records.iter().find(|r| r["commit"] == c2.as_str()).unwrap();
+    assert_eq!(r2["outcome"], "observed", "{r2:#}");
+    let plan = r2["plan"].to_string();
+    assert!(plan.contains(&format!("{stack}_web")), "{plan}");
+    assert!(
+        plan.contains("\"create\""),
+        "nothing runs, so all is to create: {plan}"
+    );
+    let _ = c1;
+
+    // Nothing was started.
+    let st = up.status().await.unwrap();
+    assert!(st.services.is_empty(), "{:?}", st.services);
+    assert!(st.node.observe_only);
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=com.docker.stack.namespace={stack}"))
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&out).trim().is_empty(),
+        "containers: {}",
+        stdout(&out)
+    );
+    let out = run(up.repo.path(), &["status", "--server", &up.api]);
+    assert!(stdout(&out).contains("observe only"), "{}", stdout(&out));
+
+    // A broken commit is refused all the same.
+    let c3 = up.commit(
+        &[(&compose(&stack), Some("services:\n  web:\n    image: [\n"))],
+        "broken",
+    );
+    up.wait_for("c3 refused", T, |s| {
+        s.revision.refused.as_ref().is_some_and(|r| r.commit == c3)
+    })
+    .await;
+    let out = history(&up, &["-q", "--filter", "outcome=observed"]);
+    assert!(stdout(&out).lines().any(|l| l == c2), "{}", stdout(&out));
+}

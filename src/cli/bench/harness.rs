@@ -41,6 +41,7 @@ impl Reconciler {
             listen: format!("127.0.0.1:{port}").parse()?,
             poll: Duration::from_secs(30),
             prune: true,
+            observe_only: false,
             webhook_secret: None,
             identity: None,
             ingress_bind: "127.0.0.1".parse()?,
