@@ -107,6 +107,7 @@ pub fn router(cluster: Arc<dyn Cluster>, security: security::Security) -> Router
         .route("/api/v1/services/{name}", get(inspect_service))
         .route("/api/v1/services/{name}/tasks", get(service_tasks))
         .route("/api/v1/services/{name}/rollback", post(rollback))
+        .route("/api/v1/nodes", get(list_nodes))
         .route("/api/v1/history", get(history))
         .route("/api/v1/history/{commit}", get(history_of))
         .route("/api/v1/stacks", get(list_stacks))
@@ -180,6 +181,11 @@ async fn inspect_service(AxState(cluster): Ctx, Path(name): Path<String>) -> Res
         Some(svc) => Json(svc).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no service {name}")),
     }
+}
+
+/// The cluster's nodes as the store has them (what `node ls` shows, without Raft's view).
+async fn list_nodes(AxState(cluster): Ctx) -> Json<Vec<crate::store::Node>> {
+    Json(read(&*cluster, |s| s.nodes.values().cloned().collect()))
 }
 
 /// The commits the cluster saw, newest first.

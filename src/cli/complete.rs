@@ -1,6 +1,7 @@
 //! Names completed from the running cluster, for shells with dynamic completion: after
 //! `source <(COMPLETE=bash reconciler)` (zsh, fish, elvish alike), `reconciler service ps <TAB>`
-//! offers the services the API at `RECONCILER_SERVER` (default 127.0.0.1:7777) lists. When
+//! offers the services the API at `RECONCILER_SERVER` (default 127.0.0.1:7777) lists (and
+//! `node ps` the nodes, `stack ps` the stacks, `history` the commits). When
 //! nothing answers within a second, nothing is offered: a shell must never hang on a TAB.
 
 use std::time::Duration;
@@ -30,6 +31,7 @@ pub fn names() -> Vec<CompletionCandidate> {
         Some("service") => services(),
         Some("stack") => stacks(),
         Some("history") => commits(),
+        Some("node") => nodes(),
         _ => Vec::new(),
     }
 }
@@ -45,6 +47,19 @@ pub fn stacks() -> Vec<CompletionCandidate> {
     let v: Vec<StackView> = fetch("/api/v1/stacks").unwrap_or_default();
     v.into_iter()
         .map(|s| CompletionCandidate::new(s.name))
+        .collect()
+}
+
+pub fn nodes() -> Vec<CompletionCandidate> {
+    let v: Vec<crate::store::Node> = fetch("/api/v1/nodes").unwrap_or_default();
+    v.into_iter()
+        .map(|n| {
+            let role = match n.role {
+                crate::store::NodeRole::Manager => "manager",
+                crate::store::NodeRole::Worker => "worker",
+            };
+            CompletionCandidate::new(n.hostname).help(Some(format!("{role} {}", n.id).into()))
+        })
         .collect()
 }
 

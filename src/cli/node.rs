@@ -33,6 +33,7 @@ pub enum NodeCommand {
 #[derive(Debug, clap::Args)]
 pub struct UpdateArgs {
     /// ID, ID prefix or hostname.
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::nodes))]
     node_name: String,
     /// active, pause (no new tasks) or drain (its tasks move to other nodes).
     #[arg(long, value_parser = ["active", "pause", "drain"])]
@@ -53,7 +54,7 @@ pub struct UpdateArgs {
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
     /// ID, ID prefix or hostname; `self` for the node of --data-dir.
-    #[arg(default_value = "self")]
+    #[arg(default_value = "self", add = clap_complete::ArgValueCandidates::new(super::complete::nodes))]
     nodes: Vec<String>,
     /// Human-readable text instead of JSON.
     #[arg(long)]
@@ -65,7 +66,7 @@ pub struct InspectArgs {
 #[derive(Debug, clap::Args)]
 pub struct ChangeArgs {
     /// ID, ID prefix or hostname.
-    #[arg(required = true)]
+    #[arg(required = true, add = clap_complete::ArgValueCandidates::new(super::complete::nodes))]
     nodes: Vec<String>,
     #[command(flatten)]
     node: NodeArgs,
@@ -74,7 +75,7 @@ pub struct ChangeArgs {
 #[derive(Debug, clap::Args)]
 pub struct RmArgs {
     /// ID, ID prefix or hostname.
-    #[arg(required = true)]
+    #[arg(required = true, add = clap_complete::ArgValueCandidates::new(super::complete::nodes))]
     nodes: Vec<String>,
     /// Remove a node that is not down.
     #[arg(short, long)]

@@ -292,6 +292,9 @@ async fn history_shows_each_commit_with_its_outcome_and_a_rollback_is_never_a_su
         names(&["reconciler", "history", ""]),
         [&c4[..7], &c3[..7], &c2[..7], &c1[..7]]
     );
+    let nodes = names(&["reconciler", "node", "ps", ""]);
+    assert_eq!(nodes.len(), 1, "the one node of this up: {nodes:?}");
+    assert_eq!(names(&["reconciler", "node", "inspect", ""]), nodes);
     assert_eq!(
         names(&["reconciler", "service", "ps", "zzz"]),
         Vec::<String>::new()
