@@ -6,6 +6,7 @@
 //! [`Action`]s it may ask for. It knows nothing of the manager's loops, so either can change
 //! alone (Raft sits behind the same handle: `act` is committed through it).
 
+mod events;
 pub mod metrics;
 mod page;
 pub mod security;
@@ -72,6 +73,8 @@ pub trait Cluster: Send + Sync + 'static {
     fn sync_now(&self) -> BoxFuture<'static, Result<serde_json::Value, String>>;
     /// The process's counters and histograms.
     fn metrics(&self) -> Arc<metrics::Metrics>;
+    /// Bumped on every change to the store.
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
     /// What Raft says of this node, on a manager.
     fn raft(&self) -> Option<metrics::RaftNumbers> {
         None
@@ -108,6 +111,7 @@ pub fn router(cluster: Arc<dyn Cluster>, security: security::Security) -> Router
         .route("/api/v1/services/{name}/tasks", get(service_tasks))
         .route("/api/v1/services/{name}/rollback", post(rollback))
         .route("/api/v1/nodes", get(list_nodes))
+        .route("/api/v1/events", get(events::events))
         .route("/api/v1/history", get(history))
         .route("/api/v1/history/{commit}", get(history_of))
         .route("/api/v1/stacks", get(list_stacks))

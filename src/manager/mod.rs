@@ -214,6 +214,10 @@ impl crate::api::Cluster for Shared {
         self.metrics.clone()
     }
 
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.cluster.sm.subscribe()
+    }
+
     fn raft(&self) -> Option<crate::api::metrics::RaftNumbers> {
         let m = self.cluster.raft.metrics().borrow().clone();
         Some(crate::api::metrics::RaftNumbers {

@@ -404,3 +404,89 @@ async fn observe_only_plans_every_commit_and_applies_none() {
     let out = history(&up, &["-q", "--filter", "outcome=observed"]);
     assert!(stdout(&out).lines().any(|l| l == c2), "{}", stdout(&out));
 }
+
+/// `/api/v1/events`: a client that only listens sees a pushed commit arrive and converge,
+/// without asking again.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_event_stream_shows_a_pushed_commit_arrive_and_converge() {
+    if !images().await {
+        return;
+    }
+    let stack = stack_name("sse");
+    let port = free_port();
+    let repo = crate::support::GitRepo::new();
+    repo.write(&[(
+        &compose(&stack),
+        Some(&web(&testing::images::busybox(1), port)),
+    )]);
+    let c1 = repo.commit("first deploy");
+    let up = Up::start(repo, &[&stack], &[]);
+    up.converged(&c1, T).await;
+
+    let resp = reqwest::get(format!("{}/api/v1/events", up.api))
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let mut resp = resp;
+    let mut buffer = String::new();
+    // The next event of `kind` whose data satisfies `ok`, from the one open stream.
+    let mut next = async |kind: &str, ok: &dyn Fn(&Value) -> bool| -> Value {
+        let deadline = Instant::now() + T;
+        loop {
+            while let Some(end) = buffer.find("\n\n") {
+                let frame: String = buffer.drain(..end + 2).collect();
+                let event = frame
+                    .lines()
+                    .find_map(|l| l.strip_prefix("event: "))
+                    .unwrap_or("");
+                let data: String = frame
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data: "))
+                    .collect();
+                if event == kind {
+                    let v: Value = serde_json::from_str(&data).unwrap();
+                    if ok(&v) {
+                        return v;
+                    }
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let chunk = tokio::time::timeout(left, resp.chunk())
+                .await
+                .unwrap_or_else(|_| panic!("no {kind} event in time"))
+                .unwrap()
+                .expect("the stream ended");
+            buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    };
+    // On connecting: the status and the newest commit, converged.
+    let s = next("status", &|_| true).await;
+    assert_eq!(s["revision"]["applied"]["commit"], c1.as_str());
+    next("commit", &|r| {
+        r["commit"] == c1.as_str() && r["outcome"] == "converged"
+    })
+    .await;
+
+    let c2 = up.commit(
+        &[(
+            &compose(&stack),
+            Some(&web(&testing::images::busybox(2), port)),
+        )],
+        "web to busybox 2",
+    );
+    next("commit", &|r| r["commit"] == c2.as_str()).await;
+    // A status with the new commit converged, then its record closed (an event comes with
+    // each change: the status first).
+    next("status", &|s| {
+        s["converged"] == true && s["revision"]["applied"]["commit"] == c2.as_str()
+    })
+    .await;
+    let done = next("commit", &|r| {
+        r["commit"] == c2.as_str() && r["outcome"] == "converged"
+    })
+    .await;
+    assert_eq!(done["rollouts"][format!("{stack}_web")]["replaced"], 2);
+}
