@@ -551,3 +551,46 @@ fn output_into_a_closed_pipe_ends_quietly() {
     );
     assert_ne!(out.status.code(), Some(101), "a panic's exit code");
 }
+
+/// `validate` in CI checks `reconciler.toml` too: the cluster would refuse the commit.
+#[test]
+fn validate_names_a_broken_reconciler_toml_by_line_and_field() {
+    let repo = GitRepo::new();
+    repo.write(&[
+        (
+            "stacks/web/compose.yml",
+            Some("services:\n  web:\n    image: nginx:1.27\n"),
+        ),
+        (
+            "reconciler.toml",
+            Some(
+                "[[notify]]\nname = \"ops\"\nkind = \"slack\"\nurl = \"https://hooks.example/x\"\n",
+            ),
+        ),
+    ]);
+    let good = repo.commit("good");
+    repo.write(&[(
+        "reconciler.toml",
+        Some("[[notify]]\nname = \"ops\"\nkind = \"pager\"\nurl = \"https://hooks.example/x\"\n"),
+    )]);
+    repo.commit("bad");
+    let out = reconciler(repo.path(), &["validate", "stacks"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("reconciler.toml:3"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("pager"), "{}", stderr(&out));
+    assert!(stdout(&out).contains("1 error"), "{}", stdout(&out));
+    // From inside the stacks directory, and at a good commit.
+    let out = reconciler(&repo.path().join("stacks"), &["validate", "--ref", &good]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let out = reconciler(repo.path(), &["validate", "stacks", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["valid"], false);
+    assert!(v["config_errors"][0]
+        .as_str()
+        .unwrap()
+        .contains("reconciler.toml:3"));
+}
